@@ -1,0 +1,1 @@
+"""Pure torch math and weight formats. No ComfyUI, no diffusers imports here."""

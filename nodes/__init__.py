@@ -1,0 +1,1 @@
+"""ComfyUI glue and runtime patches. Math lives in ``core``."""

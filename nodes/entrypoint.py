@@ -1,0 +1,21 @@
+"""The ComfyUI extension: registers the model folder and lists the nodes. Nothing else at import."""
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+
+from .kontinuous_nodes import KontinuousKontextApply, KontinuousKontextLoader
+from .model_folder import register_model_folder
+
+NODES: list[type[io.ComfyNode]] = [KontinuousKontextLoader, KontinuousKontextApply]
+
+
+class KontextSlidersExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return NODES
+
+
+async def comfy_entrypoint() -> KontextSlidersExtension:
+    return KontextSlidersExtension()
+
+
+register_model_folder()

@@ -1,0 +1,119 @@
+"""Kontinuous Kontext nodes: load the released (or our) weights, apply a strength slider."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from comfy_api.latest import io
+
+from ..core.formats import KontinuousWeights, load_kontinuous
+from ..core.offsets import NEGATIVE_MODES, NEGATIVE_SAME, offset_table
+from ..core.projector import SliderProjector
+from .kontinuous_patch import OffsetSource, apply_kontinuous_offsets, flux_double_blocks, flux_hidden_size
+from .lora import add_diffusers_lora
+from .model_folder import list_weight_entries, resolve_weight_entry
+
+CATEGORY = "Kontext Sliders"
+KontinuousWeightsType = io.Custom("KONTINUOUS_WEIGHTS")
+
+
+@dataclass
+class LoadedKontinuous:
+    """What travels on a KONTINUOUS_WEIGHTS wire: the files' content and the fp32 projector."""
+    weights: KontinuousWeights
+    projector: SliderProjector
+    name: str
+
+
+def load_for_nodes(path: str, name: str) -> LoadedKontinuous:
+    weights = load_kontinuous(path)
+    # fp32 on the CPU, as the official inference runs it; it runs once per strength, never per step.
+    return LoadedKontinuous(weights, weights.build_projector(torch.float32), name)
+
+
+def pooled_from_conditioning(conditioning) -> torch.Tensor:
+    """The instruction's pooled CLIP-L vector [1, D] from a CONDITIONING list."""
+    pooled = [c[1].get("pooled_output") for c in conditioning]
+    if not pooled or any(p is None for p in pooled):
+        raise ValueError("the conditioning has no pooled_output: connect the edit instruction encoded by a "
+                         "FLUX CLIP (CLIPTextEncode with the DualCLIPLoader's flux pair), whose pooled CLIP-L "
+                         "vector feeds the strength projector")
+    first = pooled[0]
+    if any(p.shape != first.shape or not torch.equal(p, first) for p in pooled[1:]):
+        raise ValueError(f"the conditioning holds {len(pooled)} different prompts; connect only the edit "
+                         "instruction (before any ConditioningCombine) so its pooled vector is unambiguous")
+    return first.reshape(1, -1)
+
+
+def kontinuous_patched_model(model, loaded: LoadedKontinuous, conditioning, strengths, lora_strength: float,
+                             negative: str = NEGATIVE_SAME):
+    """The patched clone; shared by the Apply node and the later sweep nodes (``strengths``: list)."""
+    config = loaded.weights.projector_config
+    flux_double_blocks(model)  # a clear error for non-Flux models before anything else
+    hidden = flux_hidden_size(model)
+    if config.hidden_size != hidden:
+        raise ValueError(f"{loaded.name} was made for a transformer of hidden size {config.hidden_size} "
+                         f"(projector output {config.out_dim}); this model has hidden size {hidden}. "
+                         f"Use weights trained for this model.")
+    pooled = pooled_from_conditioning(conditioning) if config.uses_clip else None
+    if pooled is not None and pooled.shape[-1] != config.clip_dim:
+        raise ValueError(f"the conditioning's pooled vector has width {pooled.shape[-1]}, {loaded.name} expects "
+                         f"{config.clip_dim} (pooled CLIP-L)")
+    table = offset_table(loaded.projector, strengths, pooled)
+    patched = apply_kontinuous_offsets(model, OffsetSource(table, negative))
+    w = loaded.weights
+    add_diffusers_lora(patched, w.lora_state, w.lora_alpha, lora_strength, loaded.name)
+    return patched
+
+
+class KontinuousKontextLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="KontinuousKontextLoader",
+            display_name="Kontinuous Kontext Loader",
+            category=CATEGORY,
+            description="Loads Kontinuous Kontext weights (strength projector + LoRA) from models/kontext_sliders/: "
+                        "a Kontext Sliders .safetensors file or an official release folder.",
+            inputs=[io.Combo.Input("weights", options=list_weight_entries(),
+                                   tooltip="a .safetensors file, or a folder holding slider_projector.pth + "
+                                           "pytorch_lora_weights.safetensors")],
+            outputs=[KontinuousWeightsType.Output(display_name="kontinuous_weights")],
+        )
+
+    @classmethod
+    def execute(cls, weights) -> io.NodeOutput:
+        return io.NodeOutput(load_for_nodes(resolve_weight_entry(weights), weights))
+
+
+class KontinuousKontextApply(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="KontinuousKontextApply",
+            display_name="Kontinuous Kontext Apply",
+            category=CATEGORY,
+            description="Gives a FLUX.1 Kontext edit a strength knob: 0 = barely edited, 1 = the full edit, "
+                        "beyond = extrapolated. Reproduces the official Kontinuous Kontext implementation.",
+            inputs=[
+                io.Model.Input("model"),
+                KontinuousWeightsType.Input("kontinuous_weights"),
+                io.Conditioning.Input("conditioning", tooltip="the edit instruction; its pooled CLIP-L output "
+                                                              "feeds the strength projector"),
+                io.Float.Input("strength", default=1.0, min=-0.5, max=1.5, step=0.01,
+                               tooltip="edit strength: 0 to 1 is the trained range, -0.5 to 1.5 extrapolates"),
+                io.Float.Input("lora_strength", default=1.0, min=-10.0, max=10.0, step=0.01,
+                               tooltip="strength of the Kontinuous LoRA (1 = as trained)"),
+                io.Combo.Input("negative", options=list(NEGATIVE_MODES), default=NEGATIVE_SAME, optional=True,
+                               tooltip="with CFG > 1: 'same offset' adds the instruction's offset to the negative "
+                                       "pass too (official behaviour); 'unmodified' leaves negative rows as the "
+                                       "plain model computes them"),
+            ],
+            outputs=[io.Model.Output()],
+        )
+
+    @classmethod
+    def execute(cls, model, kontinuous_weights, conditioning, strength, lora_strength,
+                negative=NEGATIVE_SAME) -> io.NodeOutput:
+        return io.NodeOutput(kontinuous_patched_model(model, kontinuous_weights, conditioning, [strength],
+                                                      lora_strength, negative))

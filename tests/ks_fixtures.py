@@ -1,0 +1,238 @@
+"""Shared test helpers: tiny Flux models (ComfyUI and diffusers), tiny weights, locating ComfyUI.
+
+Imported by bare name (pytest puts tests/ on sys.path); keep ComfyUI imports inside functions so
+that the suite without ComfyUI never touches them.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from kontext_sliders.core.formats import KontinuousWeights
+from kontext_sliders.core.projector import ProjectorConfig, SliderProjector
+
+PACK_DIR = Path(__file__).resolve().parents[1]
+
+# The parity-test size: 3 double + 2 single blocks, 2 heads x 16, T5 width 32, pooled CLIP-L 768.
+HIDDEN = 32
+HEADS = 2
+DEPTH = 3
+DEPTH_SINGLE = 2
+CONTEXT_DIM = 32
+POOLED_DIM = 768
+AXES = (4, 6, 6)
+LATENT_CHANNELS = 16
+
+# The official LoRA targets (peft suffix match; attn.to_q/k/v also hit the single blocks).
+LORA_TARGETS = ("attn.to_k", "attn.to_q", "attn.to_v", "attn.to_out.0", "attn.add_k_proj", "attn.add_q_proj",
+                "attn.add_v_proj", "attn.to_add_out", "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj",
+                "ff_context.net.2")
+
+
+# ---------------------------------------------------------------- locating ComfyUI
+
+def find_comfyui() -> Path | None:
+    """COMFYUI_PATH, else the custom_nodes grandparent, else ~/comfy/ComfyUI (as the README says)."""
+    candidates = [os.environ.get("COMFYUI_PATH")]
+    if PACK_DIR.parent.name == "custom_nodes":
+        candidates.append(str(PACK_DIR.parent.parent))
+    candidates.append(str(Path.home() / "comfy" / "ComfyUI"))
+    for c in candidates:
+        if c and (Path(c) / "comfy" / "model_patcher.py").is_file():
+            return Path(c).resolve()
+    return None
+
+
+SKIP_NO_COMFY = ("ComfyUI not found (set COMFYUI_PATH, or put ComfyUI at ~/comfy/ComfyUI): "
+                 "ComfyUI tests skipped")
+
+
+def import_comfyui():
+    """Make ComfyUI importable in this process (CPU), the way main.py prepares it. Idempotent."""
+    root = find_comfyui()
+    if root is None:
+        pytest.skip(SKIP_NO_COMFY)
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    import utils.extra_config  # noqa: F401  must come first: else `utils` resolves to comfy/utils.py
+    from comfy.cli_args import args
+    args.cpu = True
+    import comfy.model_management  # noqa: F401
+    return root
+
+
+# ---------------------------------------------------------------- tiny weights
+
+def seeded_(module: torch.nn.Module, seed: int, std: float = 0.1) -> torch.nn.Module:
+    """Overwrite every parameter with seeded noise (norm scales around 1) so nothing is trivially 0."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in sorted(module.named_parameters()):
+            noise = torch.randn(p.shape, generator=g, dtype=torch.float32) * std
+            p.copy_((1.0 + noise) if name.endswith(("scale", "norm_q.weight", "norm_k.weight", "norm_added_q.weight",
+                                                   "norm_added_k.weight")) else noise)
+    return module
+
+
+def tiny_projector_weights(seed: int = 0, lora_rank: int = 4, lora_alpha: float | None = 8.0,
+                           dtype=torch.float32, hidden: int = HIDDEN, with_lora: bool = True) -> KontinuousWeights:
+    """Projector for hidden size ``hidden`` + a diffusers-format LoRA on the official targets."""
+    config = ProjectorConfig(out_dim=2 * hidden, width=2 * hidden)
+    projector = seeded_(SliderProjector(config), seed, std=0.15)
+    lora = tiny_lora_state(seed + 1, lora_rank, hidden) if with_lora else {}
+    return KontinuousWeights(config, {k: v.to(dtype) for k, v in projector.state_dict().items()},
+                             {k: v.to(dtype) for k, v in lora.items()}, lora_alpha)
+
+
+def lora_module_shapes(hidden: int = HIDDEN) -> dict[str, tuple[int, int]]:
+    """diffusers module path -> (out, in) for every Linear the official LoRA adapts."""
+    mlp = 4 * hidden
+    shapes = {}
+    for i in range(DEPTH):
+        b = f"transformer_blocks.{i}"
+        for m in ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj",
+                  "attn.add_v_proj", "attn.to_add_out"):
+            shapes[f"{b}.{m}"] = (hidden, hidden)
+        for ff in ("ff", "ff_context"):
+            shapes[f"{b}.{ff}.net.0.proj"] = (mlp, hidden)
+            shapes[f"{b}.{ff}.net.2"] = (hidden, mlp)
+    for i in range(DEPTH_SINGLE):
+        for m in ("attn.to_q", "attn.to_k", "attn.to_v"):
+            shapes[f"single_transformer_blocks.{i}.{m}"] = (hidden, hidden)
+    return shapes
+
+
+def tiny_lora_state(seed: int, rank: int = 4, hidden: int = HIDDEN) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for module, (out_f, in_f) in lora_module_shapes(hidden).items():
+        sd[f"transformer.{module}.lora_A.weight"] = torch.randn(rank, in_f, generator=g) * 0.1
+        sd[f"transformer.{module}.lora_B.weight"] = torch.randn(out_f, rank, generator=g) * 0.1
+    return sd
+
+
+# ---------------------------------------------------------------- ComfyUI tiny Flux
+
+def comfy_unet_config(hidden: int = HIDDEN) -> dict:
+    return {"image_model": "flux", "in_channels": LATENT_CHANNELS, "out_channels": LATENT_CHANNELS,
+            "patch_size": 2, "vec_in_dim": POOLED_DIM, "context_in_dim": CONTEXT_DIM, "hidden_size": hidden,
+            "mlp_ratio": 4.0, "num_heads": HEADS, "depth": DEPTH, "depth_single_blocks": DEPTH_SINGLE,
+            "axes_dim": list(AXES), "theta": 10000, "qkv_bias": True, "guidance_embed": True, "txt_ids_dims": []}
+
+
+def tiny_bfl_state_dict(seed: int = 0, hidden: int = HIDDEN) -> dict[str, torch.Tensor]:
+    """Random FLUX weights in BFL / ComfyUI names, made with ComfyUI's own Flux class."""
+    import comfy.ldm.flux.model
+    import comfy.ops
+    cfg = {k: v for k, v in comfy_unet_config(hidden).items() if k != "image_model"}
+    model = comfy.ldm.flux.model.Flux(dtype=torch.float32, device="cpu", operations=comfy.ops.disable_weight_init,
+                                      **cfg)
+    return {k: v.clone() for k, v in seeded_(model, seed).state_dict().items()}
+
+
+def comfy_patcher(bfl_sd: dict[str, torch.Tensor], dtype=torch.float32, manual_cast=None):
+    """A real ModelPatcher around ComfyUI's Flux (model_base.Flux via supported_models), on the CPU.
+
+    Built from a detected config with heads and RoPE axes overridden (ComfyUI's detection hard-codes
+    FLUX.1's 24 heads and [16, 56, 56]).
+    """
+    import comfy.model_detection
+    import comfy.model_patcher
+    sd = dict(bfl_sd)
+    unet_config = comfy.model_detection.detect_unet_config(sd, "")
+    unet_config.update(num_heads=HEADS, axes_dim=list(AXES))
+    model_config = comfy.model_detection.model_config_from_unet_config(unet_config, sd)
+    model_config.set_inference_dtype(dtype, manual_cast)
+    model = model_config.get_model(sd, "")
+    model.load_model_weights(sd, "")
+    return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+
+
+def process_latent_out(patcher, latent: torch.Tensor) -> torch.Tensor:
+    """ReferenceLatent entries are in VAE space; ComfyUI maps them in with process_latent_in."""
+    return patcher.model.process_latent_out(latent)
+
+
+def conditioning(context: torch.Tensor, pooled: torch.Tensor, reference: torch.Tensor | None, patcher,
+                 guidance: float = 3.5):
+    extra = {"pooled_output": pooled, "guidance": guidance}
+    if reference is not None:
+        extra["reference_latents"] = [process_latent_out(patcher, reference)]
+    return [[context, extra]]
+
+
+def comfy_predict(patcher, positive, x: torch.Tensor, sigma: float, negative=None, cfg: float = 1.0):
+    """Run one model evaluation through ComfyUI's sampling path (CFGGuider, conds, wrappers, model
+    loading) on model-space input ``x`` at ``sigma``; return (velocity, {cond/uncond velocities})."""
+    import comfy.samplers
+    rows = {}
+
+    def record(args):
+        rows["cond"] = args["cond_denoised"]
+        rows["uncond"] = args["uncond_denoised"]
+        return args["denoised"]
+
+    observed = patcher.clone()
+    observed.set_model_sampler_post_cfg_function(record)
+    guider = comfy.samplers.CFGGuider(observed)
+    guider.set_conds(positive, negative if negative is not None else [])
+    guider.set_cfg(cfg)
+    out = {}
+
+    def sampler_fn(model, x_ignored, sigmas, extra_args=None, callback=None, disable=None):
+        out["denoised"] = model(x, sigmas[0] * x.new_ones([x.shape[0]]), **(extra_args or {}))
+        return x_ignored
+
+    sigmas = torch.tensor([sigma, 0.0])
+    zeros = torch.zeros_like(x)
+    guider.sample(zeros, zeros, comfy.samplers.KSAMPLER(sampler_fn), sigmas, seed=0, disable_pbar=True)
+    velocity = lambda d: None if d is None else (x - d) / sigma  # noqa: E731
+    return velocity(out["denoised"]), {k: velocity(v) for k, v in rows.items()}
+
+
+# ---------------------------------------------------------------- diffusers tiny Flux
+
+def diffusers_tiny(bfl_sd: dict[str, torch.Tensor]):
+    """diffusers' FluxTransformer2DModel at the tiny size, holding the same weights as ``bfl_sd``."""
+    from diffusers import FluxTransformer2DModel
+
+    from kontext_sliders.core.flux_keys import bfl_to_diffusers
+    model = FluxTransformer2DModel(patch_size=1, in_channels=4 * LATENT_CHANNELS, num_layers=DEPTH,
+                                   num_single_layers=DEPTH_SINGLE, attention_head_dim=HIDDEN // HEADS,
+                                   num_attention_heads=HEADS, joint_attention_dim=CONTEXT_DIM,
+                                   pooled_projection_dim=POOLED_DIM, guidance_embeds=True, axes_dims_rope=AXES)
+    model.load_state_dict(bfl_to_diffusers(bfl_sd), strict=True)
+    return model.eval()
+
+
+def pack_latents(z: torch.Tensor) -> torch.Tensor:
+    """[B, C, H, W] -> [B, H/2 * W/2, 4C], diffusers' (and ComfyUI's) 2x2 patch order."""
+    b, c, h, w = z.shape
+    return z.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), 4 * c)
+
+
+def unpack_latents(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    b, _, d = tokens.shape
+    c = d // 4
+    return tokens.view(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+
+
+def latent_ids(h: int, w: int, index: int) -> torch.Tensor:
+    ys, xs = torch.meshgrid(torch.arange(h // 2), torch.arange(w // 2), indexing="ij")
+    return torch.stack([torch.full_like(ys, index), ys, xs], dim=-1).reshape(-1, 3).float()
+
+
+def diffusers_velocity(model, x, reference, context, pooled, sigma: float, guidance: float = 3.5):
+    """One Kontext transformer call the way FluxKontextPipeline makes it (target tokens first)."""
+    b, _, h, w = x.shape
+    tokens = torch.cat([pack_latents(x), pack_latents(reference.expand(b, -1, -1, -1))], dim=1)
+    ids = torch.cat([latent_ids(h, w, 0), latent_ids(*reference.shape[-2:], 1)], dim=0)
+    out = model(hidden_states=tokens, encoder_hidden_states=context.expand(b, -1, -1),
+                pooled_projections=pooled.expand(b, -1), timestep=torch.full((b,), sigma),
+                img_ids=ids, txt_ids=torch.zeros(context.shape[1], 3), guidance=torch.full((b,), guidance),
+                return_dict=False)[0]
+    return unpack_latents(out[:, : (h // 2) * (w // 2)], h, w)

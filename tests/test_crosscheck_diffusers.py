@@ -1,0 +1,59 @@
+"""Test 3: the nodes' ComfyUI patch and the trainer-side diffusers patch compute the same velocity."""
+import pytest
+import torch
+
+import ks_fixtures as F
+
+pytest.importorskip("diffusers", reason="diffusers not installed: cross-implementation tests skipped")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    F.import_comfyui()
+    from diffusers import FluxKontextPipeline
+
+    from kontext_sliders.core.formats import load_kontinuous, save_official_folder
+    from kontext_sliders.trainer.modulation_hook import ModulationOffsetHooks
+
+    bfl = F.tiny_bfl_state_dict(seed=3)
+    folder = tmp_path_factory.mktemp("official")
+    save_official_folder(F.tiny_projector_weights(seed=5, lora_alpha=8.0), folder)  # alpha 8, rank 4: scale 2
+    weights = load_kontinuous(folder)
+
+    # diffusers side, loaded the way the official inference loads it (pipeline LoRA loader, fp32).
+    model = F.diffusers_tiny(bfl)
+    lora, meta = FluxKontextPipeline.lora_state_dict(str(folder), return_lora_metadata=True)
+    FluxKontextPipeline.load_lora_into_transformer(lora, None, transformer=model, metadata=meta)
+    hooks = ModulationOffsetHooks(model)
+
+    g = torch.Generator().manual_seed(11)
+    inputs = dict(x=torch.randn(2, 16, 8, 8, generator=g), reference=torch.randn(1, 16, 8, 8, generator=g),
+                  context=torch.randn(1, 7, F.CONTEXT_DIM, generator=g), pooled=torch.randn(1, 768, generator=g))
+    return bfl, weights, model, hooks, inputs
+
+
+@pytest.mark.parametrize("strength", [0.0, 0.37, 1.0])
+@torch.no_grad()
+def test_comfy_node_patch_matches_diffusers_hook(setup, strength):
+    from kontext_sliders.core.offsets import offset_table
+    from kontext_sliders.nodes.kontinuous_nodes import LoadedKontinuous, kontinuous_patched_model
+
+    bfl, weights, model, hooks, i = setup
+    sigma = 0.6
+    projector = weights.build_projector()
+    hooks.offsets = offset_table(projector, [strength], i["pooled"])
+    try:
+        expected = F.diffusers_velocity(model, i["x"], i["reference"], i["context"], i["pooled"], sigma)
+    finally:
+        hooks.offsets = None
+    unpatched_diffusers = F.diffusers_velocity(model, i["x"], i["reference"], i["context"], i["pooled"], sigma)
+
+    patcher = F.comfy_patcher(bfl)
+    positive = F.conditioning(i["context"], i["pooled"], i["reference"], patcher)
+    patched = kontinuous_patched_model(patcher, LoadedKontinuous(weights, projector, "tiny"), positive,
+                                       [strength], lora_strength=1.0)
+    got, _ = F.comfy_predict(patched, positive, i["x"], sigma)
+
+    assert (got - expected).abs().max().item() <= 1e-4
+    # The comparison is not vacuous: the offsets move the prediction far more than the tolerance.
+    assert (expected - unpatched_diffusers).abs().max().item() > 1e-2
