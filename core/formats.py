@@ -129,10 +129,14 @@ def _load_pth_tensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise WeightsFormatError(
-            f"{path.name} was refused: it is not a plain tensor state dict (loading it would run pickled "
-            f"code: {str(e).splitlines()[0]}). Re-save the projector with torch.save(projector.state_dict()) "
-            f"or use a .safetensors file.") from None
+        unsafe = [line.strip() for line in str(e).splitlines() if "GLOBAL" in line]  # a class or function to call
+        if unsafe:
+            raise WeightsFormatError(
+                f"{path.name} was refused: it is not a plain tensor state dict, loading it would run pickled "
+                f"code ({unsafe[0]}). Re-save the projector with torch.save(projector.state_dict()) or use a "
+                f".safetensors file.") from None
+        raise WeightsFormatError(f"{path.name} is not a readable PyTorch file (unpickling failed); "
+                                 f"download it again") from None
     except Exception as e:  # truncated zip, random bytes, ...
         raise WeightsFormatError(f"{path.name} is not a readable PyTorch file ({type(e).__name__}: {e}); "
                                  f"download it again") from None
