@@ -245,3 +245,25 @@ def test_strength_count_must_fit_the_latent_batch(patcher, inputs):
     patched = patch(patcher, F.tiny_projector_weights(), positive, [0.1, 0.2])
     with pytest.raises(ValueError, match="2 strengths were given but the sampler runs 3 latents"):
         F.comfy_predict(patched, positive, i["x"], SIGMA)
+
+
+@torch.no_grad()
+def test_low_vram_partial_load_gives_the_same_prediction(patcher, inputs, monkeypatch):
+    """ComfyUI's low-VRAM mode (weights cast per layer, LoRA as per-layer weight functions).
+
+    The CPU never takes that path, so the test makes ComfyUI treat the CPU as a device with no
+    VRAM to spare: every layer is then loaded lazily, as on a small GPU.
+    """
+    import comfy.model_management as mm
+    i = inputs
+    positive = F.conditioning(i["context"], i["pooled"], i["reference"], patcher)
+    patched = patch(patcher, F.tiny_projector_weights(seed=2), positive, [0.6])
+    mm.unload_all_models()
+    full, _ = F.comfy_predict(patched, positive, i["x"], SIGMA)
+    mm.unload_all_models()
+    monkeypatch.setattr(mm, "vram_state", mm.VRAMState.NO_VRAM)
+    monkeypatch.setattr(mm, "is_device_cpu", lambda device: False)
+    low, _ = F.comfy_predict(patched, positive, i["x"], SIGMA)
+    assert patched.model.model_lowvram  # really loaded in low-VRAM mode
+    mm.unload_all_models()
+    torch.testing.assert_close(low, full, rtol=0, atol=1e-5)

@@ -1,0 +1,62 @@
+"""Test-only ComfyUI nodes (loaded by the execution tests through ComfyUI's own custom-node loader).
+
+They feed a tiny Flux model and fixed conditioning into real graphs and capture LATENT outputs,
+since no real FLUX weights exist on the test machines.
+"""
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import ks_fixtures as F  # noqa: E402
+
+CAPTURED: dict = {}
+
+
+class KSTestTinyFlux:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": ("INT", {"default": 0})}}
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "build"
+    CATEGORY = "testing"
+
+    def build(self, seed):
+        return (F.comfy_patcher(F.tiny_bfl_state_dict(seed)),)
+
+
+class KSTestEditInputs:
+    """An instruction conditioning (T5 tokens + pooled CLIP-L + a Kontext reference) and a latent."""
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": ("INT", {"default": 0})}}
+    RETURN_TYPES = ("CONDITIONING", "LATENT")
+    FUNCTION = "build"
+    CATEGORY = "testing"
+
+    def build(self, seed):
+        g = torch.Generator().manual_seed(seed)
+        context = torch.randn(1, 8, F.CONTEXT_DIM, generator=g)
+        pooled = torch.randn(1, F.POOLED_DIM, generator=g)
+        reference = torch.randn(1, F.LATENT_CHANNELS, 8, 8, generator=g)
+        cond = [[context, {"pooled_output": pooled, "guidance": 2.5, "reference_latents": [reference]}]]
+        return (cond, {"samples": torch.zeros(2, F.LATENT_CHANNELS, 8, 8)})
+
+
+class KSTestCapture:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"samples": ("LATENT",), "key": ("STRING", {"default": "out"})}}
+    RETURN_TYPES = ()
+    FUNCTION = "capture"
+    OUTPUT_NODE = True
+    CATEGORY = "testing"
+
+    def capture(self, samples, key):
+        CAPTURED[key] = samples["samples"].clone()
+        return ()
+
+
+NODE_CLASS_MAPPINGS = {"KSTestTinyFlux": KSTestTinyFlux, "KSTestEditInputs": KSTestEditInputs,
+                       "KSTestCapture": KSTestCapture}

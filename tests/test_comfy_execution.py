@@ -1,0 +1,118 @@
+"""Test 5: the nodes run through ComfyUI's real loader, prompt validation and executor."""
+import asyncio
+import sys
+
+import pytest
+import torch
+
+import ks_fixtures as F
+from kontext_sliders.core.formats import save_official_folder, save_single_file
+
+TEST_NODES = F.PACK_DIR / "tests" / "comfy_test_nodes"
+
+
+class _Server:
+    """What PromptExecutor needs of ComfyUI's PromptServer."""
+    client_id = None
+    last_node_id = None
+
+    def __init__(self):
+        self.messages = []
+
+    def send_sync(self, event, data, sid=None):
+        self.messages.append((event, data))
+
+    def queue_updated(self):
+        pass
+
+
+@pytest.fixture(scope="module")
+def comfy_graph(tmp_path_factory):
+    F.import_comfyui()
+    import folder_paths
+    import nodes
+
+    models = tmp_path_factory.mktemp("models")
+    weights = F.tiny_projector_weights(seed=2)
+    save_single_file(weights, models / "tiny.safetensors")
+    save_official_folder(weights, models / "release")
+    for module in (F.PACK_DIR, TEST_NODES):  # ComfyUI's own custom-node loader
+        assert asyncio.run(nodes.load_custom_node(str(module))), f"ComfyUI could not load {module}"
+    folder_paths.add_model_folder_path("kontext_sliders", str(models), is_default=True)
+    return nodes, weights
+
+
+def run_prompt(prompt):
+    import execution
+    valid, error, outputs, node_errors = asyncio.run(execution.validate_prompt("test", prompt, None))
+    if not valid:
+        return False, (error, node_errors)
+    server = _Server()
+    executor = execution.PromptExecutor(server, cache_type=execution.CacheType.CLASSIC, cache_args={"lru": 0, "ram": 0})
+    executor.execute(prompt, "test", {}, outputs)
+    return executor.success, server.messages
+
+
+def graph(weights_entry="tiny.safetensors", strength=0.4, negative="same offset"):
+    sampler = {"seed": 7, "steps": 2, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0,
+               "positive": ["2", 0], "negative": ["2", 0], "latent_image": ["2", 1]}
+    return {
+        "1": {"class_type": "KSTestTinyFlux", "inputs": {"seed": 0}},
+        "2": {"class_type": "KSTestEditInputs", "inputs": {"seed": 1}},
+        "3": {"class_type": "KontinuousKontextLoader", "inputs": {"weights": weights_entry}},
+        "4": {"class_type": "KontinuousKontextApply",
+              "inputs": {"model": ["1", 0], "kontinuous_weights": ["3", 0], "conditioning": ["2", 0],
+                         "strength": strength, "lora_strength": 1.0, "negative": negative}},
+        "5": {"class_type": "KSampler", "inputs": {"model": ["4", 0], **sampler}},
+        "6": {"class_type": "KSTestCapture", "inputs": {"samples": ["5", 0], "key": "patched"}},
+        "7": {"class_type": "KSampler", "inputs": {"model": ["1", 0], **sampler}},  # unpatched branch
+        "8": {"class_type": "KSTestCapture", "inputs": {"samples": ["7", 0], "key": "plain"}},
+    }
+
+
+def captured():
+    return sys.modules[str(TEST_NODES).replace(".", "_x_")].CAPTURED
+
+
+def test_prompt_with_the_nodes_executes_and_matches_the_python_patch(comfy_graph):
+    nodes, weights = comfy_graph
+    from kontext_sliders.nodes.kontinuous_nodes import LoadedKontinuous, kontinuous_patched_model
+
+    ok, messages = run_prompt(graph())
+    assert ok, messages
+    out = captured()
+    patched_graph, plain_graph = out["patched"], out["plain"]
+
+    # the same computation by hand: identical numbers
+    model = F.comfy_patcher(F.tiny_bfl_state_dict(0))
+    cond, latent = nodes.NODE_CLASS_MAPPINGS["KSTestEditInputs"]().build(1)
+    patched = kontinuous_patched_model(model, LoadedKontinuous(weights, weights.build_projector(), "t"), cond,
+                                       [0.4], 1.0)
+    expected = nodes.common_ksampler(patched, 7, 2, 1.0, "euler", "simple", cond, cond, latent)[0]["samples"]
+    plain = nodes.common_ksampler(model, 7, 2, 1.0, "euler", "simple", cond, cond, latent)[0]["samples"]
+    assert torch.equal(patched_graph, expected)
+    assert torch.equal(plain_graph, plain)  # the unpatched branch of the same graph is untouched
+    assert (patched_graph - plain_graph).abs().max() > 1e-3
+
+
+def test_official_folder_entry_gives_the_same_result(comfy_graph):
+    assert run_prompt(graph())[0]
+    single = captured()["patched"].clone()
+    assert run_prompt(graph(weights_entry="release/"))[0]
+    assert torch.equal(captured()["patched"], single)
+
+
+def test_loader_lists_files_and_release_folders(comfy_graph):
+    nodes, _ = comfy_graph
+    options = nodes.NODE_CLASS_MAPPINGS["KontinuousKontextLoader"].INPUT_TYPES()["required"]["weights"][1]["options"]
+    assert "tiny.safetensors" in options and "release/" in options
+    assert not any(o.endswith(("slider_projector.pth", "pytorch_lora_weights.safetensors")) for o in options)
+
+
+def test_validation_accepts_extrapolation_and_rejects_out_of_range(comfy_graph):
+    assert run_prompt(graph(strength=1.5))[0]
+    assert run_prompt(graph(strength=-0.5, negative="unmodified"))[0]
+    import execution
+    _, _, outputs, node_errors = asyncio.run(execution.validate_prompt("test", graph(strength=1.6), None))
+    assert "6" not in outputs  # the patched branch is refused, the plain branch may still run
+    assert "bigger than max" in str(node_errors["4"])
