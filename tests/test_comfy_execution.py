@@ -6,6 +6,8 @@ import pytest
 import torch
 
 import ks_fixtures as F
+
+pytestmark = pytest.mark.comfyui
 from kontext_sliders.core.formats import save_official_folder, save_single_file
 
 TEST_NODES = F.PACK_DIR / "tests" / "comfy_test_nodes"

@@ -6,6 +6,8 @@ import torch
 
 import ks_fixtures as F
 
+pytestmark = pytest.mark.comfyui
+
 SIGMA = 0.7
 
 

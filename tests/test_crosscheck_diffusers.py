@@ -4,6 +4,8 @@ import torch
 
 import ks_fixtures as F
 
+pytestmark = pytest.mark.comfyui
+
 pytest.importorskip("diffusers", reason="diffusers not installed: cross-implementation tests skipped")
 
 

@@ -40,6 +40,7 @@ def test_fused_and_swapped_tensors():
     assert torch.equal(bfl["double_blocks.2.txt_mod.lin.weight"], sd["transformer_blocks.2.norm1_context.linear.weight"])
 
 
+@pytest.mark.comfyui
 def test_key_set_matches_comfyui_flux():
     F.import_comfyui()
     comfy_keys = set(F.tiny_bfl_state_dict(seed=0))

@@ -1,0 +1,243 @@
+"""Per-step cost of the Kontinuous Kontext patch on ComfyUI's FLUX.1 Kontext transformer.
+
+Times one transformer call (the work of one sampling step at CFG 1) of the same model through a
+plain ModelPatcher and through the clone `kontinuous_patched_model` returns, interleaved in one
+run, and prints the median ratio patched / unpatched. Target: at most +1 %.
+
+  python bench/step_overhead.py                    # full FLUX.1 size on CUDA, small size on CPU
+  python bench/step_overhead.py --size small --device cpu --json out.json
+  python bench/step_overhead.py --device meta      # builds + patches the full size, no timing
+
+Weights are random (nothing real is needed to measure time); see bench/README.md.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+PACK_DIR = Path(__file__).resolve().parents[1]
+
+FLUX1 = dict(image_model="flux", in_channels=16, out_channels=16, patch_size=2, vec_in_dim=768, mlp_ratio=4.0,
+             theta=10000, qkv_bias=True, guidance_embed=True, txt_ids_dims=[])
+SIZES = {
+    # FLUX.1 [dev] / Kontext; a 1024x1024 edit: 4096 image + 4096 reference tokens, 512 T5 tokens.
+    "full": dict(model=dict(hidden_size=3072, num_heads=24, depth=19, depth_single_blocks=38, context_in_dim=4096,
+                            axes_dim=[16, 56, 56]), latent=128, text=512, dtype=torch.bfloat16),
+    # Same code path at toy size, for CPUs: 256 + 256 image tokens, 32 text tokens.
+    "small": dict(model=dict(hidden_size=128, num_heads=2, depth=2, depth_single_blocks=2, context_in_dim=64,
+                             axes_dim=[8, 28, 28]), latent=32, text=32, dtype=torch.float32),
+}
+
+
+def import_comfyui(cpu: bool) -> Path:
+    """Make ComfyUI importable the way main.py prepares it (same search as tests/ks_fixtures.py)."""
+    candidates = [os.environ.get("COMFYUI_PATH")]
+    if PACK_DIR.parent.name == "custom_nodes":
+        candidates.append(str(PACK_DIR.parent.parent))
+    candidates.append(str(Path.home() / "comfy" / "ComfyUI"))
+    root = next((Path(c).resolve() for c in candidates if c and (Path(c) / "comfy" / "model_patcher.py").is_file()),
+                None)
+    if root is None:
+        sys.exit("ComfyUI not found: set COMFYUI_PATH (or put ComfyUI at ~/comfy/ComfyUI)")
+    sys.path.insert(0, str(root))
+    import utils.extra_config  # noqa: F401  must come first: else `utils` resolves to comfy/utils.py
+    from comfy.cli_args import args
+    args.cpu = cpu  # model_management picks its device at import
+    import comfy.model_management  # noqa: F401
+    return root
+
+
+def build_patcher(size: str, device: torch.device, seed: int):
+    """model_base.Flux from a unet_config (no state dict: 12B random weights are made in place)."""
+    import comfy.model_patcher
+    import comfy.supported_models
+    spec = SIZES[size]
+    model_config = comfy.supported_models.Flux(dict(FLUX1, **spec["model"]))
+    model_config.set_inference_dtype(spec["dtype"], None)  # no manual cast: comfy.ops.disable_weight_init
+    model = model_config.get_model({}, "", device=device)
+    if device.type != "meta":
+        g = torch.Generator(device=device).manual_seed(seed)
+        for name, p in model.diffusion_model.named_parameters():
+            p.normal_(0.0, 0.02, generator=g)
+            if name.endswith("scale"):  # RMSNorm scales around 1, as in a trained model
+                p.add_(1.0)
+    # offload device = load device: the weights never move, so switching patchers costs no transfer.
+    return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=device)
+
+
+def random_lora(spec: dict, rank: int, seed: int) -> dict[str, torch.Tensor]:
+    """A diffusers-format LoRA on the official Kontinuous targets (attn + ff of double blocks, single qkv)."""
+    h, m = spec["model"]["hidden_size"], int(spec["model"]["hidden_size"] * FLUX1["mlp_ratio"])
+    shapes = {}
+    for i in range(spec["model"]["depth"]):
+        for mod in ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj",
+                    "attn.add_v_proj", "attn.to_add_out"):
+            shapes[f"transformer_blocks.{i}.{mod}"] = (h, h)
+        for ff in ("ff", "ff_context"):
+            shapes[f"transformer_blocks.{i}.{ff}.net.0.proj"] = (m, h)
+            shapes[f"transformer_blocks.{i}.{ff}.net.2"] = (h, m)
+    for i in range(spec["model"]["depth_single_blocks"]):
+        for mod in ("attn.to_q", "attn.to_k", "attn.to_v"):
+            shapes[f"single_transformer_blocks.{i}.{mod}"] = (h, h)
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for mod, (out_f, in_f) in shapes.items():
+        sd[f"transformer.{mod}.lora_A.weight"] = torch.randn(rank, in_f, generator=g) * 0.01
+        sd[f"transformer.{mod}.lora_B.weight"] = torch.randn(out_f, rank, generator=g) * 0.01
+    return sd
+
+
+def make_inputs(size: str, device: torch.device, seed: int):
+    spec, dtype = SIZES[size], SIZES[size]["dtype"]
+    g = torch.Generator().manual_seed(seed)
+    rand = lambda *shape: torch.randn(*shape, generator=g)  # noqa: E731  made on the CPU: same values anywhere
+    n, t, ctx = spec["latent"], spec["text"], spec["model"]["context_in_dim"]
+    pooled = rand(1, 768)  # fp32 on the CPU, like a CLIP pooled_output in a CONDITIONING
+    tensors = dict(x=rand(1, 16, n, n), ref=rand(1, 16, n, n), context=rand(1, t, ctx), y=pooled,
+                   guidance=torch.tensor([2.5]))
+    # Dtypes as model_base._apply_model hands them over: model dtype, fp32 timestep.
+    call = {k: v.to(device=device, dtype=dtype) for k, v in tensors.items()}
+    call["timestep"] = torch.tensor([0.5], device=device)
+    return call, [[tensors["context"], {"pooled_output": pooled}]]
+
+
+def transformer_options(patcher) -> dict:
+    """What sampling hands the diffusion model (comfy/sampler_helpers.prepare_model_patcher)."""
+    import comfy.patcher_extension
+    opts = copy.deepcopy(patcher.model_options.get("transformer_options", {}))
+    comfy.patcher_extension.merge_nested_dicts(opts.setdefault("wrappers", {}), patcher.wrappers, copy_dict1=False)
+    opts["cond_or_uncond"] = [0]  # one positive row: CFG 1, a batch of one latent
+    return opts
+
+
+def model_call(patcher, inp: dict):
+    return patcher.model.diffusion_model(inp["x"], inp["timestep"], inp["context"], y=inp["y"],
+                                         guidance=inp["guidance"], ref_latents=[inp["ref"]],
+                                         transformer_options=transformer_options(patcher))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size", choices=sorted(SIZES), help="default: full on CUDA/meta, small on CPU")
+    ap.add_argument("--device", help="cuda, cpu or meta (build and patch only); default: cuda if available")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--iters", type=int, help="measured calls per variant (default: 10 on GPU, 5 on CPU)")
+    ap.add_argument("--lora", action="store_true", help="also time the patch with a random rank-4 LoRA at 1.0")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", help="write the results to this file")
+    a = ap.parse_args()
+    device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    size = a.size or ("small" if device.type == "cpu" else "full")
+    iters = a.iters or (10 if device.type == "cuda" else 5)
+    cuda = device.type == "cuda"
+    import_comfyui(cpu=not cuda)
+
+    import comfy.model_management
+    from kontext_sliders.core.formats import KontinuousWeights
+    from kontext_sliders.core.projector import ProjectorConfig, SliderProjector
+    from kontext_sliders.nodes.kontinuous_nodes import LoadedKontinuous, kontinuous_patched_model
+
+    spec = SIZES[size]
+    hidden = spec["model"]["hidden_size"]
+    torch.manual_seed(a.seed)
+    with torch.inference_mode():  # ComfyUI runs every node under inference mode
+        base = build_patcher(size, device, a.seed)
+        n_params = sum(p.numel() for p in base.model.diffusion_model.parameters())
+        inputs, conditioning = make_inputs(size, device, a.seed + 1)
+        # ProjectorConfig(6144, 6144) for hidden 3072 is the released projector (ProjectorConfig()).
+        config = ProjectorConfig(out_dim=2 * hidden, width=2 * hidden)
+        with torch.device("meta" if device.type == "meta" else "cpu"):  # fp32 on the CPU, as the node runs it
+            projector = SliderProjector(config).eval()
+
+        def patched_clone(lora: bool):
+            lora_state = random_lora(spec, 4, a.seed + 2) if lora else {}
+            weights = KontinuousWeights(config, projector.state_dict(), lora_state, lora_alpha=None)
+            t0 = time.perf_counter()
+            clone = kontinuous_patched_model(base, LoadedKontinuous(weights, projector, "bench"), conditioning,
+                                             [0.7], lora_strength=1.0 if lora else 0.0)
+            return clone, (time.perf_counter() - t0) * 1e3
+
+        variants = {"unpatched": base}
+        variants["patched"], patch_ms = patched_clone(False)
+        if a.lora:
+            variants["patched+lora"], _ = patched_clone(True)
+        print(f"FLUX.1 Kontext transformer, {size} size: {n_params / 1e9:.3f} B params {spec['dtype']}, "
+              f"{2 * (spec['latent'] // 2) ** 2} image + {spec['text']} text tokens, on {device}")
+        print(f"kontinuous_patched_model (projector run, once per strength): {patch_ms:.1f} ms")
+
+        if device.type == "meta":  # no data, no timing: check the full size builds, patches and runs shapes
+            for name, p in variants.items():
+                p.patch_model(load_weights=False)  # object patches only; load_models_gpu needs a real device
+                out = model_call(p, inputs)
+                p.unpatch_model(unpatch_weights=False)
+                print(f"{name}: output {tuple(out.shape)} {out.dtype}")
+            return
+
+        def timed_call(name):
+            # Loading the patcher is what sampling does first: it applies (or restores) the object patches.
+            comfy.model_management.load_models_gpu([variants[name]], force_full_load=True)
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            t0 = time.perf_counter()
+            out = model_call(variants[name], inputs)
+            if cuda:
+                torch.cuda.synchronize()
+            return out, time.perf_counter() - t0
+
+        names = list(variants)
+        times = {n: [] for n in names}
+        peak = {n: 0 for n in names}
+        first = {}
+        restored = True
+        for i in range(a.warmup + iters):
+            for name in (names if i % 2 == 0 else names[::-1]):  # AB BA AB ...: linear drift cancels
+                out, dt = timed_call(name)
+                if name not in first:
+                    first[name] = out.float().cpu()
+                elif name == "unpatched":  # a later unpatched call must not see the patch
+                    restored &= torch.equal(out.float().cpu(), first[name])
+                if i >= a.warmup:
+                    times[name].append(dt * 1e3)
+                    if cuda:
+                        peak[name] = max(peak[name], torch.cuda.max_memory_allocated())
+
+    diff = (first["patched"] - first["unpatched"]).abs().max().item()
+    print(f"check: patch active (max |patched - unpatched| = {diff:.3g}): {'yes' if diff > 0 else 'NO'}; "
+          f"unpatched output unchanged after patched calls: {'yes' if restored else 'NO'}")
+    med = {n: statistics.median(v) for n, v in times.items()}
+    if cuda:
+        mem = {n: f"{peak[n] / 2**30:.2f} GiB CUDA peak allocated" for n in names}
+    else:  # ru_maxrss is KiB on Linux and covers the whole process: one figure for all variants
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        mem = {n: f"{rss:.2f} GiB process peak RSS" for n in names}
+    for n in names:
+        print(f"{n:>13}: median {med[n]:9.2f} ms  (min {min(times[n]):.2f}, max {max(times[n]):.2f})  {mem[n]}")
+    results = dict(size=size, device=str(device), device_name=torch.cuda.get_device_name(device) if cuda
+                   else f"cpu x {torch.get_num_threads()} threads", torch=torch.__version__, dtype=str(spec["dtype"]),
+                   params=n_params, warmup=a.warmup, iters=iters, times_ms=times, median_ms=med,
+                   peak_memory={n: (peak[n] if cuda else rss * 2**30) for n in names}, patch_ms=patch_ms,
+                   patch_active=diff > 0, unpatched_restored=restored, ratio={}, overhead_pct={})
+    for n in names[1:]:
+        ratio = med[n] / med["unpatched"]
+        results["ratio"][n], results["overhead_pct"][n] = ratio, (ratio - 1) * 100
+        print(f"{n:>13} / unpatched = {ratio:.4f}")
+    if a.json:
+        Path(a.json).write_text(json.dumps(results, indent=2))
+    print(f"overhead: {results['overhead_pct']['patched']:+.1f} % (patched {med['patched']:.1f} ms vs unpatched "
+          f"{med['unpatched']:.1f} ms, median of {iters})")
+    if not (diff > 0 and restored):
+        sys.exit("sanity check failed: the timings above do not compare what they claim to")
+
+
+if __name__ == "__main__":
+    main()

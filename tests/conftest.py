@@ -1,0 +1,31 @@
+"""Reports, at the end of every run, whether the ComfyUI suite really ran."""
+import ks_fixtures as F
+
+_comfy_outcomes = {"passed": 0, "failed": 0, "skipped": 0}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.get_closest_marker("comfyui"):
+            item.user_properties.append(("comfyui", True))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "comfyui: runs ComfyUI's own code (skips when ComfyUI is not found)")
+
+
+def pytest_runtest_logreport(report):
+    if ("comfyui", True) not in report.user_properties:
+        return
+    if report.when == "call" or report.skipped or (report.failed and report.when != "teardown"):
+        _comfy_outcomes[report.outcome] += 1
+
+
+def pytest_terminal_summary(terminalreporter):
+    ran = _comfy_outcomes["passed"] + _comfy_outcomes["failed"]
+    root = F.find_comfyui()
+    if ran:
+        line = f"ComfyUI suite: ran {ran} tests against {root} ({_comfy_outcomes['failed']} failed)"
+    else:
+        line = f"ComfyUI suite: not run: {F.SKIP_NO_COMFY}" if root is None else "ComfyUI suite: not selected"
+    terminalreporter.write_line(line)
