@@ -38,7 +38,7 @@ SIZES = {
 }
 
 
-def import_comfyui(cpu: bool) -> Path:
+def import_comfyui(device: torch.device) -> Path:
     """Make ComfyUI importable the way main.py prepares it (same search as tests/ks_fixtures.py)."""
     candidates = [os.environ.get("COMFYUI_PATH")]
     if PACK_DIR.parent.name == "custom_nodes":
@@ -51,7 +51,10 @@ def import_comfyui(cpu: bool) -> Path:
     sys.path.insert(0, str(root))
     import utils.extra_config  # noqa: F401  must come first: else `utils` resolves to comfy/utils.py
     from comfy.cli_args import args
-    args.cpu = cpu  # model_management picks its device at import
+    args.cpu = device.type != "cuda"  # model_management picks its device at import
+    # Meta tensors have no memory to query: use PyTorch SDPA (ComfyUI's usual choice on NVIDIA), not the
+    # CPU default sub-quadratic attention, which sizes its chunks from free memory.
+    args.use_pytorch_cross_attention = device.type == "meta"
     import comfy.model_management  # noqa: F401
     return root
 
@@ -139,7 +142,7 @@ def main():
     size = a.size or ("small" if device.type == "cpu" else "full")
     iters = a.iters or (10 if device.type == "cuda" else 5)
     cuda = device.type == "cuda"
-    import_comfyui(cpu=not cuda)
+    import_comfyui(device)
 
     import comfy.model_management
     from kontext_sliders.core.formats import KontinuousWeights
