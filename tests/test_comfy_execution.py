@@ -118,3 +118,25 @@ def test_validation_accepts_extrapolation_and_rejects_out_of_range(comfy_graph):
     _, _, outputs, node_errors = asyncio.run(execution.validate_prompt("test", graph(strength=1.6), None))
     assert "6" not in outputs  # the patched branch is refused, the plain branch may still run
     assert "bigger than max" in str(node_errors["4"])
+
+
+def test_extra_model_paths_yaml_entries_are_honoured(comfy_graph, tmp_path):
+    """ComfyUI reads extra_model_paths.yaml before custom nodes load; our registration must keep it."""
+    import folder_paths
+    import utils.extra_config
+
+    from kontext_sliders.nodes.model_folder import FOLDER_NAME, list_weight_entries, register_model_folder
+    elsewhere = tmp_path / "elsewhere" / "ks"
+    elsewhere.mkdir(parents=True)
+    save_single_file(F.tiny_projector_weights(seed=9), elsewhere / "from_yaml.safetensors")
+    yaml = tmp_path / "extra_model_paths.yaml"
+    yaml.write_text(f"mine:\n  base_path: {tmp_path / 'elsewhere'}\n  {FOLDER_NAME}: ks/\n")
+    saved = folder_paths.folder_names_and_paths.pop(FOLDER_NAME)
+    try:
+        utils.extra_config.load_extra_path_config(str(yaml))  # as main.py does, before custom nodes
+        register_model_folder()
+        paths = folder_paths.get_folder_paths(FOLDER_NAME)
+        assert paths[0] == str(F.Path(folder_paths.models_dir) / FOLDER_NAME) and str(elsewhere) in paths
+        assert "from_yaml.safetensors" in list_weight_entries()
+    finally:
+        folder_paths.folder_names_and_paths[FOLDER_NAME] = saved
