@@ -62,7 +62,8 @@ class TxtModulationOffset:
         self.slot = slot
 
     def __call__(self, vec):
-        mod1, mod2 = comfy.ldm.flux.layers.Modulation.forward(self.module, vec)
+        # the class's forward, never the instance attribute: that may be another clone's patch
+        mod1, mod2 = type(self.module).forward(self.module, vec)
         if self.slot.rows is None:
             return mod1, mod2
         dscale, dshift = self.slot.get(mod2.shift.dtype, mod2.shift.device)
