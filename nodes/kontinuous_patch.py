@@ -75,12 +75,15 @@ class KontinuousRuntime:
     def __init__(self, sources: tuple[OffsetSource, ...]):
         self.sources = sources
         self.slot = _OffsetSlot()
+        self._tables: dict = {}  # device -> tables on that device: one upload, not one per step
 
-    def rows_for_call(self, batch_size: int, transformer_options: dict) -> torch.Tensor:
+    def rows_for_call(self, batch_size: int, transformer_options: dict, device: torch.device) -> torch.Tensor:
+        if device not in self._tables:
+            self._tables[device] = [s.table.to(device) for s in self.sources]
         cond_or_uncond = transformer_options.get("cond_or_uncond")
         total = None
-        for source in self.sources:
-            rows = offsets_for_rows(source.table, batch_size, cond_or_uncond, source.negative)
+        for source, table in zip(self.sources, self._tables[device]):
+            rows = offsets_for_rows(table, batch_size, cond_or_uncond, source.negative)
             total = rows if total is None else total + rows
         return total
 
@@ -88,7 +91,7 @@ class KontinuousRuntime:
         # Flux._forward(x, timestep, context, y, guidance, ref_latents, control, transformer_options, **kw)
         transformer_options = args[6] if len(args) > 6 else kwargs.get("transformer_options", {})
         previous = self.slot.rows
-        self.slot.set(self.rows_for_call(x.shape[0], transformer_options))
+        self.slot.set(self.rows_for_call(x.shape[0], transformer_options, x.device))
         try:
             return executor(x, *args, **kwargs)
         finally:
