@@ -256,4 +256,6 @@ def _peft_metadata(weights: KontinuousWeights) -> str:
     return json.dumps({"transformer.r": rank,
                        "transformer.lora_alpha": weights.lora_alpha if weights.lora_alpha is not None else rank,
                        "transformer.target_modules": modules, "transformer.lora_dropout": 0.0,
-                       "transformer.bias": "none", "transformer.use_dora": False}, sort_keys=True)
+                       "transformer.bias": "none", "transformer.use_dora": False,
+                       # diffusers 0.34-0.39 (the official scripts' range) read these two unconditionally
+                       "transformer.rank_pattern": {}, "transformer.alpha_pattern": {}}, sort_keys=True)

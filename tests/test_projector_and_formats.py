@@ -147,6 +147,8 @@ def test_single_file_is_also_a_plain_diffusers_lora(tmp_path):
     assert json.loads(meta["kontext_sliders"])["format"] == "kontinuous-kontext"
     peft = json.loads(meta["lora_adapter_metadata"])
     assert peft["transformer.r"] == 4 and peft["transformer.lora_alpha"] == 8.0
+    # diffusers 0.34-0.39, where the official code runs, fail with KeyError without these two
+    assert peft["transformer.rank_pattern"] == {} and peft["transformer.alpha_pattern"] == {}
     assert {k for k in keys if k.startswith("transformer.")} == set(weights.lora_state)
 
 
