@@ -59,3 +59,50 @@ def test_comfy_node_patch_matches_diffusers_hook(setup, strength):
     assert (got - expected).abs().max().item() <= 1e-4
     # The comparison is not vacuous: the offsets move the prediction far more than the tolerance.
     assert (expected - unpatched_diffusers).abs().max().item() > 1e-2
+
+
+def _bias_rows_patched(linear_bias, offsets, hidden):
+    """Independent oracle (no shared code): for one shared strength the official patch equals adding
+    delta shift to modulation rows [3H, 4H) and delta scale to rows [4H, 5H) of the text modulation
+    bias (chunk order shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp; offsets are
+    [delta scale | delta shift])."""
+    bias = linear_bias.clone()
+    bias[3 * hidden:4 * hidden] += offsets[0, hidden:]
+    bias[4 * hidden:5 * hidden] += offsets[0, :hidden]
+    return bias
+
+
+@torch.no_grad()
+def test_hook_and_node_equal_a_bias_row_oracle(setup):
+    from kontext_sliders.core.offsets import offset_table
+    from kontext_sliders.nodes.kontinuous_nodes import LoadedKontinuous, kontinuous_patched_model
+
+    bfl, weights, _, _, i = setup
+    sigma, h = 0.6, F.HIDDEN
+    projector = weights.build_projector()
+    offsets = offset_table(projector, [0.37], i["pooled"])
+
+    oracle_bfl = dict(bfl)
+    for b in range(F.DEPTH):
+        key = f"double_blocks.{b}.txt_mod.lin.bias"
+        oracle_bfl[key] = _bias_rows_patched(bfl[key], offsets, h)
+
+    # diffusers: stock model (no LoRA) with the hook vs the bias-patched weights
+    from kontext_sliders.trainer.modulation_hook import ModulationOffsetHooks
+    plain_model = F.diffusers_tiny(bfl)
+    hooks = ModulationOffsetHooks(plain_model)
+    hooks.offsets = offsets
+    hooked = F.diffusers_velocity(plain_model, i["x"], i["reference"], i["context"], i["pooled"], sigma)
+    oracle = F.diffusers_velocity(F.diffusers_tiny(oracle_bfl), i["x"], i["reference"], i["context"], i["pooled"],
+                                  sigma)
+    torch.testing.assert_close(hooked, oracle, rtol=0, atol=1e-5)
+
+    # ComfyUI: the node patch (LoRA off) vs the bias-patched weights
+    patcher = F.comfy_patcher(bfl)
+    positive = F.conditioning(i["context"], i["pooled"], i["reference"], patcher)
+    node, _ = F.comfy_predict(kontinuous_patched_model(patcher, LoadedKontinuous(weights, projector, "t"), positive,
+                                                       [0.37], lora_strength=0.0), positive, i["x"], sigma)
+    oracle_comfy, _ = F.comfy_predict(F.comfy_patcher(oracle_bfl), positive, i["x"], sigma)
+    torch.testing.assert_close(node, oracle_comfy, rtol=0, atol=1e-5)
+    plain, _ = F.comfy_predict(patcher, positive, i["x"], sigma)
+    assert (node - plain).abs().max() > 1e-2
