@@ -1,6 +1,7 @@
 """Kontinuous Kontext nodes: load the released (or our) weights, apply a strength slider."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -28,7 +29,9 @@ class LoadedKontinuous:
 def load_for_nodes(path: str, name: str) -> LoadedKontinuous:
     weights = load_kontinuous(path)
     # fp32 on the CPU, as the official inference runs it; it runs once per strength, never per step.
-    return LoadedKontinuous(weights, weights.build_projector(torch.float32), name)
+    projector = weights.build_projector(torch.float32)
+    # the projector module now owns its (upcast) tensors: don't keep the file's copy alive too (~245 MB)
+    return LoadedKontinuous(dataclasses.replace(weights, projector_state={}), projector, name)
 
 
 def pooled_from_conditioning(conditioning) -> torch.Tensor:
