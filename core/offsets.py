@@ -33,7 +33,9 @@ def offset_table(projector: SliderProjector, strengths: Sequence[float],
         if pooled.shape[0] != 1:
             raise ValueError(f"expected one pooled embedding for the instruction, got {pooled.shape[0]}")
         pooled = pooled.to(device=weight.device)
-    return projector(s, pooled).float()
+    # One row per call, as the official pipeline runs it: a batched matmul rounds differently (~1e-6),
+    # and the strength a latent gets should not depend on which other strengths share its batch.
+    return torch.cat([projector(s[i:i + 1], pooled) for i in range(len(s))]).float()
 
 
 def offsets_for_rows(table: torch.Tensor, batch_size: int, cond_or_uncond: Sequence[int] | None,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -66,6 +67,9 @@ def kontinuous_patched_model(model, loaded: LoadedKontinuous, conditioning, stre
     patched = apply_kontinuous_offsets(model, OffsetSource(table, negative))
     w = loaded.weights
     add_diffusers_lora(patched, w.lora_state, w.lora_alpha, lora_strength, loaded.name)
+    logging.info("Kontinuous Kontext: %s, strength %s, LoRA %d modules at %g x alpha/rank %g, negative rows: %s",
+                 loaded.name, ", ".join(f"{v:g}" for v in strengths), len(w.lora_state) // 2, lora_strength,
+                 w.lora_scale, negative)
     return patched
 
 
