@@ -269,3 +269,30 @@ def test_low_vram_partial_load_gives_the_same_prediction(patcher, inputs, monkey
     assert patched.model.model_lowvram  # really loaded in low-VRAM mode
     mm.unload_all_models()
     torch.testing.assert_close(low, full, rtol=0, atol=1e-5)
+
+
+@torch.no_grad()
+def test_composes_with_another_packs_double_block_replace(patcher, inputs):
+    """Block-replace patches (SkipLayerGuidance, PAG, ...) wrap the whole block; our offsets live inside it."""
+    i = inputs
+    positive = F.conditioning(i["context"], i["pooled"], i["reference"], patcher)
+    weights = F.tiny_projector_weights(seed=2)
+    calls = []
+
+    def passthrough(args, extra):
+        calls.append(args["transformer_options"]["block_index"])
+        return extra["original_block"](args)
+
+    ours, _ = F.comfy_predict(patch(patcher, weights, positive, [0.6]), positive, i["x"], SIGMA)
+    for order in ("replace first", "ours first"):
+        other = patcher.clone()
+        if order == "replace first":
+            other.set_model_patch_replace(passthrough, "dit", "double_block", 1)
+            model = patch(other, weights, positive, [0.6])
+        else:
+            model = patch(patcher, weights, positive, [0.6]).clone()
+            model.set_model_patch_replace(passthrough, "dit", "double_block", 1)
+        calls.clear()
+        both, _ = F.comfy_predict(model, positive, i["x"], SIGMA)
+        assert calls == [1]
+        assert torch.equal(both, ours)
