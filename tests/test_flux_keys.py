@@ -5,19 +5,11 @@ import torch
 import ks_fixtures as F
 from kontext_sliders.core.flux_keys import bfl_to_diffusers, diffusers_to_bfl
 
-diffusers = pytest.importorskip("diffusers", reason="diffusers not installed: key-map tests skipped")
-
-
-def tiny_diffusers_model(seed):
-    model = diffusers.FluxTransformer2DModel(
-        patch_size=1, in_channels=64, num_layers=F.DEPTH, num_single_layers=F.DEPTH_SINGLE,
-        attention_head_dim=F.HIDDEN // F.HEADS, num_attention_heads=F.HEADS, joint_attention_dim=F.CONTEXT_DIM,
-        pooled_projection_dim=F.POOLED_DIM, guidance_embeds=True, axes_dims_rope=F.AXES)
-    return F.seeded_(model, seed)
+pytest.importorskip("diffusers", reason="diffusers not installed: key-map tests skipped")
 
 
 def test_round_trip_is_exact():
-    sd = tiny_diffusers_model(0).state_dict()
+    sd = F.diffusers_seeded(0).state_dict()
     bfl = diffusers_to_bfl(sd)
     back = bfl_to_diffusers(bfl)
     assert set(back) == set(sd)
@@ -25,7 +17,7 @@ def test_round_trip_is_exact():
 
 
 def test_fused_and_swapped_tensors():
-    sd = tiny_diffusers_model(1).state_dict()
+    sd = F.diffusers_seeded(1).state_dict()
     bfl = diffusers_to_bfl(sd)
     h = F.HIDDEN
     qkv = bfl["double_blocks.1.img_attn.qkv.weight"]
@@ -44,11 +36,11 @@ def test_fused_and_swapped_tensors():
 def test_key_set_matches_comfyui_flux():
     F.import_comfyui()
     comfy_keys = set(F.tiny_bfl_state_dict(seed=0))
-    assert set(diffusers_to_bfl(tiny_diffusers_model(0).state_dict())) == comfy_keys
+    assert set(diffusers_to_bfl(F.diffusers_seeded(0).state_dict())) == comfy_keys
 
 
 def test_unknown_keys_are_reported():
-    sd = dict(tiny_diffusers_model(0).state_dict())
+    sd = dict(F.diffusers_seeded(0).state_dict())
     sd["transformer_blocks.0.something_new.weight"] = torch.zeros(1)
     with pytest.raises(ValueError, match="no counterpart"):
         diffusers_to_bfl(sd)

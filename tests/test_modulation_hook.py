@@ -8,19 +8,10 @@ import ks_fixtures as F
 pytest.importorskip("diffusers", reason="diffusers not installed: hook tests skipped")
 
 
-def tiny_model(seed=0):
-    from diffusers import FluxTransformer2DModel
-    model = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=F.DEPTH, num_single_layers=F.DEPTH_SINGLE,
-                                   attention_head_dim=F.HIDDEN // F.HEADS, num_attention_heads=F.HEADS,
-                                   joint_attention_dim=F.CONTEXT_DIM, pooled_projection_dim=F.POOLED_DIM,
-                                   guidance_embeds=True, axes_dims_rope=F.AXES)
-    return F.seeded_(model, seed)
-
-
 def loss_and_projector_grads(checkpointing: bool):
     from kontext_sliders.core.projector import ProjectorConfig, SliderProjector
     from kontext_sliders.trainer.modulation_hook import ModulationOffsetHooks
-    model = tiny_model().train()
+    model = F.diffusers_seeded(0).train()
     model.requires_grad_(False)
     if checkpointing:
         model.enable_gradient_checkpointing()
@@ -58,7 +49,7 @@ def test_hook_refuses_a_model_without_double_blocks():
 
 def test_remove_restores_the_plain_model():
     from kontext_sliders.trainer.modulation_hook import ModulationOffsetHooks
-    model = tiny_model().eval()
+    model = F.diffusers_seeded(0).eval()
     g = torch.Generator().manual_seed(5)
     x, ref = torch.randn(1, 16, 8, 8, generator=g), torch.randn(1, 16, 8, 8, generator=g)
     context, pooled = torch.randn(1, 6, F.CONTEXT_DIM, generator=g), torch.randn(1, 768, generator=g)
