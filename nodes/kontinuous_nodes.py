@@ -46,6 +46,9 @@ def pooled_from_conditioning(conditioning) -> torch.Tensor:
     if any(p.shape != first.shape or not torch.equal(p, first) for p in pooled[1:]):
         raise ValueError(f"the conditioning holds {len(pooled)} different prompts; connect only the edit "
                          "instruction (before any ConditioningCombine) so its pooled vector is unambiguous")
+    if not torch.any(first):
+        raise ValueError("the conditioning's pooled vector is all zeros (a ConditioningZeroOut output?); connect "
+                         "the encoded edit instruction, whose pooled CLIP-L vector the projector was trained on")
     return first.reshape(1, -1)
 
 

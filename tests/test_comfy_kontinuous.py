@@ -238,6 +238,9 @@ def test_conditioning_without_pooled_output_is_refused(patcher, inputs):
            [inputs["neg_context"], {"pooled_output": inputs["neg_pooled"]}]]
     with pytest.raises(ValueError, match="2 different prompts"):
         patch(patcher, F.tiny_projector_weights(), two, [0.5])
+    zeroed = [[torch.zeros_like(inputs["context"]), {"pooled_output": torch.zeros_like(inputs["pooled"])}]]
+    with pytest.raises(ValueError, match="all zeros"):
+        patch(patcher, F.tiny_projector_weights(), zeroed, [0.5])
 
 
 @torch.no_grad()
