@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import comfy.lora
 import comfy.lora_convert
+import comfy.utils
 import torch
 
 
@@ -32,7 +33,6 @@ def add_diffusers_lora(patcher, lora_state: dict[str, torch.Tensor], lora_alpha:
 
 def _check_targets(patcher, sd, key_map, name: str) -> None:
     """Every LoRA module must exist in this model with matching shapes (else: clear error, no patch)."""
-    model_sd = patcher.model.state_dict()
     missing, wrong = [], []
     for k, a in sd.items():
         if not k.endswith(".lora_A.weight"):
@@ -44,7 +44,10 @@ def _check_targets(patcher, sd, key_map, name: str) -> None:
             continue
         b = sd[module + ".lora_B.weight"]
         weight_key, rows = (target[0], target[1][2]) if isinstance(target, tuple) else (target, None)
-        weight = model_sd[weight_key]
+        # the parameter itself, not model.state_dict(): quantised layers (ComfyUI-GGUF) save a fake
+        # state dict of raw storage shapes (a Q8_0 32x32 weight is 32x34 bytes); the parameter's
+        # .shape is the logical one
+        weight = comfy.utils.get_attr(patcher.model, weight_key)
         out_rows = rows if rows is not None else weight.shape[0]
         if b.shape[0] != out_rows or a.shape[1] != weight.shape[1]:
             wrong.append(f"{module}: LoRA {b.shape[0]}x{a.shape[1]} vs model {out_rows}x{weight.shape[1]}")

@@ -299,3 +299,15 @@ def test_composes_with_another_packs_double_block_replace(patcher, inputs):
         both, _ = F.comfy_predict(model, positive, i["x"], SIGMA)
         assert calls == [1]
         assert torch.equal(both, ours)
+
+
+def test_lora_check_reads_logical_shapes_of_quantised_weights(patcher, inputs, monkeypatch):
+    """Quantised loaders (ComfyUI-GGUF) report raw storage shapes in state_dict() (a Q8_0 32x32 weight
+    shows as 32x34); the LoRA shape check must use the parameters' logical shapes (checked once by hand
+    with a real Q8_0 GGUF file through ComfyUI-GGUF's own loader)."""
+    real = patcher.model.state_dict()
+    storage_shapes = {k: torch.empty(v.shape[0], v.shape[1] + 2) if v.ndim == 2 else v for k, v in real.items()}
+    monkeypatch.setattr(patcher.model, "state_dict", lambda *a, **k: storage_shapes)
+    positive = [[inputs["context"], {"pooled_output": inputs["pooled"]}]]
+    patched = patch(patcher, F.tiny_projector_weights(), positive, [0.5], lora_strength=1.0)
+    assert len(patched.patches) > 0
