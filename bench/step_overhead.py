@@ -123,9 +123,11 @@ def transformer_options(patcher) -> dict:
 
 
 def model_call(patcher, inp: dict):
-    return patcher.model.diffusion_model(inp["x"], inp["timestep"], inp["context"], y=inp["y"],
-                                         guidance=inp["guidance"], ref_latents=[inp["ref"]],
-                                         transformer_options=transformer_options(patcher))
+    # Through model_base.apply_model, as a sampling step calls it: its APPLY_MODEL wrappers (where the
+    # Kontinuous patch picks each row's offset) run there, outside the diffusion model.
+    return patcher.model.apply_model(inp["x"], inp["timestep"], c_crossattn=inp["context"], y=inp["y"],
+                                     guidance=inp["guidance"], ref_latents=[inp["ref"]],
+                                     transformer_options=transformer_options(patcher))
 
 
 def main():

@@ -2,9 +2,12 @@
 
 Two pieces, both installed on a ModelPatcher clone (the input model is never touched):
 
-* a DIFFUSION_MODEL wrapper, which sees the batch layout of each model call
+* an APPLY_MODEL wrapper, which sees the batch layout of each model call
   (``cond_or_uncond``), picks each row's offset out of the precomputed table and puts the
-  result in a slot for the duration of that call;
+  result in a slot for the duration of that call. It runs outside ``diffusion_model``, so
+  under torch.compile (TorchCompileModel compiles ``diffusion_model``) these Python decisions
+  are never traced: the compiled graph only reads the slot's tensor, which dynamo guards
+  normally (TorchCompileModel drops every guard on ``transformer_options``);
 * an object patch on ``double_blocks.i.txt_mod.forward`` for every block, which runs the
   block's own ``Modulation.forward`` (the class method, never a previously patched forward,
   so offsets cannot stack across queue items) and adds the slot's offsets to mod2's shift and
@@ -54,21 +57,25 @@ class _OffsetSlot:
         self._cast = {}
 
 
-class TxtModulationOffset:
-    """Replacement for ``double_blocks.i.txt_mod.forward`` (a plain callable, not a Module)."""
+def txt_modulation_offset(module: torch.nn.Module, slot: _OffsetSlot):
+    """Replacement for ``double_blocks.i.txt_mod.forward``.
 
-    def __init__(self, module: torch.nn.Module, slot: _OffsetSlot):
-        self.module = module
-        self.slot = slot
+    A plain function (a closure), not a callable object: torch.compile guards a patched ``forward``
+    that is a function on its code object only, but any other callable on its identity, so with
+    ComfyUI's TorchCompileModel every Apply (every new strength) would recompile the whole model, and
+    after ``torch._dynamo.config.recompile_limit`` (8) of them Flux.forward silently runs uncompiled.
+    """
 
-    def __call__(self, vec):
+    def txt_mod_forward(vec):
         # the class's forward, never the instance attribute: that may be another clone's patch
-        mod1, mod2 = type(self.module).forward(self.module, vec)
-        if self.slot.rows is None:
+        mod1, mod2 = type(module).forward(module, vec)
+        if slot.rows is None:
             return mod1, mod2
-        dscale, dshift = self.slot.get(mod2.shift.dtype, mod2.shift.device)
+        dscale, dshift = slot.get(mod2.shift.dtype, mod2.shift.device)
         return mod1, comfy.ldm.flux.layers.ModulationOut(shift=mod2.shift + dshift, scale=mod2.scale + dscale,
                                                          gate=mod2.gate)
+
+    return txt_mod_forward
 
 
 class KontinuousRuntime:
@@ -88,8 +95,8 @@ class KontinuousRuntime:
         return total
 
     def wrapper(self, executor, x, *args, **kwargs):
-        # Flux._forward(x, timestep, context, y, guidance, ref_latents, control, transformer_options, **kw)
-        transformer_options = args[6] if len(args) > 6 else kwargs.get("transformer_options", {})
+        # BaseModel._apply_model(x, t, c_concat, c_crossattn, control, transformer_options, **kw)
+        transformer_options = args[4] if len(args) > 4 else kwargs.get("transformer_options", {})
         previous = self.slot.rows
         self.slot.set(self.rows_for_call(x.shape[0], transformer_options, x.device))
         try:
@@ -128,7 +135,7 @@ def apply_kontinuous_offsets(patcher, source: OffsetSource):
     model.set_attachments(ATTACHMENT_KEY, runtime)
     for i, block in enumerate(blocks):
         model.add_object_patch(f"diffusion_model.double_blocks.{i}.txt_mod.forward",
-                               TxtModulationOffset(block.txt_mod, runtime.slot))
-    model.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY)
-    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, runtime.wrapper)
+                               txt_modulation_offset(block.txt_mod, runtime.slot))
+    model.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY)
+    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY, runtime.wrapper)
     return model

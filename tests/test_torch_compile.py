@@ -1,0 +1,99 @@
+"""The Kontinuous patch under ComfyUI's TorchCompileModel: new strengths reuse the compiled graph, and
+nothing decided from transformer_options (whose guards TorchCompileModel drops) is baked into it.
+
+Uses set_torch_compile_wrapper exactly as TorchCompileModel does (same guard filter), with the
+"aot_eager" backend: no C++ compiler needed, seconds to run, and dynamo's guards and graph reuse
+(what is tested) do not depend on the backend.
+"""
+import pytest
+import torch
+
+import ks_fixtures as F
+
+pytestmark = pytest.mark.comfyui
+
+SIGMA = 0.7
+
+
+@pytest.fixture(scope="module")
+def setup():
+    F.import_comfyui()
+    # SDPA, as on CUDA: ComfyUI's CPU default (sub-quadratic attention) asks psutil for free memory, a graph
+    # break in every attention call, and graph breaks hide what a single full graph bakes in
+    import comfy.ldm.flux.math
+    import comfy.ldm.modules.attention
+    mp = pytest.MonkeyPatch()
+    mp.setattr(comfy.ldm.flux.math, "optimized_attention", comfy.ldm.modules.attention.attention_pytorch)
+    g = torch.Generator().manual_seed(1)
+    ctx, pooled = torch.randn(1, 8, F.CONTEXT_DIM, generator=g), torch.randn(1, 768, generator=g)
+    nctx, npooled = torch.randn(1, 8, F.CONTEXT_DIM, generator=g), torch.randn(1, 768, generator=g)
+    ref = torch.randn(1, 16, 8, 8, generator=g)
+    x = torch.randn(2, 16, 8, 8, generator=g)
+    patcher = F.comfy_patcher(F.tiny_bfl_state_dict(seed=0))
+    yield dict(patcher=patcher, x=x, weights=F.tiny_projector_weights(seed=2),
+               positive=F.conditioning(ctx, pooled, ref, patcher), negative=F.conditioning(nctx, npooled, ref, patcher))
+    mp.undo()
+
+
+def apply(s, model, strengths, negative="same offset"):
+    from kontext_sliders.nodes.kontinuous_nodes import LoadedKontinuous, kontinuous_patched_model
+    w = s["weights"]
+    return kontinuous_patched_model(model, LoadedKontinuous(w, w.build_projector(), "t"), s["positive"], strengths,
+                                    0.0, negative)
+
+
+def compiled(model):
+    from comfy_api.torch_helpers import set_torch_compile_wrapper
+    from comfy_extras.nodes_torch_compile import skip_torch_compile_dict
+    m = model.clone()
+    set_torch_compile_wrapper(model=m, backend="aot_eager", options={"guard_filter_fn": skip_torch_compile_dict})
+    return m
+
+
+def graphs():
+    from torch._dynamo.utils import counters
+    return counters["stats"]["unique_graphs"]
+
+
+@torch.no_grad()
+def test_new_strengths_reuse_the_compiled_graph(setup):
+    s = setup
+    torch._dynamo.reset()
+    base = compiled(s["patcher"])
+    first, _ = F.comfy_predict(apply(s, base, [0.6]), s["positive"], s["x"][:1], SIGMA)
+    n = graphs()
+    for strength in (0.2, 1.1, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7):  # more Applies than recompile_limit
+        got, _ = F.comfy_predict(apply(s, base, [strength]), s["positive"], s["x"][:1], SIGMA)
+        want, _ = F.comfy_predict(apply(s, s["patcher"], [strength]), s["positive"], s["x"][:1], SIGMA)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    assert graphs() == n, f"{graphs() - n} recompiles for new strengths"
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("order", ["compile_first", "patch_first"])
+def test_negative_mode_and_batch_layout_are_not_baked_in(setup, order):
+    """TorchCompileModel drops the guards on transformer_options: nothing decided from it may be traced."""
+    s = setup
+    torch._dynamo.reset()
+    make = ((lambda st, neg: apply(s, compiled(s["patcher"]), st, neg)) if order == "compile_first" else
+            (lambda st, neg: compiled(apply(s, s["patcher"], st, neg))))
+    cases = [  # (strengths, negative mode, latents, cfg): the model sees a batch of 2 every time
+        ([0.6], "same offset", 1, 3.0),
+        ([0.6], "unmodified", 1, 3.0),   # new Apply, other negative mode
+        ([0.6], "unmodified", 2, 1.0),   # the same Apply output, cond_or_uncond [0] instead of [1, 0]
+        ([0.1, 0.9], "same offset", 2, 1.0),  # per-item strengths
+    ]
+    models = {}
+    for strengths, neg, latents, cfg in cases:
+        negative = s["negative"] if cfg != 1.0 else None
+        x = s["x"][:latents]
+        key = (tuple(strengths), neg)
+        if key not in models:
+            models[key] = make(strengths, neg)
+        _, got = F.comfy_predict(models[key], s["positive"], x, SIGMA, negative=negative, cfg=cfg)
+        _, want = F.comfy_predict(apply(s, s["patcher"], strengths, neg), s["positive"], x, SIGMA,
+                                  negative=negative, cfg=cfg)
+        for k in ("cond", "uncond"):
+            if want.get(k) is not None:
+                torch.testing.assert_close(got[k], want[k], rtol=0, atol=1e-5,
+                                           msg=lambda m: f"{strengths} {neg} latents={latents} cfg={cfg} {k}: {m}")
