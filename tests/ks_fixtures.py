@@ -117,18 +117,18 @@ def tiny_lora_state(seed: int, rank: int = 4, hidden: int = HIDDEN) -> dict[str,
 
 # ---------------------------------------------------------------- ComfyUI tiny Flux
 
-def comfy_unet_config(hidden: int = HIDDEN) -> dict:
+def comfy_unet_config(hidden: int = HIDDEN, pooled_dim: int = POOLED_DIM) -> dict:
     return {"image_model": "flux", "in_channels": LATENT_CHANNELS, "out_channels": LATENT_CHANNELS,
-            "patch_size": 2, "vec_in_dim": POOLED_DIM, "context_in_dim": CONTEXT_DIM, "hidden_size": hidden,
+            "patch_size": 2, "vec_in_dim": pooled_dim, "context_in_dim": CONTEXT_DIM, "hidden_size": hidden,
             "mlp_ratio": 4.0, "num_heads": HEADS, "depth": DEPTH, "depth_single_blocks": DEPTH_SINGLE,
             "axes_dim": list(AXES), "theta": 10000, "qkv_bias": True, "guidance_embed": True, "txt_ids_dims": []}
 
 
-def tiny_bfl_state_dict(seed: int = 0, hidden: int = HIDDEN) -> dict[str, torch.Tensor]:
+def tiny_bfl_state_dict(seed: int = 0, hidden: int = HIDDEN, pooled_dim: int = POOLED_DIM) -> dict[str, torch.Tensor]:
     """Random FLUX weights in BFL / ComfyUI names, made with ComfyUI's own Flux class."""
     import comfy.ldm.flux.model
     import comfy.ops
-    cfg = {k: v for k, v in comfy_unet_config(hidden).items() if k != "image_model"}
+    cfg = {k: v for k, v in comfy_unet_config(hidden, pooled_dim).items() if k != "image_model"}
     model = comfy.ldm.flux.model.Flux(dtype=torch.float32, device="cpu", operations=comfy.ops.disable_weight_init,
                                       **cfg)
     return {k: v.clone() for k, v in seeded_(model, seed).state_dict().items()}
@@ -150,6 +150,28 @@ def comfy_patcher(bfl_sd: dict[str, torch.Tensor], dtype=torch.float32, manual_c
     model = model_config.get_model(sd, "")
     model.load_model_weights(sd, "")
     return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+
+
+# A FLUX text encoder pair at a tiny size: ComfyUI's own FluxTokenizer (CLIP-L + T5 tokenizers, shipped
+# in ComfyUI) and FluxClipModel, with the layer sizes overridden through model_options.
+TINY_CLIP_L_POOLED = 64
+TINY_CLIP_L = {"hidden_size": TINY_CLIP_L_POOLED, "intermediate_size": 128, "num_attention_heads": 2,
+               "num_hidden_layers": 2}
+TINY_T5 = {"d_model": CONTEXT_DIM, "d_ff": 64, "d_kv": 16, "num_heads": 2, "num_layers": 2}
+
+
+def tiny_flux_clip(seed: int = 0):
+    """A real comfy.sd.CLIP (tokenizers, scheduled encode, patcher) with seeded tiny encoders."""
+    import comfy.sd
+    import comfy.supported_models_base
+    import comfy.text_encoders.flux
+    target = comfy.supported_models_base.ClipTarget(comfy.text_encoders.flux.FluxTokenizer,
+                                                    comfy.text_encoders.flux.flux_clip())
+    clip = comfy.sd.CLIP(target, model_options={"clip_l_model_config": dict(TINY_CLIP_L),
+                                                "t5xxl_model_config": dict(TINY_T5),
+                                                "dtype": torch.float32})
+    seeded_(clip.cond_stage_model, seed, std=0.3)
+    return clip
 
 
 def process_latent_out(patcher, latent: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,356 @@
+"""The pack's one runtime patch on a Flux ModelPatcher clone; every knob node adds to it.
+
+Pieces, installed on a clone (the input model is never touched):
+
+* one APPLY_MODEL wrapper. It sees each model call's batch layout (``cond_or_uncond``), matches the
+  positive chunks against the multi-instruction prompts the nodes were given, adds the leave-one-out
+  rows per-instruction guidance needs (one batched forward), fills a per-call slot (offsets per row,
+  toward-pad plan per row) and combines the outputs. It runs outside ``diffusion_model``, so under
+  TorchCompileModel these Python decisions are never traced (it drops guards on transformer_options);
+* object patches, all closures reading the slot: ``double_blocks.i.txt_mod.forward`` (Kontinuous
+  offsets, modulation multiplier) and, for instruction sliders, ``double_blocks.i.forward`` /
+  ``single_blocks.i.forward``. Each runs the class's own forward (never another clone's patch), so
+  nothing stacks across queue items. Outside a wrapped call the slot is empty: plain forwards.
+
+Stacked nodes accumulate in one immutable ``PackRuntime`` (kept as a ModelPatcher attachment), so a
+second node re-installs every patch against one fresh slot instead of layering a second machinery.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import comfy.ldm.flux.layers
+import comfy.ldm.flux.model
+import comfy.patcher_extension
+import torch
+
+from ..core.instructions import combine_instruction_guidance, lerp_toward_pad, toward_pad_plan
+from ..core.offsets import offsets_for_rows
+from ..core.projector import split_offsets
+
+ATTACHMENT_KEY = "kontext_sliders.runtime"
+WRAPPER_KEY = "kontext_sliders.runtime"
+
+
+@dataclass(frozen=True)
+class OffsetSource:
+    table: torch.Tensor  # [N strengths, 2H] fp32 on the CPU
+    negative: str  # core.offsets.NEGATIVE_MODES
+
+
+@dataclass(frozen=True)
+class InstructionKnob:
+    """Per-instruction strengths for one multi-instruction prompt (its conditioning entries)."""
+    entries: tuple  # InstructionConditioning, one per conditioning entry carrying spans
+    strengths: tuple[float, ...]
+
+
+# ---------------------------------------------------------------- the per-call slot
+
+class CallSlot:
+    """What the block patches of one clone read during a wrapped call."""
+
+    def __init__(self):
+        self.offsets: torch.Tensor | None = None  # [B, 2H] fp32
+        self.pad_index: torch.Tensor | None = None  # [B, L] long: the position each token moves toward
+        self.pad_weight: torch.Tensor | None = None  # [B, L, 1] fp32: 1 = untouched
+        self._cast: dict = {}
+
+    def set(self, offsets=None, pad_index=None, pad_weight=None):
+        self.offsets, self.pad_index, self.pad_weight = offsets, pad_index, pad_weight
+        self._cast = {}
+
+    def state(self):
+        return self.offsets, self.pad_index, self.pad_weight
+
+    def offset_terms(self, dtype: torch.dtype, device: torch.device):
+        """(delta scale, delta shift) as [B, 1, H] in the modulation's dtype; cast once per call."""
+        key = ("offsets", dtype, device)
+        if key not in self._cast:
+            self._cast[key] = split_offsets(self.offsets.to(device=device, dtype=dtype).unsqueeze(1))
+        return self._cast[key]
+
+    def pad_plan(self, dtype: torch.dtype, device: torch.device):
+        key = ("pad", dtype, device)
+        if key not in self._cast:
+            self._cast[key] = (self.pad_index.to(device), self.pad_weight.to(device=device, dtype=dtype))
+        return self._cast[key]
+
+
+# ---------------------------------------------------------------- block patches (closures: see kontinuous doc)
+
+def txt_modulation_patch(module: torch.nn.Module, slot: CallSlot, attention_multiplier: float | None,
+                         mlp_multiplier: float | None):
+    """Replacement for ``double_blocks.i.txt_mod.forward``: multipliers on shift/scale, then offsets.
+
+    A plain function, not a callable object: torch.compile guards a patched ``forward`` that is a
+    function on its code object, any other callable on its identity (a recompile per new strength).
+    """
+
+    def scaled(mod, multiplier):
+        if multiplier is None:
+            return mod
+        return comfy.ldm.flux.layers.ModulationOut(shift=mod.shift * multiplier, scale=mod.scale * multiplier,
+                                                   gate=mod.gate)
+
+    def txt_mod_forward(vec):
+        # the class's forward, never the instance attribute: that may be another clone's patch
+        mod1, mod2 = type(module).forward(module, vec)
+        mod1, mod2 = scaled(mod1, attention_multiplier), scaled(mod2, mlp_multiplier)
+        if slot.offsets is None:
+            return mod1, mod2
+        dscale, dshift = slot.offset_terms(mod2.shift.dtype, mod2.shift.device)
+        return mod1, comfy.ldm.flux.layers.ModulationOut(shift=mod2.shift + dshift, scale=mod2.scale + dscale,
+                                                         gate=mod2.gate)
+
+    return txt_mod_forward
+
+
+def double_block_patch(block: torch.nn.Module, slot: CallSlot):
+    """Replacement for ``double_blocks.i.forward``: text tokens move toward the pad state first."""
+
+    def double_forward(*args, **kwargs):
+        if slot.pad_index is not None:
+            if "txt" in kwargs:
+                txt = kwargs["txt"]
+                kwargs["txt"] = lerp_toward_pad(txt, *slot.pad_plan(txt.dtype, txt.device))
+            else:
+                args = list(args)
+                args[1] = lerp_toward_pad(args[1], *slot.pad_plan(args[1].dtype, args[1].device))
+        return type(block).forward(block, *args, **kwargs)
+
+    return double_forward
+
+
+def single_block_patch(block: torch.nn.Module, slot: CallSlot):
+    """Replacement for ``single_blocks.i.forward``: the same on the text part of the joint sequence."""
+
+    def single_forward(*args, **kwargs):
+        if slot.pad_index is not None:
+            x = kwargs.pop("x") if "x" in kwargs else args[0]
+            index, weight = slot.pad_plan(x.dtype, x.device)
+            n_txt = index.shape[1]
+            x = torch.cat([lerp_toward_pad(x[:, :n_txt], index, weight), x[:, n_txt:]], dim=1)
+            args = (x,) + tuple(args[1:]) if args else (x,)
+        return type(block).forward(block, *args, **kwargs)
+
+    return single_forward
+
+
+# ---------------------------------------------------------------- the runtime
+
+def take_rows(value, index: torch.Tensor, batch: int):
+    """Select batch rows from a model-call argument (tensors with a leading batch dim; lists/dicts of them)."""
+    if torch.is_tensor(value):
+        return value.index_select(0, index.to(value.device)) if value.ndim and value.shape[0] == batch else value
+    if isinstance(value, (list, tuple)):
+        return type(value)(take_rows(v, index, batch) for v in value)
+    if isinstance(value, dict):
+        return {k: take_rows(v, index, batch) for k, v in value.items()}
+    return value
+
+
+@dataclass
+class _ChunkJob:
+    """One chunk of rows in a (possibly regrouped) forward."""
+    source: int  # chunk index in the incoming batch
+    tag: int  # cond_or_uncond entry
+    context: torch.Tensor | None = None  # replacement text sequence [1, L, D]
+    pooled: torch.Tensor | None = None  # replacement pooled vector [1, D]
+    pad_plan: tuple | None = None  # (index [L], weight [L]) toward-pad plan
+    output: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class PackRuntime:
+    offset_sources: tuple[OffsetSource, ...] = ()
+    multipliers: tuple[tuple[int, float, float], ...] = ()  # (double block, attention x, mlp x); stacked: product
+    sliders: tuple[InstructionKnob, ...] = ()
+    guidance: tuple[InstructionKnob, ...] = ()
+    slot: CallSlot = field(default_factory=CallSlot, compare=False)
+    _device_cache: dict = field(default_factory=dict, compare=False)
+
+    def with_(self, **changes) -> "PackRuntime":
+        # a fresh slot and cache: the new clone's patches must not share per-call state with the old one
+        return dataclasses.replace(self, slot=CallSlot(), _device_cache={}, **changes)
+
+    def block_multipliers(self, index: int) -> tuple[float | None, float | None]:
+        """(attention, mlp) multipliers of double block ``index``; None where no node scales it."""
+        attention = mlp = None
+        for i, a, m in self.multipliers:
+            if i == index:
+                attention = a if attention is None else attention * a
+                mlp = m if mlp is None else mlp * m
+        return attention, mlp
+
+    # -- per-call decisions
+
+    def _on(self, tensor: torch.Tensor, device, dtype=None) -> torch.Tensor:
+        key = (id(tensor), device, dtype)
+        if key not in self._device_cache:
+            self._device_cache[key] = (tensor, tensor.to(device=device, dtype=dtype or tensor.dtype))
+        return self._device_cache[key][1]
+
+    def _offset_rows(self, batch: int, cond_or_uncond, device):
+        total = None
+        for source in self.offset_sources:
+            rows = offsets_for_rows(self._on(source.table, device), batch, cond_or_uncond, source.negative)
+            total = rows if total is None else total + rows
+        return total
+
+    def _matching_entry(self, knob: InstructionKnob, chunk_context: torch.Tensor):
+        for entry in knob.entries:
+            if entry.context.shape[1:] != chunk_context.shape[1:]:
+                continue
+            expected = self._on(entry.context, chunk_context.device, chunk_context.dtype)
+            if torch.equal(chunk_context, expected.expand_as(chunk_context)):
+                return entry
+        return None
+
+    def _plan_jobs(self, context: torch.Tensor, cond_or_uncond: list[int], chunk: int):
+        jobs, extra, guided = [], [], {}
+        for j, tag in enumerate(cond_or_uncond):
+            job = _ChunkJob(source=j, tag=tag)
+            jobs.append(job)
+            if tag != 0 or context is None:
+                continue  # per-instruction knobs act on the positive prompt only
+            chunk_context = context[j * chunk:(j + 1) * chunk]
+            strengths = None
+            for knob in self.sliders:
+                entry = self._matching_entry(knob, chunk_context)
+                if entry is not None:
+                    strengths = knob.strengths if strengths is None else tuple(
+                        a * b for a, b in zip(strengths, knob.strengths))
+                    spans = entry.spans
+            if strengths is not None and any(s != 1.0 for s in strengths):
+                job.pad_plan = toward_pad_plan(spans, strengths)
+            for knob in self.guidance:
+                entry = self._matching_entry(knob, chunk_context)
+                if entry is None:
+                    continue
+                for (loo_context, loo_pooled), s in zip(entry.without, knob.strengths):
+                    if s != 1.0:
+                        loo = _ChunkJob(source=j, tag=0, context=loo_context, pooled=loo_pooled)
+                        extra.append(loo)
+                        guided.setdefault(j, []).append((s, loo))
+        return jobs, extra, guided
+
+    def wrapper(self, executor, x, *args, **kwargs):
+        # BaseModel._apply_model(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+        t, c_concat, context, control, transformer_options = (list(args) + [None] * 5)[:5]
+        transformer_options = transformer_options if transformer_options is not None else {}
+        batch = x.shape[0]
+        cond_or_uncond = list(transformer_options.get("cond_or_uncond") or [0])
+        if batch % len(cond_or_uncond):
+            raise ValueError(f"batch of {batch} rows does not split into {len(cond_or_uncond)} conditioning chunks")
+        chunk = batch // len(cond_or_uncond)
+        offsets = self._offset_rows(batch, cond_or_uncond, x.device) if self.offset_sources else None
+        jobs, extra, guided = self._plan_jobs(context, cond_or_uncond, chunk) if (
+            self.sliders or self.guidance) else ([], [], {})
+        if (self.sliders or self.guidance) and len(args) < 5:
+            raise RuntimeError("unexpected apply_model call layout: the per-instruction knobs need the text "
+                               "sequence and transformer_options as positional arguments")
+        previous = self.slot.state()
+        try:
+            if not extra and not any(job.pad_plan for job in jobs):
+                self.slot.set(offsets)  # the common case: one forward on the batch as it came
+                return executor(x, *args, **kwargs)
+            self._run_jobs(executor, jobs + extra, chunk, offsets, x, args, kwargs, transformer_options)
+        finally:
+            self.slot.set(*previous)
+        outputs = []
+        for job in jobs:
+            pairs = guided.get(job.source, [])
+            outputs.append(combine_instruction_guidance(job.output, [loo.output for _, loo in pairs],
+                                                        [s for s, _ in pairs]))
+        return torch.cat(outputs, dim=0)
+
+    def _run_jobs(self, executor, jobs, chunk, offsets, x, args, kwargs, transformer_options):
+        """Forwards grouped by text length (one forward when every job's text has the same length)."""
+        batch = x.shape[0]
+        context = args[2]
+        groups: dict = {}
+        for job in jobs:
+            length = (job.context if job.context is not None else context).shape[1]
+            groups.setdefault(length, []).append(job)
+        uuids = transformer_options.get("uuids")
+        for length, group in groups.items():
+            rows = torch.cat([torch.arange(j.source * chunk, (j.source + 1) * chunk) for j in group])
+            g_x = x.index_select(0, rows.to(x.device))
+            g_args = [take_rows(a, rows, batch) for a in args[:4]] + [None] + list(args[5:])
+            g_kwargs = take_rows(dict(kwargs), rows, batch)
+            g_context = g_args[2]
+            if any(j.context is not None for j in group):
+                g_context = torch.cat([
+                    (self._on(j.context, context.device, context.dtype).expand(chunk, -1, -1)
+                     if j.context is not None else context[j.source * chunk:(j.source + 1) * chunk])
+                    for j in group])
+                g_args[2] = g_context
+                if "y" in g_kwargs and g_kwargs["y"] is not None:
+                    y = kwargs["y"]
+                    g_kwargs["y"] = torch.cat([
+                        (self._on(j.pooled, y.device, y.dtype).reshape(1, -1)[:, :y.shape[-1]].expand(chunk, -1)
+                         if j.pooled is not None else y[j.source * chunk:(j.source + 1) * chunk])
+                        for j in group])
+            options = dict(transformer_options)
+            options["cond_or_uncond"] = [j.tag for j in group]
+            if uuids is not None and len(uuids) * chunk == batch:
+                options["uuids"] = [uuids[j.source] for j in group]
+            g_args[4] = options
+            pad_index = pad_weight = None
+            if any(j.pad_plan for j in group):
+                n_txt = g_context.shape[1]
+                identity = (torch.arange(n_txt), torch.ones(n_txt))
+                plans = [j.pad_plan or identity for j in group]
+                pad_index = torch.cat([p[0].expand(chunk, -1) for p in plans]).to(x.device)
+                pad_weight = torch.cat([p[1].expand(chunk, -1) for p in plans]).unsqueeze(-1).to(x.device)
+            self.slot.set(None if offsets is None else offsets.index_select(0, rows.to(offsets.device)),
+                          pad_index, pad_weight)
+            out = executor(g_x, *g_args, **g_kwargs)
+            for k, job in enumerate(group):
+                job.output = out[k * chunk:(k + 1) * chunk]
+
+
+# ---------------------------------------------------------------- installing on a clone
+
+def flux_double_blocks(patcher) -> list:
+    """The double-stream blocks of a Flux model, or a clear error for anything else."""
+    diffusion_model = patcher.get_model_object("diffusion_model")
+    if not isinstance(diffusion_model, comfy.ldm.flux.model.Flux):
+        raise TypeError(f"this node needs a FLUX.1 (Kontext) model; this MODEL is "
+                        f"{type(diffusion_model).__module__}.{type(diffusion_model).__name__}")
+    blocks = list(diffusion_model.double_blocks)
+    if not blocks or not all(getattr(b, "modulation", False) for b in blocks):
+        raise TypeError("this Flux variant has no per-block text modulation (global modulation, e.g. FLUX.2 / "
+                        "Chroma); the Kontext Sliders patches need FLUX.1's per-block txt_mod")
+    return blocks
+
+
+def flux_hidden_size(patcher) -> int:
+    return patcher.get_model_object("diffusion_model").hidden_size
+
+
+def installed_runtime(patcher) -> PackRuntime:
+    return patcher.get_attachment(ATTACHMENT_KEY) or PackRuntime()
+
+
+def patched_clone(patcher, **changes):
+    """A clone of ``patcher`` whose runtime is the installed one with ``changes``; every patch re-installed."""
+    blocks = flux_double_blocks(patcher)
+    model = patcher.clone()
+    runtime = installed_runtime(patcher).with_(**changes)
+    model.set_attachments(ATTACHMENT_KEY, runtime)
+    prefix = "diffusion_model"
+    if runtime.offset_sources or runtime.multipliers:
+        for i, block in enumerate(blocks):
+            model.add_object_patch(f"{prefix}.double_blocks.{i}.txt_mod.forward",
+                                   txt_modulation_patch(block.txt_mod, runtime.slot, *runtime.block_multipliers(i)))
+    if runtime.sliders:
+        for i, block in enumerate(blocks):
+            model.add_object_patch(f"{prefix}.double_blocks.{i}.forward", double_block_patch(block, runtime.slot))
+        for i, block in enumerate(patcher.get_model_object(prefix).single_blocks):
+            model.add_object_patch(f"{prefix}.single_blocks.{i}.forward", single_block_patch(block, runtime.slot))
+    model.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY)
+    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY, runtime.wrapper)
+    return model
