@@ -3,10 +3,13 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
+from .instruction_encode import KontextMultiInstructionEncode
+from .knob_nodes import KontextInstructionGuidance, KontextInstructionSliders, KontextModulationStrength
 from .kontinuous_nodes import KontinuousKontextApply, KontinuousKontextLoader
 from .model_folder import register_model_folder
 
-NODES: list[type[io.ComfyNode]] = [KontinuousKontextLoader, KontinuousKontextApply]
+NODES: list[type[io.ComfyNode]] = [KontinuousKontextLoader, KontinuousKontextApply, KontextMultiInstructionEncode,
+                                   KontextModulationStrength, KontextInstructionSliders, KontextInstructionGuidance]
 
 
 class KontextSlidersExtension(ComfyExtension):

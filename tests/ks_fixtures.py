@@ -170,7 +170,7 @@ def tiny_flux_clip(seed: int = 0):
     clip = comfy.sd.CLIP(target, model_options={"clip_l_model_config": dict(TINY_CLIP_L),
                                                 "t5xxl_model_config": dict(TINY_T5),
                                                 "dtype": torch.float32})
-    seeded_(clip.cond_stage_model, seed, std=0.3)
+    seeded_(clip.cond_stage_model, seed, std=0.3).requires_grad_(False)
     return clip
 
 

@@ -40,6 +40,9 @@ def comfy_graph(tmp_path_factory):
     save_official_folder(weights, models / "release")
     for module in (F.PACK_DIR, TEST_NODES):  # ComfyUI's own custom-node loader
         assert asyncio.run(nodes.load_custom_node(str(module))), f"ComfyUI could not load {module}"
+    for extra in ("nodes_edit_model.py", "nodes_flux.py"):  # ReferenceLatent, FluxGuidance (built-in extras)
+        path = F.find_comfyui() / "comfy_extras" / extra
+        assert asyncio.run(nodes.load_custom_node(str(path), module_parent="comfy_extras")), extra
     folder_paths.add_model_folder_path("kontext_sliders", str(models), is_default=True)
     return nodes, weights
 
@@ -140,3 +143,61 @@ def test_extra_model_paths_yaml_entries_are_honoured(comfy_graph, tmp_path):
         assert "from_yaml.safetensors" in list_weight_entries()
     finally:
         folder_paths.folder_names_and_paths[FOLDER_NAME] = saved
+
+
+# ---------------------------------------------------------------- the training-free knobs in a real graph
+
+INSTRUCTIONS = "make the sky stormy\nturn the car red"
+KNOBS = {
+    "KontextModulationStrength": {"multiplier": 0.6, "start_block": 0, "end_block": -1, "terms": "mlp"},
+    "KontextInstructionSliders": {"conditioning": ["6", 0], "strengths": "0.2, 1.5"},
+    "KontextInstructionGuidance": {"conditioning": ["6", 0], "strengths": "0.2, 1.5"},
+}
+
+
+def knob_graph(knob):
+    sampler = {"seed": 7, "steps": 2, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0,
+               "positive": ["6", 0], "negative": ["6", 0], "latent_image": ["4", 0]}
+    return {
+        "1": {"class_type": "KSTestTinyFlux", "inputs": {"seed": 0, "pooled_dim": F.TINY_CLIP_L_POOLED}},
+        "2": {"class_type": "KSTestTinyClip", "inputs": {"seed": 3}},
+        "3": {"class_type": "KontextMultiInstructionEncode", "inputs": {"clip": ["2", 0], "instructions": INSTRUCTIONS}},
+        "4": {"class_type": "KSTestLatent", "inputs": {"seed": 1, "batch": 2}},
+        "5": {"class_type": "ReferenceLatent", "inputs": {"conditioning": ["3", 0], "latent": ["4", 0]}},
+        "6": {"class_type": "FluxGuidance", "inputs": {"conditioning": ["5", 0], "guidance": 2.5}},
+        "7": {"class_type": knob, "inputs": {"model": ["1", 0], **KNOBS[knob]}},
+        "8": {"class_type": "KSampler", "inputs": {"model": ["7", 0], **sampler}},
+        "9": {"class_type": "KSTestCapture", "inputs": {"samples": ["8", 0], "key": "knob"}},
+        "10": {"class_type": "KSampler", "inputs": {"model": ["1", 0], **sampler}},
+        "11": {"class_type": "KSTestCapture", "inputs": {"samples": ["10", 0], "key": "plain"}},
+    }
+
+
+@pytest.mark.parametrize("knob", list(KNOBS))
+def test_knob_graph_executes_and_matches_the_python_path(comfy_graph, knob):
+    nodes, _ = comfy_graph
+    from comfy_extras.nodes_edit_model import ReferenceLatent
+    from comfy_extras.nodes_flux import FluxGuidance
+
+    from kontext_sliders.nodes import knob_nodes
+    from kontext_sliders.nodes.instruction_encode import encode_instructions
+    ok, messages = run_prompt(knob_graph(knob))
+    assert ok, messages
+    out = captured()
+
+    model = F.comfy_patcher(F.tiny_bfl_state_dict(0, pooled_dim=F.TINY_CLIP_L_POOLED))
+    latent = nodes.NODE_CLASS_MAPPINGS["KSTestLatent"]().build(1, 2)[0]
+    cond = encode_instructions(F.tiny_flux_clip(3), INSTRUCTIONS)
+    cond = FluxGuidance.execute(ReferenceLatent.execute(cond, latent)[0], 2.5)[0]
+    settings = {k: v for k, v in KNOBS[knob].items() if k != "conditioning"}
+    if knob == "KontextModulationStrength":
+        patched = knob_nodes.modulation_scaled_model(model, **settings)
+    elif knob == "KontextInstructionSliders":
+        patched = knob_nodes.instruction_sliders_model(model, cond, **settings)
+    else:
+        patched = knob_nodes.instruction_guidance_model(model, cond, **settings)
+    expected = nodes.common_ksampler(patched, 7, 2, 1.0, "euler", "simple", cond, cond, latent)[0]["samples"]
+    plain = nodes.common_ksampler(model, 7, 2, 1.0, "euler", "simple", cond, cond, latent)[0]["samples"]
+    assert torch.equal(out["knob"], expected)
+    assert torch.equal(out["plain"], plain)
+    assert (out["knob"] - out["plain"]).abs().max() > 1e-3

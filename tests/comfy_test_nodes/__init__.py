@@ -17,13 +17,40 @@ CAPTURED: dict = {}
 class KSTestTinyFlux:
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"seed": ("INT", {"default": 0})}}
+        return {"required": {"seed": ("INT", {"default": 0})},
+                "optional": {"pooled_dim": ("INT", {"default": F.POOLED_DIM})}}
     RETURN_TYPES = ("MODEL",)
     FUNCTION = "build"
     CATEGORY = "testing"
 
+    def build(self, seed, pooled_dim=F.POOLED_DIM):
+        return (F.comfy_patcher(F.tiny_bfl_state_dict(seed, pooled_dim=pooled_dim)),)
+
+
+class KSTestTinyClip:
+    """ComfyUI's FLUX text encoder pair (real tokenizers) at a tiny size; pooled width TINY_CLIP_L_POOLED."""
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": ("INT", {"default": 0})}}
+    RETURN_TYPES = ("CLIP",)
+    FUNCTION = "build"
+    CATEGORY = "testing"
+
     def build(self, seed):
-        return (F.comfy_patcher(F.tiny_bfl_state_dict(seed)),)
+        return (F.tiny_flux_clip(seed),)
+
+
+class KSTestLatent:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": ("INT", {"default": 0}), "batch": ("INT", {"default": 1})}}
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "build"
+    CATEGORY = "testing"
+
+    def build(self, seed, batch):
+        g = torch.Generator().manual_seed(seed)
+        return ({"samples": torch.randn(batch, F.LATENT_CHANNELS, 8, 8, generator=g)},)
 
 
 class KSTestEditInputs:
@@ -59,4 +86,4 @@ class KSTestCapture:
 
 
 NODE_CLASS_MAPPINGS = {"KSTestTinyFlux": KSTestTinyFlux, "KSTestEditInputs": KSTestEditInputs,
-                       "KSTestCapture": KSTestCapture}
+                       "KSTestCapture": KSTestCapture, "KSTestTinyClip": KSTestTinyClip, "KSTestLatent": KSTestLatent}
