@@ -6,6 +6,7 @@ while the text encoder is loaded.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -26,6 +27,13 @@ class InstructionConditioning:
     spans: InstructionSpans
     context: torch.Tensor  # the full prompt's T5 sequence [1, L, D]: identifies the sampler rows it belongs to
     without: tuple[tuple[torch.Tensor, torch.Tensor], ...]  # per line: (context, pooled) of the prompt without it
+    # Only for prompts that fill the padded length (>= 256 T5 tokens): the same prompt encoded with one
+    # pad token after the end token (ComfyUI's tokenizer asked for one more position), and its spans.
+    padded: tuple[InstructionSpans, torch.Tensor] | None = None
+
+    def slider_target(self) -> tuple[InstructionSpans, torch.Tensor | None]:
+        """(spans with a pad position, replacement context or None) for the toward-pad sliders."""
+        return self.padded if self.padded is not None else (self.spans, None)
 
 
 def _t5_tokenizer(clip):
@@ -57,15 +65,25 @@ def instruction_spans(clip, lines: list[str]) -> InstructionSpans:
     prefixes = [t5_content(clip, p)[0] for p in prefix_prompts(lines)]
     spans = spans_from_prefixes(full, prefixes, lines)
     # the first pad after the end token; ComfyUI's Flux T5 tokenizer pads every prompt to 256 tokens
-    pad_index = next((i for i in range(len(full), len(sequence))
-                      if sequence[i][2] == 0 and sequence[i][0] == t5.pad_token and
-                      i > len(full)), None)
+    pad_index = next((i for i in range(len(full) + 1, len(sequence))
+                      if sequence[i][2] == 0 and sequence[i][0] == t5.pad_token), None)
     return InstructionSpans(tuple(lines), tuple(spans), pad_index, len(sequence))
 
 
-def encode(clip, text: str):
+def encode(clip, text: str, **tokenize_options):
     """Exactly CLIPTextEncode: tokenize, then the scheduled encode."""
-    return clip.encode_from_tokens_scheduled(clip.tokenize(text))
+    return clip.encode_from_tokens_scheduled(clip.tokenize(text, **tokenize_options))
+
+
+def encode_with_one_pad(clip, text: str, spans: InstructionSpans):
+    """The prompt with one pad token after its end token: ComfyUI's own padding, one position longer."""
+    options = {"tokenizer_options": {f"{T5_KEY}_min_length": spans.length + 1}}
+    sequence = clip.tokenize(text, return_word_ids=True, **options)[T5_KEY][0]
+    t5 = _t5_tokenizer(clip)
+    if len(sequence) != spans.length + 1 or sequence[-1][0] != t5.pad_token:
+        raise ValueError("could not obtain a pad token from the T5 tokenizer for this long prompt")
+    context = encode(clip, text, **options)[0][0]
+    return dataclasses.replace(spans, pad_index=spans.length, length=spans.length + 1), context
 
 
 def encode_instructions(clip, instructions: str):
@@ -81,10 +99,11 @@ def encode_instructions(clip, instructions: str):
     for prompt in leave_one_out_prompts(lines):
         c = encode(clip, prompt)[0]
         without.append((c[0], c[1].get("pooled_output")))
+    padded = None if spans.pad_index is not None else encode_with_one_pad(clip, joined_prompt(lines), spans)
     out = []
     for c, extra in conditioning:
         extra = dict(extra)
-        extra[METADATA_KEY] = InstructionConditioning(spans, c, tuple(without))
+        extra[METADATA_KEY] = InstructionConditioning(spans, c, tuple(without), padded)
         out.append([c, extra])
     logging.info("Kontext multi-instruction: %s", "; ".join(f"{line!r} -> tokens {s}:{e}"
                                                             for line, (s, e) in zip(lines, spans.spans)))

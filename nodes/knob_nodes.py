@@ -45,7 +45,7 @@ def instruction_sliders_model(model, conditioning, strengths: str):
     flux_double_blocks(model)
     knob = instruction_knob(conditioning, strengths)
     for entry in knob.entries:
-        toward_pad_plan(entry.spans, knob.strengths)  # a prompt without a pad token fails here, not mid-sampling
+        toward_pad_plan(entry.slider_target()[0], knob.strengths)  # bad spans fail here, not mid-sampling
     if all(s == 1.0 for s in knob.strengths):
         return model
     return patched_clone(model, sliders=installed_runtime(model).sliders + (knob,))

@@ -88,6 +88,11 @@ def txt_modulation_patch(module: torch.nn.Module, slot: CallSlot, attention_mult
     function on its code object, any other callable on its identity (a recompile per new strength).
     """
 
+    # 0-d tensors, not floats: dynamo lifts captured tensors as graph inputs but bakes floats in as
+    # constants, so a float would recompile the model for every new multiplier under TorchCompileModel
+    attention_multiplier, mlp_multiplier = (None if m is None else torch.tensor(m, dtype=torch.float32)
+                                            for m in (attention_multiplier, mlp_multiplier))
+
     def scaled(mod, multiplier):
         if multiplier is None:
             return mod
@@ -219,12 +224,13 @@ class PackRuntime:
             strengths = None
             for knob in self.sliders:
                 entry = self._matching_entry(knob, chunk_context)
-                if entry is not None:
+                if entry is not None:  # stacked slider nodes on one prompt: s1 * s2 (lerp of a lerp)
                     strengths = knob.strengths if strengths is None else tuple(
                         a * b for a, b in zip(strengths, knob.strengths))
-                    spans = entry.spans
+                    spans, padded_context = entry.slider_target()
             if strengths is not None and any(s != 1.0 for s in strengths):
                 job.pad_plan = toward_pad_plan(spans, strengths)
+                job.context = padded_context  # None unless the prompt left no pad token in the sequence
             for knob in self.guidance:
                 entry = self._matching_entry(knob, chunk_context)
                 if entry is None:
@@ -331,6 +337,17 @@ def flux_hidden_size(patcher) -> int:
     return patcher.get_model_object("diffusion_model").hidden_size
 
 
+def memory_with_extra_rows(base_model, factor: int):
+    """``BaseModel.memory_required`` for a batch ``factor`` times larger: per-instruction guidance adds
+    leave-one-out rows inside the call, and ComfyUI sizes its cond batches (and model loading) by this."""
+
+    def memory_required(input_shape, *args, **kwargs):
+        shape = (input_shape[0] * factor,) + tuple(input_shape[1:])
+        return type(base_model).memory_required(base_model, shape, *args, **kwargs)
+
+    return memory_required
+
+
 def installed_runtime(patcher) -> PackRuntime:
     return patcher.get_attachment(ATTACHMENT_KEY) or PackRuntime()
 
@@ -351,6 +368,9 @@ def patched_clone(patcher, **changes):
             model.add_object_patch(f"{prefix}.double_blocks.{i}.forward", double_block_patch(block, runtime.slot))
         for i, block in enumerate(patcher.get_model_object(prefix).single_blocks):
             model.add_object_patch(f"{prefix}.single_blocks.{i}.forward", single_block_patch(block, runtime.slot))
+    extra_rows = sum(sum(1 for s in knob.strengths if s != 1.0) for knob in runtime.guidance)
+    if extra_rows:
+        model.add_object_patch("memory_required", memory_with_extra_rows(patcher.model, 1 + extra_rows))
     model.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY)
     model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY, runtime.wrapper)
     return model

@@ -115,15 +115,6 @@ def test_pad_position_is_the_first_pad_after_the_end_token(clip):
     assert spans.pad_index == len(content) + 1 and sequence[spans.pad_index][0] == t5.pad_token
 
 
-def test_long_prompt_without_pad_token_is_a_clear_error_for_sliders(clip, patcher):
-    from kontext_sliders.nodes.knob_nodes import instruction_sliders_model
-    lines = ["make the sky " + " ".join(["stormy"] * 260), "turn the car red"]
-    conditioning = encode_lines(clip, "\n".join(lines))
-    assert metadata(conditioning).spans.pad_index is None
-    with pytest.raises(ValueError, match="no pad token"):
-        instruction_sliders_model(patcher, conditioning, "0.5, 1")
-
-
 def test_text_beyond_the_t5_length_is_a_clear_error(clip, monkeypatch):
     monkeypatch.setattr(clip.tokenizer.t5xxl, "max_length", 16)
     with pytest.raises(ValueError, match="longer than the T5 tokenizer's 16 tokens"):
@@ -362,3 +353,52 @@ def test_knobs_compose_with_kontinuous_offsets_and_each_other(clip, patcher, lat
                   instruction_guidance_model(patcher, conditioning, "1, 1, 0")):
         assert not torch.allclose(predict(alone, positive, latents), out)
     assert torch.isfinite(out).all()
+
+
+def test_long_prompt_gets_one_pad_token_from_comfyuis_tokenizer(clip, patcher, latents):
+    from kontext_sliders.nodes.instruction_encode import T5_KEY
+    from kontext_sliders.nodes.knob_nodes import instruction_sliders_model
+    lines = ["make the sky " + " ".join(["stormy"] * 260), "turn the car red"]
+    text = " ".join(lines)
+    conditioning = encode_lines(clip, "\n".join(lines))
+    meta = metadata(conditioning)
+    assert meta.spans.pad_index is None  # ComfyUI's padding to 256 left no pad token
+    spans, padded = meta.slider_target()
+    assert padded.shape[1] == spans.length == meta.spans.length + 1 and spans.pad_index == meta.spans.length
+    # the same as encoding, by hand, the tokenised prompt with one pad token appended after the end token
+    tokens = clip.tokenize(text)
+    t5 = clip.tokenizer.t5xxl
+    assert tokens[T5_KEY][0][-1][0] == t5.end_token
+    tokens[T5_KEY] = [tokens[T5_KEY][0] + [(t5.pad_token, 1.0)]]
+    assert torch.equal(padded, clip.encode_from_tokens(tokens))
+    assert torch.equal(conditioning[0][0], clip_text_encode(clip, text)[0][0])  # the output itself is unchanged
+
+    positive = with_reference(conditioning, patcher, latents["reference"])
+    model = instruction_sliders_model(patcher, conditioning, "1, 0")
+    probe = _TextProbe(patcher)
+    try:
+        out = predict(model, positive, latents)
+    finally:
+        probe.close()
+    (s0, e0), (s1, e1) = spans.spans
+    assert len(probe.seen) == F.DEPTH + F.DEPTH_SINGLE
+    for kind, h in probe.seen:
+        if kind == "double":
+            assert h.shape[1] == spans.length
+        txt = h[:, :spans.length]
+        assert torch.equal(txt[:, s1:e1], txt[:, spans.pad_index:spans.pad_index + 1].expand(-1, e1 - s1, -1))
+    assert torch.isfinite(out).all()
+
+
+def test_guidance_tells_comfyui_the_memory_of_its_extra_rows(clip, patcher):
+    from kontext_sliders.nodes.knob_nodes import instruction_guidance_model
+    conditioning = encode_lines(clip, PROMPT)
+    model = instruction_guidance_model(patcher, conditioning, "1, 0.5, 2")  # two leave-one-out row sets
+    shape = (2, 16, 8, 8)
+    plain = patcher.model.memory_required(shape)
+    model.patch_model()
+    try:
+        assert model.model.memory_required(shape) == pytest.approx(3 * plain)
+    finally:
+        model.unpatch_model()
+    assert patcher.model.memory_required(shape) == plain

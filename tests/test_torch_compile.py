@@ -97,3 +97,35 @@ def test_negative_mode_and_batch_layout_are_not_baked_in(setup, order):
             if want.get(k) is not None:
                 torch.testing.assert_close(got[k], want[k], rtol=0, atol=1e-5,
                                            msg=lambda m: f"{strengths} {neg} latents={latents} cfg={cfg} {k}: {m}")
+
+
+@pytest.fixture(scope="module")
+def knob_setup(setup):
+    import node_helpers
+
+    from kontext_sliders.nodes.instruction_encode import encode_instructions
+    clip = F.tiny_flux_clip(seed=3)
+    patcher = F.comfy_patcher(F.tiny_bfl_state_dict(seed=0, pooled_dim=F.TINY_CLIP_L_POOLED))
+    conditioning = encode_instructions(clip, "make the sky stormy\nturn the car red")
+    positive = node_helpers.conditioning_set_values(conditioning, {
+        "reference_latents": [F.process_latent_out(patcher, setup["x"][:1])], "guidance": 3.5})
+    return dict(patcher=patcher, conditioning=conditioning, positive=positive, x=setup["x"][:1])
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("knob", ["sliders", "guidance", "modulation"])
+def test_instruction_knobs_under_torch_compile(knob_setup, knob):
+    from kontext_sliders.nodes import knob_nodes
+    s = knob_setup
+    make = {"sliders": lambda m, v: knob_nodes.instruction_sliders_model(m, s["conditioning"], f"{v}, 1"),
+            "guidance": lambda m, v: knob_nodes.instruction_guidance_model(m, s["conditioning"], f"{v}, 1"),
+            "modulation": lambda m, v: knob_nodes.modulation_scaled_model(m, v, 0, -1)}[knob]
+    torch._dynamo.reset()
+    base = compiled(s["patcher"])
+    F.comfy_predict(make(base, 0.5), s["positive"], s["x"], SIGMA)
+    n = graphs()
+    for value in (0.0, 0.25, 1.5, 2.0):
+        got, _ = F.comfy_predict(make(base, value), s["positive"], s["x"], SIGMA)
+        want, _ = F.comfy_predict(make(s["patcher"], value), s["positive"], s["x"], SIGMA)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5, msg=lambda m: f"{knob} {value}: {m}")
+    assert graphs() == n, f"{graphs() - n} recompiles for new strengths"
