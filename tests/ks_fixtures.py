@@ -79,9 +79,10 @@ def seeded_(module: torch.nn.Module, seed: int, std: float = 0.1) -> torch.nn.Mo
 
 
 def tiny_projector_weights(seed: int = 0, lora_rank: int = 4, lora_alpha: float | None = 8.0,
-                           dtype=torch.float32, hidden: int = HIDDEN, with_lora: bool = True) -> KontinuousWeights:
+                           dtype=torch.float32, hidden: int = HIDDEN, with_lora: bool = True,
+                           clip_dim: int = POOLED_DIM) -> KontinuousWeights:
     """Projector for hidden size ``hidden`` + a diffusers-format LoRA on the official targets."""
-    config = ProjectorConfig(out_dim=2 * hidden, width=2 * hidden)
+    config = ProjectorConfig(out_dim=2 * hidden, width=2 * hidden, clip_dim=clip_dim)
     projector = seeded_(SliderProjector(config), seed, std=0.15)
     lora = tiny_lora_state(seed + 1, lora_rank, hidden) if with_lora else {}
     return KontinuousWeights(config, {k: v.to(dtype) for k, v in projector.state_dict().items()},
