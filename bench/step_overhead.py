@@ -122,6 +122,24 @@ def transformer_options(patcher) -> dict:
     return opts
 
 
+def knob_variants(base, conditioning, spec: dict, seed: int) -> dict:
+    """The three training-free knobs on a prompt of two sub-instructions (synthetic spans, random encodings)."""
+    from kontext_sliders.core.instructions import InstructionSpans
+    from kontext_sliders.nodes.instruction_encode import METADATA_KEY, InstructionConditioning
+    from kontext_sliders.nodes.knob_nodes import (instruction_guidance_model, instruction_sliders_model,
+                                                  modulation_scaled_model)
+    context, extra = conditioning[0]
+    n = spec["text"]
+    spans = InstructionSpans(("first", "second"), ((0, n // 4), (n // 4, n // 2)), pad_index=n // 2 + 1, length=n)
+    g = torch.Generator().manual_seed(seed)
+    without = tuple((torch.randn(context.shape, generator=g), torch.randn(extra["pooled_output"].shape, generator=g))
+                    for _ in spans.lines)
+    cond = [[context, dict(extra, **{METADATA_KEY: InstructionConditioning(spans, context, without)})]]
+    return {"modulation": modulation_scaled_model(base, 0.5, 0, -1),
+            "sliders": instruction_sliders_model(base, cond, "0.5, 1.5"),
+            "guidance": instruction_guidance_model(base, cond, "0.5, 1.5")}
+
+
 def model_call(patcher, inp: dict):
     # Through model_base.apply_model, as a sampling step calls it: its APPLY_MODEL wrappers (where the
     # Kontinuous patch picks each row's offset) run there, outside the diffusion model.
@@ -137,6 +155,9 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--iters", type=int, help="measured calls per variant (default: 20 on GPU, 40 on CPU, where call-to-call jitter is larger)")
     ap.add_argument("--lora", action="store_true", help="also time the patch with a random rank-4 LoRA at 1.0")
+    ap.add_argument("--knobs", action="store_true",
+                    help="also time the training-free knobs: modulation x0.5, instruction sliders and "
+                         "instruction guidance on a 2-instruction prompt (guidance: strengths 0.5, 1.5)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="write the results to this file")
     a = ap.parse_args()
@@ -179,6 +200,10 @@ def main():
         variants["patched"], patch_ms = patched_clone(False)
         if a.lora:
             variants["patched+lora"], _ = patched_clone(True)
+        if a.knobs and device.type == "meta":
+            print("--knobs ignored on meta: the instruction knobs compare text tensors, which meta tensors lack")
+        elif a.knobs:
+            variants.update(knob_variants(base, conditioning, spec, a.seed + 3))
         print(f"FLUX.1 Kontext transformer, {size} size: {n_params / 1e9:.3f} B params {spec['dtype']}, "
               f"{2 * (spec['latent'] // 2) ** 2} image + {spec['text']} text tokens, on {device}")
         print(f"kontinuous_patched_model (projector run, once per strength): {patch_ms:.1f} ms")
@@ -220,8 +245,10 @@ def main():
                     if cuda:
                         peak[name] = max(peak[name], torch.cuda.max_memory_allocated())
 
-    diff = (first["patched"] - first["unpatched"]).abs().max().item()
-    print(f"check: patch active (max |patched - unpatched| = {diff:.3g}): {'yes' if diff > 0 else 'NO'}; "
+    diffs = {n: (first[n] - first["unpatched"]).abs().max().item() for n in names[1:]}
+    diff = min(diffs.values())
+    print("check: every patch active (max |variant - unpatched|: " +
+          ", ".join(f"{n} {d:.3g}" for n, d in diffs.items()) + f"): {'yes' if diff > 0 else 'NO'}; "
           f"unpatched output unchanged after patched calls: {'yes' if restored else 'NO'}")
     med = {n: statistics.median(v) for n, v in times.items()}
     if cuda:
