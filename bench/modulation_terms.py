@@ -94,11 +94,11 @@ def main():
             }
         hook.remove()
     print(f"{a.size} random FLUX-architecture model on {device}; effect = ||v(m) - v(1)|| / ||v(1)||")
-    print("multiplier " + " ".join(f"{m:>6g}" for m in MULTIPLIERS))
+    print("multiplier " + " ".join(f"{m:>7g}" for m in MULTIPLIERS))
     for terms, r in results.items():
-        print(f"{terms:>10} " + " ".join(f"{row['effect']:6.3f}" for row in r["rows"]) +
+        print(f"{terms:>10} " + " ".join(f"{row['effect']:7.4f}" for row in r["rows"]) +
               f"   linearity r: {r['linearity_below_1']:.3f} (m<1) {r['linearity_above_1']:.3f} (m>1)")
-        print(f"{'text':>10} " + " ".join(f"{row['text_drift']:6.3f}" for row in r["rows"]))
+        print(f"{'text':>10} " + " ".join(f"{row['text_drift']:7.4f}" for row in r["rows"]))
     if a.json:
         Path(a.json).write_text(json.dumps({"size": a.size, "device": str(device), "results": results}, indent=1))
 
