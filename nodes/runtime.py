@@ -18,6 +18,7 @@ second node re-installs every patch against one fresh slot instead of layering a
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 
 import comfy.ldm.flux.layers
@@ -213,8 +214,18 @@ class PackRuntime:
                 return entry
         return None
 
+    def _warn_unmatched(self, knob: InstructionKnob, kind: str):
+        if id(knob) in self._device_cache.setdefault("warned", set()):
+            return
+        self._device_cache["warned"].add(id(knob))
+        logging.warning("Kontext %s (%s): the sampler's positive prompt is not the conditioning wired to the node "
+                        "(its text differs), so the knob leaves it unchanged. Wire the same Kontext Multi-Instruction "
+                        "Encode output to the knob and (through ReferenceLatent / FluxGuidance) to the sampler.",
+                        kind, "; ".join(knob.entries[0].spans.lines))
+
     def _plan_jobs(self, context: torch.Tensor, cond_or_uncond: list[int], chunk: int):
         jobs, extra, guided = [], [], {}
+        matched = set()
         for j, tag in enumerate(cond_or_uncond):
             job = _ChunkJob(source=j, tag=tag)
             jobs.append(job)
@@ -225,6 +236,7 @@ class PackRuntime:
             for knob in self.sliders:
                 entry = self._matching_entry(knob, chunk_context)
                 if entry is not None:  # stacked slider nodes on one prompt: s1 * s2 (lerp of a lerp)
+                    matched.add(id(knob))
                     strengths = knob.strengths if strengths is None else tuple(
                         a * b for a, b in zip(strengths, knob.strengths))
                     spans, padded_context = entry.slider_target()
@@ -235,11 +247,17 @@ class PackRuntime:
                 entry = self._matching_entry(knob, chunk_context)
                 if entry is None:
                     continue
+                matched.add(id(knob))
                 for (loo_context, loo_pooled), s in zip(entry.without, knob.strengths):
                     if s != 1.0:
                         loo = _ChunkJob(source=j, tag=0, context=loo_context, pooled=loo_pooled)
                         extra.append(loo)
                         guided.setdefault(j, []).append((s, loo))
+        if 0 in cond_or_uncond and context is not None:
+            for kind, knobs in (("Instruction Sliders", self.sliders), ("Instruction Guidance", self.guidance)):
+                for knob in knobs:
+                    if id(knob) not in matched:
+                        self._warn_unmatched(knob, kind)
         return jobs, extra, guided
 
     def wrapper(self, executor, x, *args, **kwargs):

@@ -126,6 +126,9 @@ def test_empty_input_and_weight_group_across_lines_are_clear_errors(clip):
         encode_lines(clip, "\n  \n")
     with pytest.raises(ValueError, match="could not locate line 1"):
         encode_lines(clip, "(make the sky\nstormy:1.3)")
+    for empty in ("()", "\u200b"):  # an empty weight group; a zero-width space (not stripped as whitespace)
+        with pytest.raises(ValueError, match="line 2 .* tokenises to nothing"):
+            encode_lines(clip, "make the sky stormy\n" + empty)
 
 
 def test_metadata_survives_reference_latent_flux_guidance_and_combine(clip, patcher, latents):
@@ -197,20 +200,23 @@ def test_modulation_strength_block_range(patcher, clip, latents):
 # ---------------------------------------------------------------- knob 2: per-instruction sliders
 
 class _TextProbe:
-    """Forward pre-hooks on the first module each block applies to its (patched) text input."""
+    """Forward pre-hooks on the first module each block applies to its (patched) text input; ``check``
+    runs there, inside the model's forward, on every block's input."""
 
-    def __init__(self, model):
+    def __init__(self, model, check):
         self.seen = []
+        self.check = check
         dm = model.model.diffusion_model
         self.handles = [b.txt_norm1.register_forward_pre_hook(self._double) for b in dm.double_blocks]
         self.handles += [b.pre_norm.register_forward_pre_hook(self._single) for b in dm.single_blocks]
-        self.checks = []
 
     def _double(self, module, inputs):
-        self.seen.append(("double", inputs[0]))
+        self.check("double", inputs[0])
+        self.seen.append("double")
 
     def _single(self, module, inputs):
-        self.seen.append(("single", inputs[0]))
+        self.check("single", inputs[0])
+        self.seen.append("single")
 
     def close(self):
         for h in self.handles:
@@ -226,18 +232,20 @@ def test_sliders_at_one_are_the_unpatched_model_and_zero_puts_tokens_on_the_pad_
     assert torch.equal(predict(instruction_sliders_model(patcher, conditioning, "1, 1, 1"), positive, latents), plain)
 
     suppressed = instruction_sliders_model(patcher, conditioning, "1, 0, 1")
-    probe = _TextProbe(patcher)
-    try:
-        out = predict(suppressed, positive, latents)
-    finally:
-        probe.close()
-    assert len(probe.seen) == F.DEPTH + F.DEPTH_SINGLE  # every block saw the text (one batched call at cfg 1)
     (s0, e0), (s1, e1), _ = spans.spans
-    for kind, h in probe.seen:
+
+    def on_the_pad_state(kind, h):
         txt = h[:, :spans.length]
         pad = txt[:, spans.pad_index:spans.pad_index + 1]
         assert torch.equal(txt[:, s1:e1], pad.expand(-1, e1 - s1, -1)), kind  # exactly the pad state
         assert not torch.allclose(txt[:, s0:e0], pad.expand(-1, e0 - s0, -1))  # the others keep theirs
+
+    probe = _TextProbe(patcher, on_the_pad_state)
+    try:
+        out = predict(suppressed, positive, latents)
+    finally:
+        probe.close()
+    assert probe.seen == ["double"] * F.DEPTH + ["single"] * F.DEPTH_SINGLE  # every block, one call at cfg 1
     assert not torch.allclose(out, plain)
 
 
@@ -261,6 +269,22 @@ def test_sliders_leave_negative_rows_and_other_prompts_untouched(clip, patcher, 
     assert not torch.allclose(rows["cond"], plain_rows["cond"])
     other = with_reference(clip_text_encode(clip, "a different prompt"), patcher, latents["reference"])
     assert torch.equal(predict(model, other, latents), predict(patcher, other, latents))
+
+
+def test_a_knob_whose_prompt_never_reaches_the_sampler_says_so(clip, patcher, latents, caplog):
+    from kontext_sliders.nodes.knob_nodes import instruction_guidance_model
+    conditioning = encode_lines(clip, PROMPT)
+    other = with_reference(clip_text_encode(clip, "a different prompt"), patcher, latents["reference"])
+    model = instruction_guidance_model(patcher, conditioning, "0.3, 1, 2")
+    with caplog.at_level("WARNING"):
+        predict(model, other, latents)
+        predict(model, other, latents)
+    warnings = [r for r in caplog.records if "not the conditioning wired to the node" in r.getMessage()]
+    assert len(warnings) == 1 and "Instruction Guidance" in warnings[0].getMessage()  # once, not every step
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        predict(model, with_reference(conditioning, patcher, latents["reference"]), latents)
+    assert not [r for r in caplog.records if "not the conditioning wired" in r.getMessage()]
 
 
 # ---------------------------------------------------------------- knob 3: per-instruction guidance
@@ -375,18 +399,20 @@ def test_long_prompt_gets_one_pad_token_from_comfyuis_tokenizer(clip, patcher, l
 
     positive = with_reference(conditioning, patcher, latents["reference"])
     model = instruction_sliders_model(patcher, conditioning, "1, 0")
-    probe = _TextProbe(patcher)
+    (s0, e0), (s1, e1) = spans.spans
+
+    def on_the_appended_pad(kind, h):
+        if kind == "double":
+            assert h.shape[1] == spans.length  # the prompt plus one pad token
+        txt = h[:, :spans.length]
+        assert torch.equal(txt[:, s1:e1], txt[:, spans.pad_index:spans.pad_index + 1].expand(-1, e1 - s1, -1))
+
+    probe = _TextProbe(patcher, on_the_appended_pad)
     try:
         out = predict(model, positive, latents)
     finally:
         probe.close()
-    (s0, e0), (s1, e1) = spans.spans
     assert len(probe.seen) == F.DEPTH + F.DEPTH_SINGLE
-    for kind, h in probe.seen:
-        if kind == "double":
-            assert h.shape[1] == spans.length
-        txt = h[:, :spans.length]
-        assert torch.equal(txt[:, s1:e1], txt[:, spans.pad_index:spans.pad_index + 1].expand(-1, e1 - s1, -1))
     assert torch.isfinite(out).all()
 
 
