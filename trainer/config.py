@@ -1,0 +1,190 @@
+"""A training run described by one config file (YAML or TOML) plus ``key=value`` overrides.
+
+Defaults are the official Kontinuous Kontext release (LoRA rank 4 / alpha 4 on the 12 official
+target suffixes, projector 4 layers as wide as its output, lr 2e-5, AdamW betas (0.9, 0.999),
+weight decay 1e-4, grad clip 1.0, constant schedule, guidance 1.0 in training, 512 px) except the
+slider-condition dropout: 0.1 as the paper states (the released script hard-codes 0).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+OFFICIAL_LORA_TARGETS = ("attn.to_k", "attn.to_q", "attn.to_v", "attn.to_out.0", "attn.add_k_proj",
+                         "attn.add_q_proj", "attn.add_v_proj", "attn.to_add_out", "ff.net.0.proj", "ff.net.2",
+                         "ff_context.net.0.proj", "ff_context.net.2")
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the key."""
+
+
+@dataclass
+class ModelSection:
+    pretrained: str | None = None  # diffusers folder or hub id of FLUX.1 Kontext [dev]
+    # A FluxTransformer2DModel config for a model trained from scratch (the offline demo); then every
+    # transformer weight is trainable, since there is no pretrained base to adapt.
+    scratch: dict | None = None
+    gradient_checkpointing: bool = True
+    guidance: float = 1.0  # the guidance embedding's value during training (official: 1.0)
+
+
+@dataclass
+class LoraSection:
+    enabled: bool = True
+    rank: int = 4
+    alpha: float = 4.0
+    targets: list[str] = field(default_factory=lambda: list(OFFICIAL_LORA_TARGETS))
+    init: str = "gaussian"
+
+
+@dataclass
+class ProjectorSection:
+    n_layers: int = 4
+    width: int | None = None  # None: 2 x hidden size, as released
+    strength_embed_dim: int = 768
+    use_clip: bool = True  # False: the variant without the pooled CLIP input
+    slider_dropout: float = 0.1  # probability of zeroing a sample's offsets (condition dropped)
+
+
+@dataclass
+class DataSection:
+    trajectories: list[str] = field(default_factory=list)  # folders in the generic trajectory format
+    resolution: int = 512
+    cache_dir: str | None = None  # default: <output_dir>/cache
+    text_encoder: str = "flux"  # "flux": CLIP-L + T5 of `model.pretrained`; "learned": one embedding per instruction
+    pixel_space: bool = False  # the demo: images are the latents (no VAE)
+    learned_text_tokens: int = 4
+
+
+@dataclass
+class OptimSection:
+    lr: float = 2e-5
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 1e-4
+    eps: float = 1e-8
+    use_8bit_adam: bool = False
+    grad_clip: float = 1.0
+    scheduler: str = "constant"  # "constant" | "cosine"
+    warmup_steps: int = 0
+
+
+@dataclass
+class RunSection:
+    output_dir: str = "output"
+    max_steps: int = 110_000
+    batch_size: int = 1  # per process
+    seed: int = 0
+    mixed_precision: str = "bf16"  # "no" | "bf16" | "fp16"
+    checkpoint_every: int = 2000
+    keep_checkpoints: int = 3
+    log_every: int = 10
+    validate_every: int = 0  # 0: only at the end
+    validation_strengths: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
+    validation_pairs: int = 2  # (source, instruction) pairs rendered, the first trajectories of the data
+    sample_steps: int = 20
+    tensorboard: bool = False
+    progress: bool = True
+    kill_at_step: int | None = None  # fault injection for tests: SIGKILL itself in the middle of this step
+
+    def __post_init__(self):
+        if self.mixed_precision is False:  # YAML reads a bare `no` as false
+            self.mixed_precision = "no"
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ConfigError(f"run.mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
+
+
+@dataclass
+class TrainConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    lora: LoraSection = field(default_factory=LoraSection)
+    projector: ProjectorSection = field(default_factory=ProjectorSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    run: RunSection = field(default_factory=RunSection)
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(dataclasses.asdict(self)))  # tuples -> lists, plain types only
+
+
+def _section_from_dict(cls, data: dict, where: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a table of settings, got {type(data).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {', '.join(where + '.' + u for u in unknown)}; "
+                          f"known in {where}: {', '.join(sorted(names))}")
+    kwargs = {k: _coerce(getattr(cls(), k), v, f"{where}.{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _coerce(default, value, key: str):
+    """Values typed like the defaults: YAML reads 1e-4 as a string, TOML has no tuples."""
+    try:
+        if isinstance(default, bool) or value is None:
+            return value
+        if isinstance(default, float):
+            return float(value)
+        if isinstance(default, int):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if isinstance(default, tuple):
+            return tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: {value!r} is not a valid {type(default).__name__}") from None
+    return value
+
+
+def config_from_dict(data: dict) -> TrainConfig:
+    sections = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(data) - set(sections))
+    if unknown:
+        raise ConfigError(f"unknown section(s) {', '.join(unknown)}; known: {', '.join(sections)}")
+    defaults = TrainConfig()
+    return TrainConfig(**{name: _section_from_dict(type(getattr(defaults, name)), data.get(name, {}), name)
+                          for name in sections})
+
+
+def read_config_file(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix == ".toml":
+            return tomllib.loads(text)
+        if path.suffix in (".yaml", ".yml", ".json"):
+            return yaml.safe_load(text) or {}
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path} is not valid {path.suffix[1:].upper()}: {e}") from None
+    raise ConfigError(f"{path}: use a .yaml, .yml, .toml or .json config file")
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """``section.key=value`` (value parsed as YAML: 10, 1e-4, true, [1, 2], text)."""
+    out = json.loads(json.dumps(data))
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or len(parts) != 2 or not all(parts):
+            raise ConfigError(f"override {item!r} must look like section.key=value, e.g. run.max_steps=100")
+        out.setdefault(parts[0], {})[parts[1]] = yaml.safe_load(raw)
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:
+    data = read_config_file(path) if path else {}
+    return config_from_dict(apply_overrides(data, list(overrides)))
+
+
+def save_resolved_config(config: TrainConfig, path: str | Path) -> None:
+    from ..core.atomic import atomic_write
+    text = yaml.safe_dump(config.to_dict(), sort_keys=False)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

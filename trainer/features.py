@@ -1,0 +1,218 @@
+"""Encoders and the on-disk feature cache.
+
+Before training, every image (VAE latent) and every instruction (T5 sequence + pooled CLIP-L) the
+trajectories use is encoded once and written to ``cache_dir`` under a key hashed from the content
+and the encoder's identity; the encoders are then dropped, so the transformer trains without the
+VAE and text encoders in memory. A re-run (or another process, or a resume) finds the cache filled.
+
+Unreadable images and trajectories with missing parts are skipped and counted, never fatal.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from ..core.atomic import atomic_write
+from .data.trajectories import Trajectory, TrajectoryFormatError, read_manifest
+
+log = logging.getLogger("kontext_sliders.trainer")
+
+
+def load_rgb(path: Path, resolution: int) -> torch.Tensor:
+    """[3, R, R] in [-1, 1]; resized to exactly R x R (bicubic), as the official dataset loader does."""
+    with Image.open(path) as im:
+        im = im.convert("RGB").resize((resolution, resolution), Image.BICUBIC)
+        array = np.asarray(im, dtype=np.float32) / 255.0
+    return torch.from_numpy(array).permute(2, 0, 1) * 2.0 - 1.0
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """[3, H, W] in [-1, 1] -> PIL."""
+    array = ((image.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(array)
+
+
+class PixelCodec:
+    """Pixel space: the image is its own latent (the offline demo)."""
+
+    def __init__(self, resolution: int):
+        self.resolution = resolution
+        self.id = f"pixels-{resolution}"
+        self.channels = 3
+
+    def encode(self, path: Path) -> torch.Tensor:
+        return load_rgb(path, self.resolution)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return latents.clamp(-1, 1)
+
+    def release(self):
+        pass
+
+
+class FluxVaeCodec:
+    """FLUX's VAE: latent = (mode(E(x)) - shift) * scale, as the official trainer computes it."""
+
+    def __init__(self, pretrained: str, resolution: int, device: torch.device, dtype: torch.dtype):
+        self.pretrained, self.resolution, self.device, self.dtype = pretrained, resolution, device, dtype
+        self.id = f"flux-vae:{pretrained}:{resolution}"
+        self.channels = 16
+        self._vae = None
+
+    @property
+    def vae(self):
+        if self._vae is None:
+            from diffusers import AutoencoderKL
+            self._vae = AutoencoderKL.from_pretrained(self.pretrained, subfolder="vae", torch_dtype=self.dtype)
+            self._vae.to(self.device).eval().requires_grad_(False)
+        return self._vae
+
+    @torch.no_grad()
+    def encode(self, path: Path) -> torch.Tensor:
+        x = load_rgb(path, self.resolution).unsqueeze(0).to(self.device, self.dtype)
+        z = self.vae.encode(x).latent_dist.mode()
+        return ((z - self.vae.config.shift_factor) * self.vae.config.scaling_factor)[0].float().cpu()
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        z = latents.to(self.device, self.dtype) / self.vae.config.scaling_factor + self.vae.config.shift_factor
+        return self.vae.decode(z).sample.float().clamp(-1, 1).cpu()
+
+    def release(self):
+        self._vae = None
+
+
+class FluxTextEncoder:
+    """CLIP-L pooled + T5 sequence (512 tokens) exactly as diffusers' FluxKontextPipeline.encode_prompt."""
+
+    def __init__(self, pretrained: str, device: torch.device, dtype: torch.dtype):
+        self.pretrained, self.device, self.dtype = pretrained, device, dtype
+        self.id = f"flux-text:{pretrained}"
+        self._pipe = None
+
+    @torch.no_grad()
+    def encode(self, text: str) -> dict[str, torch.Tensor]:
+        if self._pipe is None:
+            from diffusers import FluxKontextPipeline
+            self._pipe = FluxKontextPipeline.from_pretrained(self.pretrained, transformer=None, vae=None,
+                                                             torch_dtype=self.dtype).to(self.device)
+        context, pooled, _ = self._pipe.encode_prompt(prompt=text, prompt_2=None, device=self.device,
+                                                      max_sequence_length=512)
+        return {"context": context[0].float().cpu(), "pooled": pooled[0].float().cpu()}
+
+    def release(self):
+        self._pipe = None
+
+
+class FeatureCache:
+    """``cache_dir/<kind>/<key[:2]>/<key>.safetensors``; written atomically, so a killed run leaves no half file."""
+
+    def __init__(self, cache_dir: str | Path):
+        self.root = Path(cache_dir)
+
+    @staticmethod
+    def key(*parts: bytes | str) -> str:
+        h = hashlib.sha256()
+        for p in parts:
+            h.update(p.encode("utf-8") if isinstance(p, str) else p)
+            h.update(b"\0")
+        return h.hexdigest()
+
+    def path(self, kind: str, key: str) -> Path:
+        return self.root / kind / key[:2] / f"{key}.safetensors"
+
+    def get(self, kind: str, key: str) -> dict[str, torch.Tensor] | None:
+        path = self.path(kind, key)
+        return load_file(path) if path.is_file() else None
+
+    def put(self, kind: str, key: str, tensors: dict[str, torch.Tensor]) -> None:
+        atomic_write(self.path(kind, key), lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, tmp))
+
+
+@dataclass
+class CachedTrajectory:
+    id: str
+    instruction: str
+    source: str  # image cache key
+    frames: list[tuple[str, float]]  # (image cache key, strength)
+    task: str | None = None
+
+
+@dataclass
+class CachedDataset:
+    trajectories: list[CachedTrajectory]
+    text_keys: dict[str, str]  # instruction -> text cache key ("" when the text encoder is learned)
+    skipped: Counter = field(default_factory=Counter)
+
+    @property
+    def instructions(self) -> list[str]:
+        return sorted(self.text_keys)
+
+
+def cache_trajectories(roots: list[str], cache: FeatureCache, codec, text_encoder=None,
+                       progress: bool = False) -> CachedDataset:
+    """Encode what is not cached yet; return the trajectories as cache keys. Bad samples are counted."""
+    skipped: Counter = Counter()
+    out, texts = [], {}
+    items: list[tuple[Path, Trajectory]] = []
+    for root in roots:
+        try:
+            items += [(Path(root), t) for t in read_manifest(root)]
+        except TrajectoryFormatError as e:
+            log.warning("skipping trajectory folder %s: %s", root, e)
+            skipped["unreadable manifest"] += 1
+    iterator = items
+    if progress:
+        from tqdm.auto import tqdm
+        iterator = tqdm(items, desc="caching features", unit="trajectory")
+    for root, traj in iterator:
+        source = _cached_image(root / traj.source, cache, codec, skipped)
+        if source is None:
+            skipped["trajectory without a readable source"] += 1
+            continue
+        frames = []
+        for frame in traj.frames:
+            key = _cached_image(root / frame.path, cache, codec, skipped)
+            if key is not None:
+                frames.append((key, frame.strength))
+        if len(frames) < 2:
+            skipped["trajectory with fewer than 2 readable frames"] += 1
+            continue
+        if not traj.instruction.strip():
+            skipped["trajectory without an instruction"] += 1
+            continue
+        if traj.instruction not in texts:
+            texts[traj.instruction] = _cached_text(traj.instruction, cache, text_encoder)
+        out.append(CachedTrajectory(traj.id, traj.instruction, source, frames, traj.task))
+    for key, count in skipped.items():
+        log.warning("skipped %d: %s", count, key)
+    return CachedDataset(out, texts, skipped)
+
+
+def _cached_image(path: Path, cache: FeatureCache, codec, skipped: Counter) -> str | None:
+    try:
+        key = cache.key(path.read_bytes(), codec.id)
+        if cache.get("image", key) is None:
+            cache.put("image", key, {"latent": codec.encode(path)})
+        return key
+    except Exception as e:  # unreadable, truncated, not an image: count it, carry on
+        log.warning("unreadable image %s (%s): skipped", path, e)
+        skipped["unreadable image"] += 1
+        return None
+
+
+def _cached_text(text: str, cache: FeatureCache, text_encoder) -> str:
+    if text_encoder is None:
+        return ""
+    key = cache.key(text, text_encoder.id)
+    if cache.get("text", key) is None:
+        cache.put("text", key, text_encoder.encode(text))
+    return key

@@ -1,0 +1,249 @@
+"""The training loop: flow matching on (source, strength, target) pairs, under accelerate.
+
+Determinism, which is what makes resume exact: the rows of step k (which trajectory, which frame,
+noise, sigma, slider dropout) are a pure function of (seed, k, global row), so the data order is
+the step counter and a checkpoint only needs weights, optimizer, scheduler and the step. A resumed
+run therefore computes the very same steps an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import TrainConfig, save_resolved_config
+from .features import CachedDataset, FeatureCache, FluxTextEncoder, FluxVaeCodec, PixelCodec, cache_trajectories
+from .model import KontextSliderModel, build_model
+from .validation import render_validation
+
+log = logging.getLogger("kontext_sliders.trainer")
+
+TRAIN_SIGMAS = torch.linspace(1.0, 0.001, 1000)  # the scheduler's 1000 training sigmas, as the official trainer
+
+
+@dataclass
+class Row:
+    trajectory: int
+    frame: int
+    sigma: float
+    keep: bool
+    noise_seed: int
+
+
+def rows_for_step(seed: int, step: int, global_batch: int, dataset: CachedDataset, slider_dropout: float) -> list[Row]:
+    """The global batch of step ``step`` (0-based): a pure function of (seed, step)."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    rows = []
+    for i in range(global_batch):
+        t = int(torch.randint(len(dataset.trajectories), (1,), generator=g))
+        f = int(torch.randint(len(dataset.trajectories[t].frames), (1,), generator=g))
+        sigma = float(TRAIN_SIGMAS[int(torch.randint(1000, (1,), generator=g))])
+        keep = bool(torch.rand((), generator=g) >= slider_dropout)
+        rows.append(Row(t, f, sigma, keep, seed * 1_000_003 + step * 4096 + i))
+    return rows
+
+
+def make_codecs(config: TrainConfig, device: torch.device):
+    d = config.data
+    if d.pixel_space:
+        codec = PixelCodec(d.resolution)
+    else:
+        codec = FluxVaeCodec(config.model.pretrained, d.resolution, device, torch.bfloat16)
+    text = None
+    if d.text_encoder == "flux":
+        text = FluxTextEncoder(config.model.pretrained, device, torch.bfloat16)
+    elif d.text_encoder != "learned":
+        raise ValueError(f"data.text_encoder must be 'flux' or 'learned', got {d.text_encoder!r}")
+    return codec, text
+
+
+class Batches:
+    """Reads a step's rows from the feature cache."""
+
+    def __init__(self, dataset: CachedDataset, cache: FeatureCache, learned_text: bool):
+        self.dataset, self.cache, self.learned_text = dataset, cache, learned_text
+
+    def load(self, rows: list[Row], device: torch.device) -> dict:
+        trajs = [self.dataset.trajectories[r.trajectory] for r in rows]
+        source = torch.stack([self.cache.get("image", t.source)["latent"] for t in trajs])
+        target = torch.stack([self.cache.get("image", t.frames[r.frame][0])["latent"] for t, r in zip(trajs, rows)])
+        noise = torch.stack([torch.randn(target.shape[1:], generator=torch.Generator().manual_seed(r.noise_seed))
+                             for r in rows])
+        batch = {
+            "source": source.to(device), "target": target.to(device), "noise": noise.to(device),
+            "strength": torch.tensor([t.frames[r.frame][1] for t, r in zip(trajs, rows)], device=device),
+            "sigma": torch.tensor([r.sigma for r in rows], device=device),
+            "keep": torch.tensor([r.keep for r in rows], device=device),
+            "instructions": [t.instruction for t in trajs],
+        }
+        if not self.learned_text:
+            texts = [self.cache.get("text", self.dataset.text_keys[t.instruction]) for t in trajs]
+            batch["context"] = torch.stack([x["context"] for x in texts]).to(device)
+            batch["pooled"] = torch.stack([x["pooled"] for x in texts]).to(device)
+        return batch
+
+
+def flow_matching_loss(model, batch: dict) -> torch.Tensor:
+    """x_sigma = (1 - sigma) x + sigma eps; target eps - x; MSE over all latent elements in fp32."""
+    x, eps, sigma = batch["target"], batch["noise"], batch["sigma"]
+    s = sigma.view(-1, 1, 1, 1)
+    noisy = (1 - s) * x + s * eps
+    pred = model(noisy, batch["source"], batch["strength"], sigma, context=batch.get("context"),
+                 pooled=batch.get("pooled"), instructions=batch["instructions"], keep=batch["keep"])
+    return torch.mean((pred.float() - (eps - x).float()) ** 2)
+
+
+def make_optimizer(config: TrainConfig, params: list[torch.nn.Parameter]):
+    o = config.optim
+    if o.use_8bit_adam:
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            raise RuntimeError("optim.use_8bit_adam needs bitsandbytes: pip install bitsandbytes") from None
+        optimizer = bnb.optim.AdamW8bit(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay, eps=o.eps)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay, eps=o.eps)
+    total = config.run.max_steps
+
+    def factor(step: int) -> float:
+        warm = min(1.0, (step + 1) / o.warmup_steps) if o.warmup_steps else 1.0
+        if o.scheduler == "cosine":
+            return warm * 0.5 * (1 + math.cos(math.pi * min(step, total) / max(total, 1)))
+        return warm
+
+    if o.scheduler not in ("constant", "cosine"):
+        raise ValueError(f"optim.scheduler must be 'constant' or 'cosine', got {o.scheduler!r}")
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    steps: int
+    last_loss: float
+    skipped: dict
+    seconds_per_step: float
+    peak_memory_bytes: int
+
+
+def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+    run = config.run
+    out = Path(run.output_dir)
+    accelerator = Accelerator(mixed_precision=run.mixed_precision,
+                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
+    main = accelerator.is_main_process
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_resolved_config(config, out / "config.yaml")
+    cache = FeatureCache(config.data.cache_dir or out / "cache")
+    with accelerator.main_process_first():  # rank 0 encodes, the others find the cache filled
+        codec, text_encoder = make_codecs(config, accelerator.device)
+        dataset = cache_trajectories(config.data.trajectories, cache, codec, text_encoder,
+                                     progress=main and run.progress)
+        if text_encoder is not None:
+            text_encoder.release()  # the transformer trains without the text encoders in memory
+        codec.release()
+    if not dataset.trajectories:
+        raise ValueError(f"no usable trajectories in {config.data.trajectories} (skipped: {dict(dataset.skipped)})")
+    log.info("%d trajectories, %d instructions; skipped: %s", len(dataset.trajectories), len(dataset.instructions),
+             dict(dataset.skipped) or "none")
+
+    torch.manual_seed(run.seed)  # model init (scratch weights, LoRA gaussian A, projector): same on every rank
+    model = build_model(config, dataset.instructions).to(accelerator.device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer, scheduler = make_optimizer(config, params)
+    start = 0
+    if resume:
+        path = latest_checkpoint(out) if resume == "latest" else Path(resume)
+        if path is None:
+            log.info("--resume latest: no checkpoint in %s yet, starting from step 0", out)
+        else:
+            trainable, state = load_checkpoint(path)
+            if set(trainable) != {n for n, p in model.named_parameters() if p.requires_grad}:
+                raise ValueError(f"{path} was written for another model/config (trainable tensors differ)")
+            model.load_state_dict(trainable, strict=False)
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            start = int(state["step"])
+            log.info("resumed from %s at step %d", path, start)
+    ddp_model, optimizer = accelerator.prepare(model, optimizer)
+    unwrapped: KontextSliderModel = accelerator.unwrap_model(ddp_model)
+    batches = Batches(dataset, cache, config.data.text_encoder == "learned")
+    writer = _tensorboard(out) if (main and run.tensorboard) else None
+    config_text = yaml.safe_dump(config.to_dict(), sort_keys=False)
+    bar = _progress(start, run.max_steps) if (main and run.progress) else None
+
+    global_batch = run.batch_size * accelerator.num_processes
+    loss_value, times = float("nan"), []
+    if accelerator.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    for step in range(start, run.max_steps):
+        t0 = time.perf_counter()
+        rows = rows_for_step(run.seed, step, global_batch, dataset, config.projector.slider_dropout)
+        mine = rows[accelerator.process_index * run.batch_size:(accelerator.process_index + 1) * run.batch_size]
+        ddp_model.train()
+        with accelerator.autocast():
+            loss = flow_matching_loss(ddp_model, batches.load(mine, accelerator.device))
+        accelerator.backward(loss)
+        if run.kill_at_step is not None and step + 1 == run.kill_at_step:
+            os.kill(os.getpid(), signal.SIGKILL)  # fault injection (tests): dies mid-step, nothing saved
+        if config.optim.grad_clip:
+            accelerator.clip_grad_norm_(params, config.optim.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss_value = float(accelerator.reduce(loss.detach(), reduction="mean"))
+        times.append(time.perf_counter() - t0)
+        done = step + 1
+        if bar is not None:
+            bar.set_postfix(loss=f"{loss_value:.4f}", step_s=f"{times[-1]:.2f}")
+            bar.update(1)
+        if main and done % max(run.log_every, 1) == 0:
+            log.info("step %d/%d loss %.5f (%.2f s/step)", done, run.max_steps, loss_value, times[-1])
+            if writer is not None:
+                writer.add_scalar("train/loss", loss_value, done)
+                writer.add_scalar("train/lr", scheduler.get_last_lr()[0], done)
+        if done % run.checkpoint_every == 0 or done == run.max_steps:
+            if main:
+                save_checkpoint(out, done, {n: p for n, p in unwrapped.named_parameters() if p.requires_grad},
+                                {"step": done, "optimizer": optimizer.state_dict(),
+                                 "scheduler": scheduler.state_dict()}, config_text, run.keep_checkpoints)
+            accelerator.wait_for_everyone()
+        if main and ((run.validate_every and done % run.validate_every == 0) or done == run.max_steps):
+            render_validation(unwrapped, dataset, cache, codec, config, out / "validation" / f"step-{done:08d}")
+    if bar is not None:
+        bar.close()
+    peak = torch.cuda.max_memory_allocated() if accelerator.device.type == "cuda" else _rss()
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return TrainResult(out, run.max_steps, loss_value, dict(dataset.skipped),
+                       (sum(times[1:]) / max(len(times) - 1, 1)) if times else float("nan"), peak)
+
+
+def _progress(start: int, total: int):
+    from tqdm.auto import tqdm
+    return tqdm(total=total, initial=start, desc="training", unit="step", dynamic_ncols=True)
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        log.warning("run.tensorboard is set but tensorboard is not installed (pip install tensorboard)")
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+def _rss() -> int:
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
