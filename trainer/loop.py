@@ -7,6 +7,7 @@ run therefore computes the very same steps an uninterrupted one would.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -132,6 +133,8 @@ class TrainResult:
     skipped: dict
     seconds_per_step: float
     peak_memory_bytes: int
+    is_main: bool = True
+    rank_digests: list[str] | None = None
 
 
 def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
@@ -139,7 +142,8 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
     from accelerate.utils import DistributedDataParallelKwargs
     run = config.run
     out = Path(run.output_dir)
-    accelerator = Accelerator(mixed_precision=run.mixed_precision,
+    # cpu=True without a GPU: torchrun / accelerate-launched processes then form a gloo (MULTI_CPU) group
+    accelerator = Accelerator(mixed_precision=run.mixed_precision, cpu=not torch.cuda.is_available(),
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
     main = accelerator.is_main_process
     if main:
@@ -224,10 +228,26 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
     if bar is not None:
         bar.close()
     peak = torch.cuda.max_memory_allocated() if accelerator.device.type == "cuda" else _rss()
-    accelerator.wait_for_everyone()
+    digests = ranks_agree(accelerator, unwrapped)
     accelerator.end_training()
     return TrainResult(out, run.max_steps, loss_value, dict(dataset.skipped),
-                       (sum(times[1:]) / max(len(times) - 1, 1)) if times else float("nan"), peak)
+                       (sum(times[1:]) / max(len(times) - 1, 1)) if times else float("nan"), peak, main, digests)
+
+
+def ranks_agree(accelerator, model) -> list[str]:
+    """sha256 of every rank's trainable weights; they must be identical (DDP keeps replicas in sync)."""
+    from accelerate.utils import gather_object
+    h = hashlib.sha256()
+    for name, p in sorted(model.named_parameters()):
+        if p.requires_grad:
+            h.update(name.encode())
+            h.update(p.detach().float().cpu().numpy().tobytes())
+    digests = gather_object([h.hexdigest()])
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"trainable weights differ across ranks: {digests}")
+    if accelerator.is_main_process and len(digests) > 1:
+        log.info("trainable weights identical on %d ranks (sha256 %s)", len(digests), digests[0][:16])
+    return digests
 
 
 def _progress(start: int, total: int):

@@ -1,0 +1,54 @@
+"""Export a checkpoint to the files the nodes read.
+
+Works on the checkpoint's trainable tensors alone (no model is rebuilt, so exporting a FLUX-size run
+needs no GPU): ``projector.*`` become the projector state, peft's
+``transformer.<module>.lora_A.default.weight`` become diffusers LoRA keys
+``transformer.<module>.lora_A.weight``; rank from the shapes, alpha from the run's config.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+import yaml
+
+from ..core.formats import KontinuousWeights, save_official_folder, save_single_file
+from ..core.projector import ProjectorConfig
+from .checkpoint import latest_checkpoint, load_checkpoint
+
+LORA_KEY = re.compile(r"^transformer\.(?P<module>.+)\.(?P<half>lora_[AB])\.(?:[^.]+\.)?weight$")
+
+
+def weights_from_trainable(trainable: dict[str, torch.Tensor], lora_alpha: float | None,
+                           dtype: torch.dtype = torch.float32) -> KontinuousWeights:
+    projector = {k[len("projector."):]: v.to(dtype) for k, v in trainable.items() if k.startswith("projector.")}
+    if not projector:
+        raise ValueError("the checkpoint holds no projector tensors (projector.*)")
+    lora = {}
+    for key, value in trainable.items():
+        m = LORA_KEY.match(key)
+        if m:
+            lora[f"transformer.{m['module']}.{m['half']}.weight"] = value.to(dtype)
+    return KontinuousWeights(ProjectorConfig.from_state_dict(projector), projector, lora,
+                             lora_alpha if lora else None)
+
+
+def export_checkpoint(checkpoint: str | Path, out_file: str | Path | None = None,
+                      official_dir: str | Path | None = None, dtype: torch.dtype = torch.float32) -> KontinuousWeights:
+    """``checkpoint``: a checkpoint folder, or a run's output folder (its newest checkpoint)."""
+    path = Path(checkpoint)
+    if not (path / "trainable.safetensors").is_file():
+        found = latest_checkpoint(path)
+        if found is None:
+            raise FileNotFoundError(f"{path} is neither a checkpoint nor a run folder with checkpoints")
+        path = found
+    trainable, _ = load_checkpoint(path)
+    config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8"))
+    alpha = float(config["lora"]["alpha"]) if config["lora"]["enabled"] else None
+    weights = weights_from_trainable(trainable, alpha, dtype)
+    if out_file:
+        save_single_file(weights, out_file)
+    if official_dir:
+        save_official_folder(weights, official_dir)
+    return weights
