@@ -135,7 +135,7 @@ def tiny_bfl_state_dict(seed: int = 0, hidden: int = HIDDEN, pooled_dim: int = P
     return {k: v.clone() for k, v in seeded_(model, seed).state_dict().items()}
 
 
-def comfy_patcher(bfl_sd: dict[str, torch.Tensor], dtype=torch.float32, manual_cast=None):
+def comfy_patcher(bfl_sd: dict[str, torch.Tensor], dtype=torch.float32, manual_cast=None, **unet_overrides):
     """A real ModelPatcher around ComfyUI's Flux (model_base.Flux via supported_models), on the CPU.
 
     Built from a detected config with heads and RoPE axes overridden (ComfyUI's detection hard-codes
@@ -145,7 +145,7 @@ def comfy_patcher(bfl_sd: dict[str, torch.Tensor], dtype=torch.float32, manual_c
     import comfy.model_patcher
     sd = dict(bfl_sd)
     unet_config = comfy.model_detection.detect_unet_config(sd, "")
-    unet_config.update(num_heads=HEADS, axes_dim=list(AXES))
+    unet_config.update(num_heads=HEADS, axes_dim=list(AXES), **unet_overrides)
     model_config = comfy.model_detection.model_config_from_unet_config(unet_config, sd)
     model_config.set_inference_dtype(dtype, manual_cast)
     model = model_config.get_model(sd, "")

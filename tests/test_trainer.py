@@ -1,0 +1,196 @@
+"""The trainer at a tiny size on the CPU: config, loss, determinism, SIGKILL + resume, 2 ranks, bad samples."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+pytest.importorskip("diffusers")
+pytest.importorskip("accelerate")
+
+from kontext_sliders.trainer.checkpoint import latest_checkpoint, list_checkpoints, save_checkpoint  # noqa: E402
+from kontext_sliders.trainer.config import ConfigError, load_config  # noqa: E402
+from kontext_sliders.trainer.data.trajectories import Frame, Trajectory, write_manifest  # noqa: E402
+
+TINY = {"patch_size": 1, "in_channels": 12, "num_layers": 1, "num_single_layers": 1, "attention_head_dim": 16,
+        "num_attention_heads": 2, "joint_attention_dim": 32, "pooled_projection_dim": 32, "guidance_embeds": False,
+        "axes_dims_rope": [4, 6, 6]}
+
+
+def brightness_trajectories(root: Path, n: int = 3, frames: int = 5, size: int = 16) -> Path:
+    """Tiny ground-truth trajectories: frame k = source x (1 + k / (frames - 1))."""
+    rng = np.random.default_rng(0)
+    trajs = []
+    for i in range(n):
+        src = rng.uniform(0.2, 0.5, (size, size, 3))
+        Image.fromarray((src * 255).astype(np.uint8)).save(root / f"s{i}.png")
+        fr = []
+        for k in range(frames):
+            Image.fromarray((np.clip(src * (1 + k / (frames - 1)), 0, 1) * 255).astype(np.uint8)).save(
+                root / f"s{i}_{k}.png")
+            fr.append(Frame(f"s{i}_{k}.png", k / (frames - 1), k / (frames - 1)))
+        trajs.append(Trajectory(f"t{i}", f"s{i}.png", "make it brighter" if i % 2 else "brighter please", tuple(fr)))
+    write_manifest(root, trajs)
+    return root
+
+
+def tiny_config(data: Path, out: Path, **run) -> dict:
+    return {
+        "model": {"scratch": TINY, "gradient_checkpointing": False},
+        "lora": {"enabled": False},
+        "projector": {"strength_embed_dim": 32},
+        "data": {"trajectories": [str(data)], "pixel_space": True, "text_encoder": "learned", "resolution": 16},
+        "optim": {"lr": 1e-3},
+        "run": {"output_dir": str(out), "max_steps": 6, "batch_size": 2, "checkpoint_every": 3,
+                "mixed_precision": "no", "progress": False, "sample_steps": 2, "validation_pairs": 1, **run},
+    }
+
+
+@pytest.fixture()
+def data(tmp_path):
+    d = tmp_path / "data"
+    d.mkdir()
+    return brightness_trajectories(d)
+
+
+def write_config(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+def cli(*args, env_extra=None):
+    env = dict(os.environ, **(env_extra or {}))
+    return subprocess.run([sys.executable, "-m", "kontext_sliders.trainer", *args], capture_output=True, text=True,
+                          env=env, timeout=600)
+
+
+# ---------------------------------------------------------------- config
+
+def test_yaml_toml_and_overrides_resolve_to_the_same_config(tmp_path):
+    (tmp_path / "a.yaml").write_text("optim:\n  lr: 1e-4\nrun:\n  max_steps: 7\n  mixed_precision: no\n")
+    (tmp_path / "a.toml").write_text('[optim]\nlr = 1e-4\n[run]\nmax_steps = 7\nmixed_precision = "no"\n')
+    a, b = load_config(tmp_path / "a.yaml"), load_config(tmp_path / "a.toml")
+    assert a == b and a.optim.lr == 1e-4 and a.run.mixed_precision == "no"
+    c = load_config(tmp_path / "a.yaml", ["run.max_steps=9", "lora.rank=8", "optim.betas=[0.8, 0.9]"])
+    assert (c.run.max_steps, c.lora.rank, c.optim.betas) == (9, 8, (0.8, 0.9))
+    defaults = load_config()
+    assert (defaults.lora.rank, defaults.lora.alpha, defaults.optim.lr, defaults.projector.slider_dropout) == (
+        4, 4.0, 2e-5, 0.1)  # the official release's values (dropout: the paper's)
+
+
+def test_bad_config_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="unknown setting.*run.max_step\\b"):
+        load_config(None, ["run.max_step=3"])
+    with pytest.raises(ConfigError, match="optim.lr: 'fast' is not a valid float"):
+        load_config(None, ["optim.lr=fast"])
+    with pytest.raises(ConfigError, match="must look like section.key=value"):
+        load_config(None, ["max_steps=3"])
+    (tmp_path / "x.yaml").write_text("run: [oops\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "x.yaml")
+
+
+# ---------------------------------------------------------------- learning
+
+def test_a_few_steps_reduce_the_loss_on_a_fixed_batch(data, tmp_path):
+    from kontext_sliders.trainer.features import FeatureCache, PixelCodec, cache_trajectories
+    from kontext_sliders.trainer.loop import Batches, flow_matching_loss, make_optimizer, rows_for_step
+    from kontext_sliders.trainer.model import build_model
+    config = load_config(write_config(tmp_path / "c.yaml", tiny_config(data, tmp_path / "out")))
+    cache = FeatureCache(tmp_path / "cache")
+    dataset = cache_trajectories([str(data)], cache, PixelCodec(16))
+    torch.manual_seed(0)
+    model = build_model(config, dataset.instructions)
+    optimizer, _ = make_optimizer(config, [p for p in model.parameters() if p.requires_grad])
+    batch = Batches(dataset, cache, learned_text=True).load(rows_for_step(0, 0, 4, dataset, 0.0), torch.device("cpu"))
+    losses = []
+    for _ in range(25):
+        loss = flow_matching_loss(model, batch)
+        losses.append(float(loss))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_the_step_rows_are_a_pure_function_of_seed_and_step(data, tmp_path):
+    from kontext_sliders.trainer.features import FeatureCache, PixelCodec, cache_trajectories
+    from kontext_sliders.trainer.loop import rows_for_step
+    dataset = cache_trajectories([str(data)], FeatureCache(tmp_path / "cache"), PixelCodec(16))
+    assert rows_for_step(3, 5, 4, dataset, 0.1) == rows_for_step(3, 5, 4, dataset, 0.1)
+    assert rows_for_step(3, 5, 4, dataset, 0.1) != rows_for_step(3, 6, 4, dataset, 0.1)
+    many = [r for s in range(200) for r in rows_for_step(0, s, 4, dataset, 0.1)]
+    dropped = sum(not r.keep for r in many) / len(many)
+    assert 0.06 < dropped < 0.14  # slider-condition dropout at its configured rate
+    assert {r.frame for r in many} == set(range(5)) and {r.trajectory for r in many} == {0, 1, 2}
+
+
+# ---------------------------------------------------------------- fault tolerance
+
+def test_sigkill_mid_step_then_resume_equals_an_uninterrupted_run(data, tmp_path):
+    from safetensors.torch import load_file
+    straight = write_config(tmp_path / "straight.yaml", tiny_config(data, tmp_path / "straight"))
+    killed = write_config(tmp_path / "killed.yaml", tiny_config(data, tmp_path / "killed"))
+    r = cli("train", "--config", str(straight))
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = cli("train", "--config", str(killed), "--set", "run.kill_at_step=5")
+    assert r.returncode == -9, (r.returncode, r.stderr[-2000:])  # SIGKILL, in the middle of step 5
+    assert [s for s, _ in list_checkpoints(tmp_path / "killed")] == [3]  # nothing of steps 4-5 was kept
+    r = cli("train", "--config", str(killed), "--resume", "latest")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "resumed from" in r.stderr and "at step 3" in r.stderr
+    a = load_file(latest_checkpoint(tmp_path / "straight") / "trainable.safetensors")
+    b = load_file(latest_checkpoint(tmp_path / "killed") / "trainable.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_checkpoints_are_atomic_and_pruned(tmp_path):
+    for step in (1, 2, 3, 4):
+        save_checkpoint(tmp_path, step, {"w": torch.full((2,), float(step))}, {"step": step}, "x: 1\n", keep=2)
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [3, 4]
+    # a run killed while writing leaves a hidden temp folder: never taken for a checkpoint, removed on next save
+    stray = tmp_path / "checkpoints" / ".tmp-checkpoint-00000005-abc"
+    stray.mkdir()
+    (stray / "trainable.safetensors").write_bytes(b"half")
+    assert latest_checkpoint(tmp_path).name == "checkpoint-00000004"
+    save_checkpoint(tmp_path, 6, {"w": torch.zeros(2)}, {"step": 6}, "x: 1\n", keep=2)
+    assert not stray.exists() and [s for s, _ in list_checkpoints(tmp_path)] == [4, 6]
+
+
+def test_bad_samples_are_skipped_and_counted(data, tmp_path):
+    from kontext_sliders.trainer.config import config_from_dict
+    from kontext_sliders.trainer.loop import train
+    (data / "s0_2.png").write_bytes(b"not a png")  # unreadable frame
+    (data / "s1.png").unlink()  # missing source: the whole trajectory goes
+    result = train(config_from_dict(tiny_config(data, tmp_path / "out", max_steps=2, checkpoint_every=2)))
+    assert result.skipped == {"unreadable image": 2, "trajectory without a readable source": 1}
+    assert result.steps == 2 and np.isfinite(result.last_loss)
+
+
+# ---------------------------------------------------------------- multi-process
+
+def test_two_process_run_keeps_identical_weights_on_both_ranks(data, tmp_path):
+    """accelerate launch, 2 processes, gloo on the CPU; the trainer hashes every rank's weights at the end."""
+    from safetensors.torch import load_file
+    config = write_config(tmp_path / "ddp.yaml", tiny_config(data, tmp_path / "ddp", batch_size=1))
+    launcher = Path(sys.executable).parent / "accelerate"
+    r = subprocess.run([str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                        "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "kontext_sliders.trainer",
+                        "train", "--config", str(config)], capture_output=True, text=True, timeout=600,
+                       env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "trainable weights identical on 2 ranks" in r.stderr
+    # 2 ranks x batch 1 see the same global rows as 1 process x batch 2: the same weights, to float tolerance
+    single = write_config(tmp_path / "single.yaml", tiny_config(data, tmp_path / "single", batch_size=2))
+    assert cli("train", "--config", str(single)).returncode == 0
+    a = load_file(latest_checkpoint(tmp_path / "ddp") / "trainable.safetensors")
+    b = load_file(latest_checkpoint(tmp_path / "single") / "trainable.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
