@@ -241,7 +241,10 @@ class PackRuntime:
                         a * b for a, b in zip(strengths, knob.strengths))
                     spans, padded_context = entry.slider_target()
             if strengths is not None and any(s != 1.0 for s in strengths):
-                job.pad_plan = toward_pad_plan(spans, strengths)
+                key = ("plan", id(spans), strengths)  # built once per (prompt, strengths), not every step
+                if key not in self._device_cache:
+                    self._device_cache[key] = (spans, toward_pad_plan(spans, strengths))
+                job.pad_plan = self._device_cache[key][1]
                 job.context = padded_context  # None unless the prompt left no pad token in the sequence
             for knob in self.guidance:
                 entry = self._matching_entry(knob, chunk_context)
