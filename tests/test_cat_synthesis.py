@@ -107,6 +107,17 @@ def test_estimate_value_recovers_the_applied_value(photos, name):
             assert estimate == pytest.approx(value, abs=abs_tol, rel=rel_tol), (value, i)
 
 
+def test_exposure_estimate_is_not_pulled_down_by_a_soft_roll_off_near_white(photos):
+    """A model rarely clips hard: it rolls off towards white. Those pixels must not count as unclipped."""
+    lin = C.to_linear(photos) * 2 ** 1.5
+    shoulder = torch.where(lin < 0.8, lin, 0.8 + 0.2 * torch.tanh((lin - 0.8) / 0.4))  # rolls off towards white
+    edited = _png(C.to_srgb(shoulder))
+    naive = [C._linear_gain(photos[i], edited[i]) for i in range(len(photos))]
+    assert min(abs(torch.tensor(g).log2().item() - 1.5) for g in naive) > 0.1  # the plain measure is biased
+    for i in range(len(photos)):
+        assert C.TASKS["exposure"].estimate_value(photos[i], edited[i]) == pytest.approx(1.5, abs=0.02)
+
+
 def test_kelvin_inversion_and_domain():
     for kelvin in (2000.0, 3000.0, 6500.0, 12000.0):
         r, _, b = C.blackbody_gains(kelvin)

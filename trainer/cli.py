@@ -1,4 +1,4 @@
-"""``python -m kontext_sliders.trainer`` / ``kontext-sliders``: synth, train, export."""
+"""``python -m kontext_sliders.trainer`` / ``kontext-sliders``: synth, train, export, demo."""
 from __future__ import annotations
 
 import argparse
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     official.add_filter_arguments(synth_sub.add_parser("filter", help="read + filter the official dataset"))
 
     train = sub.add_parser("train", help="train a Kontinuous Kontext slider")
-    train.add_argument("--config", help="a .yaml or .toml run config (see trainer/configs/)")
+    train.add_argument("--config", help="a .yaml or .toml run config (every field and default: trainer/config.py)")
     train.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                        help="override a config value, e.g. --set run.max_steps=100 (repeatable)")
     train.add_argument("--resume", help="'latest' (the newest complete checkpoint of run.output_dir) or a path")
@@ -52,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", help="single .safetensors file for KontinuousKontextLoader")
     export.add_argument("--official-dir", help="also write the official layout (slider_projector.pth + LoRA)")
     export.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+
+    from .demo import add_demo_arguments
+    add_demo_arguments(sub.add_parser("demo", help="offline: synthesise data, train a tiny editor, export, "
+                                                   "evaluate on held-out photos, write report.md"))
     return parser
 
 
@@ -61,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "synth":
         from .data import cat, official
         return (cat.run_cat if args.synth_command == "cat" else official.run_filter)(args)
+    if args.command == "demo":
+        from .demo import run_demo_command
+        return run_demo_command(args)
     return {"train": _train, "export": _export}[args.command](args)
 
 

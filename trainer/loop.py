@@ -135,6 +135,7 @@ class TrainResult:
     peak_memory_bytes: int
     is_main: bool = True
     rank_digests: list[str] | None = None
+    losses: list[float] | None = None  # (this session's steps) the loss of every step, for plots
 
 
 def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
@@ -188,7 +189,7 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
     bar = _progress(start, run.max_steps) if (main and run.progress) else None
 
     global_batch = run.batch_size * accelerator.num_processes
-    loss_value, times = float("nan"), []
+    loss_value, times, losses = float("nan"), [], []
     if accelerator.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     for step in range(start, run.max_steps):
@@ -207,6 +208,7 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         loss_value = float(accelerator.reduce(loss.detach(), reduction="mean"))
+        losses.append(loss_value)
         times.append(time.perf_counter() - t0)
         done = step + 1
         if bar is not None:
@@ -231,7 +233,8 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
     digests = ranks_agree(accelerator, unwrapped)
     accelerator.end_training()
     return TrainResult(out, run.max_steps, loss_value, dict(dataset.skipped),
-                       (sum(times[1:]) / max(len(times) - 1, 1)) if times else float("nan"), peak, main, digests)
+                       (sum(times[1:]) / max(len(times) - 1, 1)) if times else float("nan"), peak, main, digests,
+                       losses)
 
 
 def ranks_agree(accelerator, model) -> list[str]:

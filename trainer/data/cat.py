@@ -218,8 +218,25 @@ def _linear_gain(source: torch.Tensor, edited: torch.Tensor, channel: int | None
     return float(lin_edit[mask].sum()) / den
 
 
-def _estimate_exposure(source: torch.Tensor, edited: torch.Tensor) -> float:
-    return math.log2(_linear_gain(source, edited))
+def _estimate_exposure(source: torch.Tensor, edited: torch.Tensor, rounds: int = 8) -> float:
+    """log2 of the linear-light gain, measured on the pixels that the measured gain keeps below white.
+
+    A pixel close to white in the edit may have been clipped there, softly (a model that rolls off
+    towards 1) or hard; counting it pulls the gain down. So the gain is re-measured on the source pixels
+    that stay under 1/1.25 of white at the current estimate, until the estimate settles (for an exact
+    edit it is exact at once; a soft roll-off no longer biases it).
+    """
+    gain = _linear_gain(source, edited)
+    lin_src = to_linear(source)
+    for _ in range(rounds):
+        keep = lin_src * (1.25 * max(gain, 1.0)) < 1.0
+        if not keep.any():
+            break
+        new = _linear_gain(torch.where(keep, source, 0.0), torch.where(keep, edited, 0.0))
+        if abs(new - gain) < 1e-6 * gain:
+            break
+        gain = new
+    return math.log2(gain)
 
 
 def _estimate_contrast(source: torch.Tensor, edited: torch.Tensor) -> float:

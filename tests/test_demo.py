@@ -1,0 +1,120 @@
+"""The offline demo: its metrics, its evaluation, and the whole command on a very small setting."""
+import json
+import math
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+pytest.importorskip("kornia")
+pytest.importorskip("matplotlib")
+pytest.importorskip("skimage")
+
+from kontext_sliders.core.formats import load_kontinuous  # noqa: E402
+from kontext_sliders.trainer import demo as D  # noqa: E402
+from kontext_sliders.trainer.cli import main as cli_main  # noqa: E402
+from kontext_sliders.trainer.data import cat as C  # noqa: E402
+from kontext_sliders.trainer.metrics import PSNR_CAP_DB, pearson_r, psnr, triangle_deficit  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def sources() -> torch.Tensor:
+    photos = C.skimage_photos(["chelsea", "coffee"], size=64)
+    g = torch.Generator().manual_seed(0)
+    return torch.stack([c.image for p in photos for c in D.crops(p, 16, 3, g)])
+
+
+# ---------------------------------------------------------------- metrics
+
+def test_psnr_of_a_known_error_and_of_identical_images():
+    a = torch.zeros(2, 3, 8, 8)
+    torch.testing.assert_close(psnr(a + 0.1, a), torch.full((2,), 20.0))  # MSE 0.01 -> 20 dB
+    assert torch.all(psnr(a, a) == PSNR_CAP_DB)
+    with pytest.raises(ValueError, match="shapes differ"):
+        psnr(a, a[:1])
+
+
+def test_pearson_sign_and_constant_input():
+    assert pearson_r([0, 1, 2, 3], [1, 3, 5, 7]) == pytest.approx(1.0)
+    assert pearson_r([0, 1, 2, 3], [3, 2, 1, 0]) == pytest.approx(-1.0)
+    assert math.isnan(pearson_r([0, 1, 2], [5, 5, 5]))
+
+
+def test_triangle_deficit_zero_on_a_straight_sweep_positive_when_it_jumps_or_turns_back():
+    a, b = torch.rand(3, 8, 8), torch.rand(3, 8, 8)
+    straight = [a + (b - a) * k / 8 for k in range(9)]
+    assert triangle_deficit(straight) == pytest.approx(0.0, abs=1e-9)
+    uneven = [a + (b - a) * (k / 8) ** 3 for k in range(9)]  # still on the segment: no deficit
+    assert triangle_deficit(uneven) == pytest.approx(0.0, abs=1e-9)
+    back_and_forth = [a if k % 2 else b for k in range(9)]
+    assert triangle_deficit(back_and_forth) == 0.0  # every triple's ends coincide: skipped
+    sideways = [a + (b - a) * k / 8 + (0.3 * torch.rand(3, 8, 8) if k == 4 else 0) for k in range(9)]
+    assert triangle_deficit(sideways) > 0.1
+
+
+# ---------------------------------------------------------------- evaluation
+
+def test_evaluation_scores_the_exact_edit_perfectly(sources):
+    exact = lambda x, task, s: task.apply(x, task.value_at(s))
+    for task in C.select_tasks("exposure,saturation", "saturation=1:0"):
+        e, model, truth = D.evaluate_task(exact, task, sources)
+        assert torch.equal(model, truth)
+        assert all(p == PSNR_CAP_DB for p in e.psnr_model)
+        assert e.abs_r_held_out > 0.99 and e.abs_r_all > 0.99
+        assert e.triangle_deficit_model == e.triangle_deficit_truth
+        assert e.psnr_no_edit[0] == PSNR_CAP_DB and e.psnr_no_edit[-1] < 30  # strength 0 is the identity
+        assert e.targets_met() in (True, None)
+
+
+def test_evaluation_sees_an_editor_that_does_nothing_or_snaps_to_trained_strengths(sources):
+    task = C.TASKS["exposure"]
+    nothing = lambda x, task, s: x.clone()
+    e, _, _ = D.evaluate_task(nothing, task, sources)
+    assert e.psnr_model == e.psnr_no_edit and math.isnan(e.abs_r_held_out) and e.targets_met() is False
+
+    snapping = lambda x, task, s: task.apply(x, task.value_at(round(s * 4) / 4))  # a slider that only knows 5 stops
+    snap, _, _ = D.evaluate_task(snapping, task, sources)
+    exact, _, _ = D.evaluate_task(lambda x, task, s: task.apply(x, task.value_at(s)), task, sources)
+    trained = [k for k, s in enumerate(snap.strengths) if s not in D.HELD_OUT_STRENGTHS]
+    assert all(snap.psnr_model[k] == PSNR_CAP_DB for k in trained)
+    assert snap.psnr_held_out < exact.psnr_held_out
+    assert snap.step_kl_model > exact.step_kl_model + 0.1  # half the steps do nothing, the others double
+
+
+# ---------------------------------------------------------------- the whole command, tiny
+
+def test_demo_end_to_end_tiny(tmp_path):
+    settings = D.DemoSettings(tmp_path / "demo", photo_sizes=(8, 24), resolution=8, crops_per_photo=2,
+                              eval_crops_per_photo=1, steps=4, batch_size=4, sample_steps=2, progress=False)
+    result = D.run_demo(settings)
+    out = settings.out
+    for name in ("report.md", "metrics.json", "sweep.gif", "contact_sheet.png", "plots/psnr.png",
+                 "plots/linearity.png", "plots/smoothness.png", "plots/loss.png",
+                 "weights/kontinuous_demo.safetensors", "weights/demo_editor.safetensors"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert [e.task for e in result.evaluations] == ["exposure", "saturation"]
+    assert all(len(e.psnr_model) == len(D.SWEEP) for e in result.evaluations)
+
+    report = (out / "report.md").read_text()
+    metrics = json.loads((out / "metrics.json").read_text())
+    for e, m in zip(result.evaluations, metrics["evaluations"]):
+        assert m["psnr_held_out"] == pytest.approx(e.psnr_held_out)
+        assert f"{e.psnr_held_out:.2f}" in report
+    assert "learned embedding per instruction" in report and "chelsea, coffee" in report
+
+    # the exported projector file is the loader's format, and the rebuilt editor uses it
+    weights = load_kontinuous(out / "weights" / "kontinuous_demo.safetensors")
+    editor = D.load_editor(out / "weights" / "demo_editor.safetensors", out / "weights" / "kontinuous_demo.safetensors")
+    for name, tensor in weights.projector_state.items():
+        assert torch.equal(editor.projector.state_dict()[name], tensor)
+    assert weights.projector_config.hidden_size == 64
+
+
+def test_demo_command_rejects_bad_arguments(tmp_path, capsys):
+    assert cli_main(["demo", "--out", str(tmp_path / "a"), "--resolution", "7"]) == 2
+    assert "--resolution must be even" in capsys.readouterr().err
+    assert cli_main(["demo", "--out", str(tmp_path / "b"), "--held-out", "mona_lisa"]) == 2
+    assert "mona_lisa" in capsys.readouterr().err
+    assert cli_main(["demo", "--out", str(tmp_path / "c"), "--tasks", "sharpness"]) == 2
+    assert "unknown CAT task" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
