@@ -12,6 +12,7 @@ def pytest_collection_modifyitems(items):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "comfyui: runs ComfyUI's own code (skips when ComfyUI is not found)")
+    config.addinivalue_line("markers", "slow: minutes, not seconds (the full offline demo); -m 'not slow' leaves them out")
 
 
 def pytest_runtest_logreport(report):

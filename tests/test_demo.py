@@ -118,3 +118,14 @@ def test_demo_command_rejects_bad_arguments(tmp_path, capsys):
     assert cli_main(["demo", "--out", str(tmp_path / "c"), "--tasks", "sharpness"]) == 2
     assert "unknown CAT task" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.slow
+def test_the_readme_demo_meets_its_targets(tmp_path):
+    """The README's main-job command as written, default settings: exposure must reach its targets."""
+    out = tmp_path / "demo_output"
+    assert cli_main(["demo", "--out", str(out), "--require-targets"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    exposure = next(e for e in metrics["evaluations"] if e["task"] == "exposure")
+    assert exposure["psnr_held_out"] >= 25.0 and exposure["abs_r_held_out"] >= 0.95
+    assert exposure["targets_met"] is True

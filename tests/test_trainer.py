@@ -111,7 +111,7 @@ def test_a_few_steps_reduce_the_loss_on_a_fixed_batch(data, tmp_path):
     losses = []
     for _ in range(25):
         loss = flow_matching_loss(model, batch)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
