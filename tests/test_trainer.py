@@ -90,6 +90,9 @@ def test_bad_config_is_a_clear_error(tmp_path):
         load_config(None, ["optim.lr=fast"])
     with pytest.raises(ConfigError, match="must look like section.key=value"):
         load_config(None, ["max_steps=3"])
+    with pytest.raises(ConfigError, match="method 'slideredit' is not one this trainer implements; available: kontinuous"):
+        load_config(None, ["method=slideredit"])
+    assert load_config(None, ["method=kontinuous"]).method == "kontinuous" == load_config().method
     (tmp_path / "x.yaml").write_text("run: [oops\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(tmp_path / "x.yaml")

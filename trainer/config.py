@@ -99,8 +99,12 @@ class RunSection:
             raise ConfigError(f"run.mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
 
 
+METHODS = ("kontinuous",)  # what `method` may name; SliderEdit and NumeriKontrol training come later
+
+
 @dataclass
 class TrainConfig:
+    method: str = "kontinuous"  # Kontinuous Kontext: strength projector (+ LoRA) on a frozen Kontext
     model: ModelSection = field(default_factory=ModelSection)
     lora: LoraSection = field(default_factory=LoraSection)
     projector: ProjectorSection = field(default_factory=ProjectorSection)
@@ -143,13 +147,16 @@ def _coerce(default, value, key: str):
 
 
 def config_from_dict(data: dict) -> TrainConfig:
-    sections = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(data) - set(sections))
+    sections = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "method"]
+    unknown = sorted(set(data) - set(sections) - {"method"})
     if unknown:
-        raise ConfigError(f"unknown section(s) {', '.join(unknown)}; known: {', '.join(sections)}")
+        raise ConfigError(f"unknown section(s) {', '.join(unknown)}; known: method, {', '.join(sections)}")
+    method = data.get("method", "kontinuous")
+    if method not in METHODS:
+        raise ConfigError(f"method {method!r} is not one this trainer implements; available: {', '.join(METHODS)}")
     defaults = TrainConfig()
-    return TrainConfig(**{name: _section_from_dict(type(getattr(defaults, name)), data.get(name, {}), name)
-                          for name in sections})
+    return TrainConfig(method=method, **{name: _section_from_dict(type(getattr(defaults, name)), data.get(name, {}),
+                                                                  name) for name in sections})
 
 
 def read_config_file(path: str | Path) -> dict:
@@ -168,11 +175,14 @@ def read_config_file(path: str | Path) -> dict:
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """``section.key=value`` (value parsed as YAML: 10, 1e-4, true, [1, 2], text)."""
+    """``section.key=value`` (value parsed as YAML: 10, 1e-4, true, [1, 2], text), or ``method=NAME``."""
     out = json.loads(json.dumps(data))
     for item in overrides:
         key, sep, raw = item.partition("=")
         parts = key.strip().split(".")
+        if sep and parts == ["method"]:
+            out["method"] = raw.strip()
+            continue
         if not sep or len(parts) != 2 or not all(parts):
             raise ConfigError(f"override {item!r} must look like section.key=value, e.g. run.max_steps=100")
         out.setdefault(parts[0], {})[parts[1]] = yaml.safe_load(raw)
