@@ -101,6 +101,7 @@ def test_demo_end_to_end_tiny(tmp_path):
         assert m["psnr_held_out"] == pytest.approx(e.psnr_held_out)
         assert f"{e.psnr_held_out:.2f}" in report
     assert "learned embedding per instruction" in report and "chelsea, coffee" in report
+    assert metrics["train"]["steps"] == 4 and metrics["train"]["peak_memory_bytes"] > 0
 
     # the exported projector file is the loader's format, and the rebuilt editor uses it
     weights = load_kontinuous(out / "weights" / "kontinuous_demo.safetensors")

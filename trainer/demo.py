@@ -327,7 +327,10 @@ def run_demo(s: DemoSettings) -> DemoResult:
     seconds["report"] = time.perf_counter() - t0
     atomic_write(s.out / "metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(
         {"evaluations": [asdict(e) | {"psnr_held_out": e.psnr_held_out, "targets_met": e.targets_met()}
-                         for e in evaluations], "seconds": seconds}, indent=1), encoding="utf-8"))
+                         for e in evaluations], "seconds": seconds,
+         "train": {"steps": result.steps, "seconds_per_step": result.seconds_per_step,
+                   "peak_memory_bytes": result.peak_memory_bytes, "last_loss": result.last_loss}},
+        indent=1), encoding="utf-8"))
     return DemoResult(s.out, evaluations, seconds, report)
 
 

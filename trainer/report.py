@@ -207,7 +207,8 @@ def write_report(s, config, result, evaluations, sweeps, sources, held_out, trai
         "the model; no pretrained text encoder is used offline.",
         f"- Training: the trainer's own loop (`kontext-sliders train`), {s.steps} steps, batch {s.batch_size}, "
         f"AdamW lr {s.lr:g}, {s.warmup_steps} warm-up steps then cosine, flow matching; "
-        f"{result.seconds_per_step:.3f} s/step, final loss {result.last_loss:.4f}.",
+        f"{result.seconds_per_step:.3f} s/step, peak memory {result.peak_memory_bytes / 2**30:.2f} GiB "
+        f"({'GPU' if torch.cuda.is_available() else 'process RSS'}), final loss {result.last_loss:.4f}.",
         f"- Sampling: {s.sample_steps} Euler steps from the same noise for every strength.",
         "- Evaluated with the editor rebuilt from the written files: the projector from "
         "`weights/kontinuous_demo.safetensors` (the format `KontinuousKontextLoader` reads), the rest from "
