@@ -98,6 +98,27 @@ def test_bad_config_is_a_clear_error(tmp_path):
         load_config(tmp_path / "x.yaml")
 
 
+def test_8bit_adam_uses_bitsandbytes_or_says_how_to_get_it(monkeypatch):
+    import types
+    from kontext_sliders.trainer.loop import make_optimizer
+    config = load_config(None, ["optim.use_8bit_adam=true", "optim.lr=3e-4", "optim.betas=[0.8, 0.95]"])
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # not installed
+    with pytest.raises(RuntimeError, match="pip install bitsandbytes"):
+        make_optimizer(config, params)
+    made = {}
+
+    class AdamW8bit(torch.optim.AdamW):
+        def __init__(self, params, **kwargs):
+            made.update(kwargs)
+            super().__init__(params, **kwargs)
+
+    fake = types.SimpleNamespace(optim=types.SimpleNamespace(AdamW8bit=AdamW8bit))
+    monkeypatch.setitem(sys.modules, "bitsandbytes", fake)
+    optimizer, _ = make_optimizer(config, params)
+    assert isinstance(optimizer, AdamW8bit) and made["lr"] == 3e-4 and made["betas"] == (0.8, 0.95)
+
+
 # ---------------------------------------------------------------- learning
 
 def test_a_few_steps_reduce_the_loss_on_a_fixed_batch(data, tmp_path):
