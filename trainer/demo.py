@@ -144,8 +144,9 @@ def demo_photos(s: DemoSettings) -> tuple[list[cat.Photo], list[cat.Photo]]:
             train += [cat.Photo(f"{c.name}-{size}", c.image) for c in crops(p, s.resolution, count, g)]
     held, g = [], torch.Generator().manual_seed(s.seed + 1)  # own generator: same held-out set whatever the data
     middle = sorted(s.photo_sizes)[len(s.photo_sizes) // 2]
-    for p in cat.skimage_photos(list(s.held_out), middle):
-        held.append(cat.skimage_photos([p.name], s.resolution)[0])
+    wholes = cat.skimage_photos(list(s.held_out), s.resolution)
+    for whole, p in zip(wholes, cat.skimage_photos(list(s.held_out), middle)):
+        held.append(whole)
         held += crops(p, s.resolution, s.eval_crops_per_photo, g)
     return train, held
 

@@ -8,14 +8,15 @@ import torch
 from PIL import Image
 
 from ..core.atomic import atomic_write
+from .features import to_pil
 from .validation import grid, save_gif
 
 TILE = 128  # images are tiny (16 px): shown enlarged, nearest neighbour, so the pixels stay honest
 
 
 def _pil(image: torch.Tensor, size: int = TILE) -> Image.Image:
-    array = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-    return Image.fromarray(array).resize((size, size), Image.NEAREST)
+    """[3, H, W] in [0, 1] -> PIL, enlarged."""
+    return to_pil(image * 2 - 1).resize((size, size), Image.NEAREST)
 
 
 def _showcase(held_out) -> list[int]:
