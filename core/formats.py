@@ -12,6 +12,7 @@ Two layouts are read:
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 from dataclasses import dataclass, field
@@ -46,10 +47,7 @@ class KontinuousWeights:
 
     @property
     def lora_rank(self) -> int | None:
-        for k, v in self.lora_state.items():
-            if k.endswith("lora_A.weight"):
-                return int(v.shape[0])
-        return None
+        return _rank(self.lora_state)
 
     @property
     def lora_scale(self) -> float:
@@ -69,12 +67,17 @@ class KontinuousWeights:
 # ---------------------------------------------------------------- reading
 
 def load_kontinuous(path: str | os.PathLike) -> KontinuousWeights:
-    """Read either layout; raise ``WeightsFormatError`` with a fix for anything unusable."""
+    """Read either layout; raise ``WeightsFormatError`` with a fix for anything unusable.
+
+    Every failure, whatever its cause (a malformed header, an empty file, NaN weights), surfaces as a
+    ``WeightsFormatError`` naming the file, what was found, what was expected and what to do.
+    """
     path = Path(path)
     if path.is_dir():
         return load_official_folder(path)
     if not path.exists():
-        raise WeightsFormatError(f"{path} does not exist")
+        raise WeightsFormatError(f"{path} does not exist; put the .safetensors file or the official release "
+                                 f"folder into models/kontext_sliders/")
     if path.suffix == ".pth" and path.name == OFFICIAL_PROJECTOR:
         return load_official_folder(path.parent)
     if path.suffix != ".safetensors":
@@ -84,48 +87,104 @@ def load_kontinuous(path: str | os.PathLike) -> KontinuousWeights:
 
 
 def load_official_folder(folder: str | os.PathLike) -> KontinuousWeights:
+    """The release folder: both files are required (the release always ships both)."""
     folder = Path(folder)
+    missing = [name for name in (OFFICIAL_PROJECTOR, OFFICIAL_LORA) if not (folder / name).is_file()]
+    if missing:
+        raise WeightsFormatError(
+            f"{folder} is not a complete Kontinuous Kontext release folder: {' and '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} missing (the release ships {OFFICIAL_PROJECTOR} and "
+            f"{OFFICIAL_LORA} together); download the missing file into that folder")
     projector_path = folder / OFFICIAL_PROJECTOR
-    if not projector_path.is_file():
-        raise WeightsFormatError(f"{folder} is not a Kontinuous Kontext release folder: "
-                                 f"{OFFICIAL_PROJECTOR} is missing")
     state = _load_pth_tensors(projector_path)
     config = _projector_config(state, projector_path.name)
+    _check_finite(state, projector_path.name)
     lora_path = folder / OFFICIAL_LORA
-    lora, alpha = ({}, None)
-    if lora_path.is_file():
-        lora, meta = _read_safetensors(lora_path)
-        alpha = _alpha_from_peft_metadata(meta)
-        _check_lora(lora, lora_path.name)
+    lora, meta = _read_safetensors(lora_path)
+    alpha = _alpha_from_peft_metadata(meta, lora_path.name)
+    _check_lora(lora, lora_path.name)
+    if not lora:
+        raise WeightsFormatError(f"{lora_path.name} holds no tensors; expected the release's LoRA. Download it again.")
+    _check_finite(lora, lora_path.name)
+    _check_alpha(alpha, _rank(lora), lora_path.name)
     return KontinuousWeights(config, state, lora, alpha, source=str(folder))
 
 
 def load_single_file(path: str | os.PathLike) -> KontinuousWeights:
     path = Path(path)
     tensors, meta = _read_safetensors(path)
-    info = meta.get(METADATA_KEY)
+    raw = meta.get(METADATA_KEY)
     projector_state = {k[len(PROJECTOR_PREFIX):]: v for k, v in tensors.items() if k.startswith(PROJECTOR_PREFIX)}
-    if info is None or not projector_state:
+    if raw is None or not projector_state:
         raise WeightsFormatError(
             f"{path.name} holds no Kontinuous Kontext projector (no '{METADATA_KEY}' header or no "
             f"'{PROJECTOR_PREFIX}*' tensors). A plain LoRA belongs in ComfyUI's LoraLoader; an official "
             f"release folder can be converted with: python -m kontext_sliders.core.convert_kontinuous SRC_DIR OUT.safetensors")
-    try:
-        info = json.loads(info)
-        if info.get("format") != FORMAT_NAME:
-            raise WeightsFormatError(f"{path.name} is a '{info.get('format')}' file, not '{FORMAT_NAME}'")
-        config = ProjectorConfig.from_dict(info["projector"])
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise WeightsFormatError(f"{path.name}: unreadable '{METADATA_KEY}' header ({e})") from None
-    if config != _projector_config(projector_state, path.name):
-        raise WeightsFormatError(f"{path.name}: header config {config} does not match the tensor shapes")
+    header = _parse_header(raw, path.name)
+    if header.config != _projector_config(projector_state, path.name):
+        raise WeightsFormatError(f"{path.name}: header config {header.config} does not match the tensor shapes; "
+                                 f"the file was edited or is damaged: export or convert it again")
+    _check_finite(projector_state, path.name)
     lora = {k: v for k, v in tensors.items() if not k.startswith(PROJECTOR_PREFIX)}
     _check_lora(lora, path.name)
+    if not lora and not header.projector_only:
+        raise WeightsFormatError(f"{path.name} holds a projector but no LoRA tensors, and its header does not say "
+                                 f"it is projector-only ('projector_only': true); it may be damaged: export or "
+                                 f"convert it again")
+    _check_finite(lora, path.name)
+    _check_alpha(header.lora_alpha, _rank(lora), path.name)
+    return KontinuousWeights(projector_config=header.config, projector_state=projector_state, lora_state=lora,
+                             lora_alpha=header.lora_alpha, source=str(path))
+
+
+@dataclass(frozen=True)
+class _Header:
+    config: ProjectorConfig
+    lora_alpha: float | None
+    projector_only: bool
+
+
+def _parse_header(raw: str, name: str) -> _Header:
+    """Our JSON header, checked field by field: a damaged header names the field, never a Python internal."""
+    def bad(what: str) -> WeightsFormatError:
+        return WeightsFormatError(f"{name}: the '{METADATA_KEY}' header {what}; the file was edited or is "
+                                  f"damaged: export or convert it again")
+    try:
+        info = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise bad(f"is not valid JSON ({e.msg} at character {e.pos})") from None
+    if not isinstance(info, dict):
+        raise bad(f"is a JSON {type(info).__name__}, expected an object")
+    if info.get("format") != FORMAT_NAME:
+        raise WeightsFormatError(f"{name} is a '{info.get('format')}' file, not '{FORMAT_NAME}'; load it with "
+                                 f"the node made for that format")
+    projector = info.get("projector")
+    if not isinstance(projector, dict):
+        raise bad(f"has projector = {projector!r}, expected an object of integer sizes")
+    sizes = {}
+    for key in ProjectorConfig.__dataclass_fields__:
+        if key in projector:
+            value = projector[key]
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise bad(f"has projector.{key} = {value!r}, expected an integer")
+            sizes[key] = value
+    try:
+        config = ProjectorConfig(**sizes)
+    except (TypeError, ValueError) as e:
+        raise bad(f"describes an impossible projector ({e})") from None
     alpha = info.get("lora_alpha")
-    return KontinuousWeights(config, projector_state, lora, None if alpha is None else float(alpha), source=str(path))
+    if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float))):
+        raise bad(f"has lora_alpha = {alpha!r}, expected a number or null")
+    projector_only = info.get("projector_only", False)
+    if not isinstance(projector_only, bool):
+        raise bad(f"has projector_only = {projector_only!r}, expected true or false")
+    return _Header(config, None if alpha is None else float(alpha), projector_only)
 
 
 def _load_pth_tensors(path: Path) -> dict[str, torch.Tensor]:
+    if path.stat().st_size == 0:
+        raise WeightsFormatError(f"{path.name} is empty (0 bytes); expected the strength projector's state dict. "
+                                 f"The download or copy was interrupted: download it again")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -135,17 +194,21 @@ def _load_pth_tensors(path: Path) -> dict[str, torch.Tensor]:
                 f"{path.name} was refused: it is not a plain tensor state dict, loading it would run pickled "
                 f"code ({unsafe[0]}). Re-save the projector with torch.save(projector.state_dict()) or use a "
                 f".safetensors file.") from None
-        raise WeightsFormatError(f"{path.name} is not a readable PyTorch file (unpickling failed); "
-                                 f"download it again") from None
+        raise WeightsFormatError(f"{path.name} is not a readable PyTorch file (unpickling failed); expected the "
+                                 f"strength projector's state dict: download it again") from None
     except Exception as e:  # truncated zip, random bytes, ...
-        raise WeightsFormatError(f"{path.name} is not a readable PyTorch file ({type(e).__name__}: {e}); "
-                                 f"download it again") from None
+        raise WeightsFormatError(f"{path.name} is not a readable PyTorch file ({type(e).__name__}: {e}); expected "
+                                 f"the strength projector's state dict: download it again") from None
     if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
-        raise WeightsFormatError(f"{path.name} must hold a dict of tensors (a state dict), found {type(obj).__name__}")
+        raise WeightsFormatError(f"{path.name} must hold a dict of tensors (a state dict), found {type(obj).__name__}; "
+                                 f"re-save it with torch.save(projector.state_dict())")
     return dict(obj)
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    if path.stat().st_size == 0:
+        raise WeightsFormatError(f"{path.name} is empty (0 bytes); expected a safetensors file. The download or "
+                                 f"copy was interrupted: download or export it again")
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             meta = f.metadata() or {}
@@ -156,11 +219,40 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
     return tensors, meta
 
 
+def _check_finite(tensors: dict[str, torch.Tensor], name: str) -> None:
+    """NaN / inf weights would give all-NaN images with a success status: refuse them at load, once."""
+    for key, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise WeightsFormatError(f"{name}: tensor '{key}' holds {bad} NaN or infinite value(s) of {t.numel()}; "
+                                     f"the weights are damaged (a diverged training run or a broken conversion): "
+                                     f"use another checkpoint or export again")
+
+
+def _rank(lora: dict[str, torch.Tensor]) -> int | None:
+    return next((int(v.shape[0]) for k, v in lora.items() if k.endswith("lora_A.weight")), None)
+
+
+MAX_LORA_SCALE = 1024.0  # alpha / rank; peft setups use 0.5 ... 32, far above is a damaged header
+
+
+def _check_alpha(alpha: float | None, rank: int | None, name: str) -> None:
+    if alpha is None:
+        return
+    scale = alpha / rank if rank else alpha
+    if not math.isfinite(alpha) or alpha <= 0 or scale > MAX_LORA_SCALE:
+        raise WeightsFormatError(f"{name}: lora_alpha = {alpha!r} (scale alpha / rank = {scale!r}); expected a "
+                                 f"positive number with alpha / rank <= {MAX_LORA_SCALE:g} (usually alpha = rank). "
+                                 f"The header is damaged: export or convert the weights again")
+
+
 def _projector_config(state: dict[str, torch.Tensor], name: str) -> ProjectorConfig:
     try:
         config = ProjectorConfig.from_state_dict(state)
-    except ValueError as e:
-        raise WeightsFormatError(f"{name}: {e}") from None
+    except (ValueError, IndexError) as e:  # IndexError: a tensor of the wrong rank
+        why = str(e) or "a tensor has the wrong number of dimensions"
+        raise WeightsFormatError(f"{name}: not a strength-projector state dict ({why}); use the release's "
+                                 f"{OFFICIAL_PROJECTOR} or a file exported by kontext-sliders") from None
     want = _expected_shapes(config)  # by key, without building a 122M-parameter module
     have = {k: tuple(v.shape) for k, v in state.items()}
     if want != have:
@@ -168,7 +260,8 @@ def _projector_config(state: dict[str, torch.Tensor], name: str) -> ProjectorCon
         extra = sorted(set(have) - set(want))
         wrong = sorted(k for k in set(want) & set(have) if want[k] != have[k])
         raise WeightsFormatError(f"{name}: not a strength projector of the official architecture "
-                                 f"(missing {missing[:4]}, unexpected {extra[:4]}, wrong shapes {wrong[:4]})")
+                                 f"(missing {missing[:4]}, unexpected {extra[:4]}, wrong shapes {wrong[:4]}); use the release's "
+                                 f"{OFFICIAL_PROJECTOR} or a file exported by kontext-sliders")
     return config
 
 
@@ -184,14 +277,21 @@ def _expected_shapes(config: ProjectorConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _alpha_from_peft_metadata(meta: dict[str, str]) -> float | None:
+def _alpha_from_peft_metadata(meta: dict[str, str], name: str) -> float | None:
     raw = meta.get("lora_adapter_metadata")
     if not raw:
         return None
     try:
-        alpha = json.loads(raw).get("transformer.lora_alpha")
-    except json.JSONDecodeError:
-        return None
+        info = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise WeightsFormatError(f"{name}: its 'lora_adapter_metadata' header is not valid JSON ({e.msg}); "
+                                 f"expected diffusers' peft config: download or export the LoRA again") from None
+    alpha = info.get("transformer.lora_alpha") if isinstance(info, dict) else None
+    if not isinstance(info, dict) or (alpha is not None and (isinstance(alpha, bool)
+                                                            or not isinstance(alpha, (int, float)))):
+        raise WeightsFormatError(f"{name}: its 'lora_adapter_metadata' header has transformer.lora_alpha = "
+                                 f"{alpha!r} (in a JSON {type(info).__name__}); expected a number in a JSON "
+                                 f"object: download or export the LoRA again")
     return None if alpha is None else float(alpha)
 
 
@@ -229,7 +329,8 @@ def save_single_file(weights: KontinuousWeights, path: str | os.PathLike) -> Non
     tensors.update({k: v.contiguous() for k, v in weights.lora_state.items()})
     info = {"format": FORMAT_NAME, "version": FORMAT_VERSION,
             "projector": json.loads(weights.projector_config.to_json()),
-            "lora_alpha": weights.lora_alpha, "lora_rank": weights.lora_rank}
+            "lora_alpha": weights.lora_alpha, "lora_rank": weights.lora_rank,
+            "projector_only": not weights.lora_state}
     metadata = {"format": "pt", METADATA_KEY: json.dumps(info, sort_keys=True)}
     if weights.lora_state:
         metadata["lora_adapter_metadata"] = _peft_metadata(weights)

@@ -152,6 +152,12 @@ def test_single_file_is_also_a_plain_diffusers_lora(tmp_path):
     assert {k for k in keys if k.startswith("transformer.")} == set(weights.lora_state)
 
 
+def _release_folder(folder):
+    """A complete official-layout folder (projector + LoRA); tests then spoil one file."""
+    save_official_folder(F.tiny_projector_weights(seed=4), folder)
+    return folder
+
+
 class _RunsCode:
     def __reduce__(self):
         return (os.system, (f"touch {os.environ['KS_PWNED_MARKER']}",))
@@ -160,8 +166,7 @@ class _RunsCode:
 def test_pickle_that_would_execute_code_is_refused(tmp_path, monkeypatch):
     marker = tmp_path / "pwned"
     monkeypatch.setenv("KS_PWNED_MARKER", str(marker))
-    release = tmp_path / "evil"
-    release.mkdir()
+    release = _release_folder(tmp_path / "evil")
     torch.save({"pe_extender.weight": _RunsCode()}, release / OFFICIAL_PROJECTOR)
     with pytest.raises(WeightsFormatError, match="refused.*pickled code"):
         load_kontinuous(release)
@@ -181,20 +186,17 @@ def test_corrupt_and_wrong_files_get_clear_errors(tmp_path):
     with pytest.raises(WeightsFormatError, match="LoraLoader"):
         load_kontinuous(plain_lora)
 
-    release = tmp_path / "garbage"
-    release.mkdir()
+    release = _release_folder(tmp_path / "garbage")
     (release / OFFICIAL_PROJECTOR).write_bytes(b"\x00not a torch file")
     with pytest.raises(WeightsFormatError, match="not a readable PyTorch file"):
         load_kontinuous(release)
 
-    not_a_state_dict = tmp_path / "list"
-    not_a_state_dict.mkdir()
+    not_a_state_dict = _release_folder(tmp_path / "list")
     torch.save([torch.zeros(1)], not_a_state_dict / OFFICIAL_PROJECTOR)
     with pytest.raises(WeightsFormatError, match="dict of tensors"):
         load_kontinuous(not_a_state_dict)
 
-    wrong_arch = tmp_path / "wrong_arch"
-    wrong_arch.mkdir()
+    wrong_arch = _release_folder(tmp_path / "wrong_arch")
     state = dict(F.tiny_projector_weights().projector_state)
     state["projector.2.bias"] = torch.zeros(5)
     torch.save(state, wrong_arch / OFFICIAL_PROJECTOR)
