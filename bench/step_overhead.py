@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import resource
 import statistics
 import sys
@@ -40,12 +39,11 @@ SIZES = {
 
 def import_comfyui(device: torch.device) -> Path:
     """Make ComfyUI importable the way main.py prepares it (same search as tests/ks_fixtures.py)."""
-    candidates = [os.environ.get("COMFYUI_PATH")]
-    if PACK_DIR.parent.name == "custom_nodes":
-        candidates.append(str(PACK_DIR.parent.parent))
-    candidates.append(str(Path.home() / "comfy" / "ComfyUI"))
-    root = next((Path(c).resolve() for c in candidates if c and (Path(c) / "comfy" / "model_patcher.py").is_file()),
-                None)
+    from kontext_sliders.nodes.comfy_location import ComfyUIPathError, find_comfyui
+    try:
+        root = find_comfyui(PACK_DIR)
+    except ComfyUIPathError as e:
+        sys.exit(str(e))
     if root is None:
         sys.exit("ComfyUI not found: set COMFYUI_PATH (or put ComfyUI at ~/comfy/ComfyUI)")
     sys.path.insert(0, str(root))
@@ -125,7 +123,7 @@ def transformer_options(patcher) -> dict:
 def knob_variants(base, conditioning, spec: dict, seed: int) -> dict:
     """The three training-free knobs on a prompt of two sub-instructions (synthetic spans, random encodings)."""
     from kontext_sliders.core.instructions import InstructionSpans
-    from kontext_sliders.nodes.instruction_encode import METADATA_KEY, InstructionConditioning
+    from kontext_sliders.nodes.instruction_encode import METADATA_KEY, Deferred, InstructionConditioning
     from kontext_sliders.nodes.knob_nodes import (instruction_guidance_model, instruction_sliders_model,
                                                   modulation_scaled_model)
     context, extra = conditioning[0]
@@ -134,7 +132,7 @@ def knob_variants(base, conditioning, spec: dict, seed: int) -> dict:
     g = torch.Generator().manual_seed(seed)
     without = tuple((torch.randn(context.shape, generator=g), torch.randn(extra["pooled_output"].shape, generator=g))
                     for _ in spans.lines)
-    cond = [[context, dict(extra, **{METADATA_KEY: InstructionConditioning(spans, context, without)})]]
+    cond = [[context, dict(extra, **{METADATA_KEY: InstructionConditioning(spans, context, Deferred.ready(without))})]]
     return {"modulation": modulation_scaled_model(base, 0.5, 0, -1),
             "sliders": instruction_sliders_model(base, cond, "0.5, 1.5"),
             "guidance": instruction_guidance_model(base, cond, "0.5, 1.5")}

@@ -5,30 +5,39 @@ parses the user's strengths and holds the per-token math of the training-free kn
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
 
+# The most sub-instructions one prompt may have. Each line is a slider the user sets by hand; guidance
+# adds one batch row per line at every step, and the encode cost grows with the count (README: measured
+# cost at 2 / 8 / 32 / 64 lines). 64 leaves twice the room anyone sets by hand.
+MAX_INSTRUCTIONS = 64
+
+# Only a newline ends a sub-instruction. str.splitlines() would also split at \v, \f, \x1c-\x1e, \x85,
+# U+2028 and U+2029, invisible in the text box, turning one visible line into two sliders.
+_LINE_BREAK = re.compile(r"\r?\n")
+
+
 def split_instructions(text: str) -> list[str]:
-    """One sub-instruction per line; surrounding whitespace and blank lines dropped."""
-    lines = [line.strip() for line in text.splitlines()]
+    """One sub-instruction per line (\\n or \\r\\n); surrounding whitespace and blank lines dropped."""
+    lines = [line.strip() for line in _LINE_BREAK.split(text)]
     lines = [line for line in lines if line]
     if not lines:
         raise ValueError("no instructions: write one sub-instruction per line, e.g. 'make the sky stormy' and "
                          "'turn the car red' on two lines")
+    if len(lines) > MAX_INSTRUCTIONS:
+        raise ValueError(f"{len(lines)} sub-instructions: at most {MAX_INSTRUCTIONS} are accepted (one slider each); "
+                         f"merge lines that you do not need to set separately")
     return lines
 
 
 def joined_prompt(lines: Sequence[str]) -> str:
     """The prompt the model sees: the lines joined with single spaces."""
     return " ".join(lines)
-
-
-def prefix_prompts(lines: Sequence[str]) -> list[str]:
-    """The prompts made of the first 1..K lines; line i's tokens are the difference of prefixes i and i+1."""
-    return [joined_prompt(lines[: i + 1]) for i in range(len(lines))]
 
 
 def leave_one_out_prompts(lines: Sequence[str]) -> list[str]:
@@ -43,28 +52,29 @@ def _same_token(a, b) -> bool:
     return a[0] == b[0] and a[1] == b[1]
 
 
-def spans_from_prefixes(full: Sequence, prefixes: Sequence[Sequence], lines: Sequence[str]) -> list[tuple[int, int]]:
+def spans_from_lines(full: Sequence, per_line: Sequence[Sequence], lines: Sequence[str]) -> list[tuple[int, int]]:
     """Token span [start, end) of each line in ``full``.
 
-    ``full`` and each ``prefixes[i]`` are the content tokens ((token, weight) pairs, no end / pad
-    tokens) of the joined prompt and of the prompt of the first i+1 lines. The tokenizer splits at
-    whitespace, so each prefix's tokens lead the full prompt's; line i owns the tokens prefix i adds.
-    Anything else (a weight group spanning lines, a tokenizer that merges across the space) is an error,
-    never a silently wrong span.
+    ``full`` holds the content tokens ((token, weight) pairs, no end / pad tokens) of the joined prompt,
+    ``per_line[i]`` those of line i tokenised alone. ComfyUI's tokenizer never merges tokens across the
+    joining space (T5's pieces stop at whitespace), so the lines' tokens, laid end to end, are the full
+    prompt's: line i owns the next ``len(per_line[i])`` tokens. Anything else (a weight group spanning
+    lines) is an error, never a silently wrong span. One pass: cost linear in the prompt's length.
     """
     spans, start = [], 0
-    for i, (prefix, line) in enumerate(zip(prefixes, lines)):
-        end = len(prefix)
-        if end > len(full) or not all(_same_token(a, b) for a, b in zip(prefix, full[:end])):
-            raise ValueError(f"could not locate line {i + 1} ({line!r}) in the tokenised prompt: its tokens change "
-                             f"when the following lines are appended (a weight group '(...)' spanning several "
-                             f"lines?). Keep each sub-instruction's weight syntax within its line.")
-        if end <= start:
+    for i, (tokens, line) in enumerate(zip(per_line, lines)):
+        if not tokens:
             raise ValueError(f"line {i + 1} ({line!r}) tokenises to nothing; remove it or give it words")
+        end = start + len(tokens)
+        if end > len(full) or not all(_same_token(a, b) for a, b in zip(tokens, full[start:end])):
+            raise ValueError(f"could not locate line {i + 1} ({line!r}) in the tokenised prompt: it tokenises "
+                             f"differently alone than within the whole prompt (a weight group '(...)' spanning "
+                             f"several lines?). Keep each sub-instruction's weight syntax within its line.")
         spans.append((start, end))
         start = end
     if start != len(full):
-        raise ValueError(f"the tokenised prompt has {len(full)} content tokens but the lines account for {start}")
+        raise ValueError(f"the tokenised prompt has {len(full)} content tokens but the lines account for {start}; "
+                         f"keep each sub-instruction's weight syntax within its line")
     return spans
 
 
@@ -91,25 +101,45 @@ class InstructionSpans:
             raise ValueError("the pad position lies inside an instruction")
 
 
-def parse_strengths(text: str, count: int, lines: Sequence[str] | None = None) -> list[float]:
-    """'1, 0.5, 0' -> [1.0, 0.5, 0.0]; exactly one number per sub-instruction."""
+# Accepted per-instruction strengths, per knob. Both formulas extrapolate linearly in s, so beyond a few
+# units from 1 an edit is amplified past anything a model was ever shown (and 1e30 overflows to NaN):
+# 1 +- 2 covers "suppressed" through "pushed the other way" and "exaggerated" with room to spare.
+SLIDER_RANGE = (-1.0, 3.0)  # KontextInstructionSliders: h <- pad + s (h - pad)
+GUIDANCE_RANGE = (-1.0, 3.0)  # KontextInstructionGuidance: v_full + (s - 1)(v_full - v_without)
+
+# a plain decimal number: no '1_0' (Python's float() reads 10), no 'nan' / 'inf', no hex
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")  # ASCII digits only
+
+
+def parse_number(text: str) -> float | None:
+    """A strictly written decimal number, or None."""
+    text = text.strip()
+    return float(text) if _NUMBER.fullmatch(text) else None
+
+
+def parse_strengths(text: str, count: int, lines: Sequence[str] | None = None,
+                    accepted: tuple[float, float] = SLIDER_RANGE, knob: str = "strengths") -> list[float]:
+    """'1, 0.5, 0' -> [1.0, 0.5, 0.0]; exactly one number per sub-instruction, each within ``accepted``."""
     parts = [p.strip() for p in str(text).replace(";", ",").split(",")]
     if parts == [""]:
         parts = []
     values = []
     for p in parts:
-        try:
-            v = float(p)
-        except ValueError:
-            raise ValueError(f"strengths: {p!r} is not a number; write one number per sub-instruction, "
-                             f"comma-separated, e.g. '1, 0.5'") from None
-        if v != v or v in (float("inf"), float("-inf")):
-            raise ValueError(f"strengths: {p!r} is not a finite number")
+        v = parse_number(p)
+        if v is None:
+            raise ValueError(f"{knob}: {p!r} is not a number; write one plain decimal number per sub-instruction, "
+                             f"comma-separated, e.g. '1, 0.5'")
         values.append(v)
     if len(values) != count:
         listed = "" if lines is None else " (" + "; ".join(repr(line) for line in lines) + ")"
-        raise ValueError(f"strengths has {len(values)} value(s) but the prompt has {count} sub-instruction(s)"
+        raise ValueError(f"{knob}: {len(values)} value(s) given but the prompt has {count} sub-instruction(s)"
                          f"{listed}; give exactly one strength per line, comma-separated")
+    low, high = accepted
+    for i, v in enumerate(values):
+        if not low <= v <= high:
+            line = f" ({lines[i]!r})" if lines is not None else ""
+            raise ValueError(f"{knob}: {parts[i]} for line {i + 1}{line} is outside the accepted range "
+                             f"{low:g} ... {high:g} (1 = as written, 0 = suppressed); use a value in that range")
     return values
 
 

@@ -1,24 +1,44 @@
 """KontextMultiInstructionEncode: CLIPTextEncode of the joined lines, plus where each line's tokens are.
 
 The spans come from ComfyUI's own tokenizer (prompt weights, embeddings and unicode behave as in
-CLIPTextEncode). The leave-one-out encodings for per-instruction guidance are made here, once,
-while the text encoder is loaded.
+CLIPTextEncode). Cost: one tokenisation and one encode of the prompt, as CLIPTextEncode, plus a T5
+tokenisation of each line alone. Encodings that only some knobs need (the prompt without each line
+for per-instruction guidance; the prompt plus one pad for sliders on very long prompts) are made the
+first time such a knob asks, while its node runs, and kept: a graph without guidance never pays for them.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
 from dataclasses import dataclass
+from typing import Callable
 
+import comfy.model_management
 import torch
 from comfy_api.latest import io
 
-from ..core.instructions import (InstructionSpans, joined_prompt, leave_one_out_prompts, prefix_prompts,
-                                 spans_from_prefixes, split_instructions)
+from ..core.instructions import (MAX_INSTRUCTIONS, InstructionSpans, joined_prompt, leave_one_out_prompts,
+                                 spans_from_lines, split_instructions)
 
 CATEGORY = "Kontext Sliders"
 METADATA_KEY = "kontext_sliders_instructions"
 T5_KEY = "t5xxl"
+
+
+class Deferred:
+    """A value made on first use and kept; the maker (and the text encoder it holds) is dropped then."""
+
+    def __init__(self, make: Callable[[], object] | None = None, value=None):
+        self._make, self._value = make, value
+
+    @classmethod
+    def ready(cls, value) -> "Deferred":
+        return cls(None, value)
+
+    def get(self):
+        if self._make is not None:
+            self._value, self._make = self._make(), None
+        return self._value
 
 
 @dataclass(frozen=True)
@@ -26,14 +46,21 @@ class InstructionConditioning:
     """Travels in the conditioning dict under METADATA_KEY (dict copies keep it: ReferenceLatent, FluxGuidance)."""
     spans: InstructionSpans
     context: torch.Tensor  # the full prompt's T5 sequence [1, L, D]: identifies the sampler rows it belongs to
-    without: tuple[tuple[torch.Tensor, torch.Tensor], ...]  # per line: (context, pooled) of the prompt without it
-    # Only for prompts that fill the padded length (>= 256 T5 tokens): the same prompt encoded with one
-    # pad token after the end token (ComfyUI's tokenizer asked for one more position), and its spans.
-    padded: tuple[InstructionSpans, torch.Tensor] | None = None
+    # per line: (context, pooled) of the prompt without it; made when a guidance node first asks
+    leave_one_out: Deferred
+    # Only for prompts that fill the padded length (>= 256 T5 tokens), else a ready None: the same prompt
+    # encoded with one pad token after the end token (ComfyUI's tokenizer asked for one more position),
+    # and its spans; made when a sliders node first asks.
+    padded: Deferred = Deferred.ready(None)
+
+    @property
+    def without(self) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+        return self.leave_one_out.get()
 
     def slider_target(self) -> tuple[InstructionSpans, torch.Tensor | None]:
         """(spans with a pad position, replacement context or None) for the toward-pad sliders."""
-        return self.padded if self.padded is not None else (self.spans, None)
+        padded = self.padded.get()
+        return padded if padded is not None else (self.spans, None)
 
 
 def _t5_tokenizer(clip):
@@ -44,9 +71,15 @@ def _t5_tokenizer(clip):
     return t5
 
 
-def t5_content(clip, text: str) -> tuple[list, list]:
+def _t5_batches(clip, text: str) -> list:
+    """Only the T5 tokenizer, with the options clip.tokenize would pass it (no CLIP-L pass per line)."""
+    options = dict(getattr(clip, "tokenizer_options", None) or {})
+    kwargs = {"tokenizer_options": options} if options else {}
+    return _t5_tokenizer(clip).tokenize_with_weights(text, True, **kwargs)
+
+
+def _content(batches: list, clip) -> tuple[list, list]:
     """(content tokens as (token, weight) pairs, whole T5 sequence as (token, weight, word id))."""
-    batches = clip.tokenize(text, return_word_ids=True)[T5_KEY]
     if len(batches) != 1:
         t5 = _t5_tokenizer(clip)
         raise ValueError(f"the prompt is longer than the T5 tokenizer's {t5.max_length} tokens and was split "
@@ -59,11 +92,25 @@ def t5_content(clip, text: str) -> tuple[list, list]:
     return content, sequence
 
 
-def instruction_spans(clip, lines: list[str]) -> InstructionSpans:
+def t5_content(clip, text: str) -> tuple[list, list]:
+    return _content(clip.tokenize(text, return_word_ids=True)[T5_KEY], clip)
+
+
+def _without_word_ids(tokens: dict) -> dict:
+    # what clip.tokenize(text) returns without return_word_ids (tokenize_with_weights drops them so)
+    return {k: [[(t, w) for t, w, _ in batch] for batch in v] for k, v in tokens.items()}
+
+
+def instruction_spans(clip, lines: list[str], sequence: list | None = None) -> InstructionSpans:
+    """Spans from the full prompt's T5 sequence (tokenised here unless given) and each line alone."""
     t5 = _t5_tokenizer(clip)
-    full, sequence = t5_content(clip, joined_prompt(lines))
-    prefixes = [t5_content(clip, p)[0] for p in prefix_prompts(lines)]
-    spans = spans_from_prefixes(full, prefixes, lines)
+    full, sequence = (t5_content(clip, joined_prompt(lines)) if sequence is None
+                      else _content([sequence], clip))
+    per_line = []
+    for line in lines:
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        per_line.append(_content(_t5_batches(clip, line), clip)[0])
+    spans = spans_from_lines(full, per_line, lines)
     # the first pad after the end token; ComfyUI's Flux T5 tokenizer pads every prompt to 256 tokens
     pad_index = next((i for i in range(len(full) + 1, len(sequence))
                       if sequence[i][2] == 0 and sequence[i][0] == t5.pad_token), None)
@@ -86,24 +133,39 @@ def encode_with_one_pad(clip, text: str, spans: InstructionSpans):
     return dataclasses.replace(spans, pad_index=spans.length, length=spans.length + 1), context
 
 
+def encode_leave_one_out(clip, lines: list[str]) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+    """(context, pooled) of the prompt without each line; Cancel is honoured between encodes."""
+    out = []
+    for prompt in leave_one_out_prompts(lines):
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        c = encode(clip, prompt)[0]
+        out.append((c[0], c[1].get("pooled_output")))
+    return tuple(out)
+
+
 def encode_instructions(clip, instructions: str):
     if clip is None:
         raise RuntimeError("clip input is invalid: None (connect a FLUX text encoder)")
     lines = split_instructions(instructions)
-    spans = instruction_spans(clip, lines)
-    conditioning = encode(clip, joined_prompt(lines))
+    prompt = joined_prompt(lines)
+    tokens = clip.tokenize(prompt, return_word_ids=True)  # one tokenisation serves the spans and the encode
+    if T5_KEY not in tokens:
+        _t5_tokenizer(clip)  # raises the FLUX-encoder message
+    if len(tokens[T5_KEY]) != 1:
+        _content(tokens[T5_KEY], clip)  # raises the too-long message
+    spans = instruction_spans(clip, lines, tokens[T5_KEY][0])
+    comfy.model_management.throw_exception_if_processing_interrupted()
+    conditioning = clip.encode_from_tokens_scheduled(_without_word_ids(tokens))
     if conditioning[0][0].shape[1] != spans.length:
         raise ValueError(f"the encoded sequence has {conditioning[0][0].shape[1]} tokens but the T5 tokenizer "
                          f"made {spans.length}; this text encoder is not a FLUX clip_l + t5xxl pair")
-    without = []
-    for prompt in leave_one_out_prompts(lines):
-        c = encode(clip, prompt)[0]
-        without.append((c[0], c[1].get("pooled_output")))
-    padded = None if spans.pad_index is not None else encode_with_one_pad(clip, joined_prompt(lines), spans)
+    leave_one_out = Deferred(lambda: encode_leave_one_out(clip, lines))
+    padded = (Deferred.ready(None) if spans.pad_index is not None
+              else Deferred(lambda: encode_with_one_pad(clip, prompt, spans)))
     out = []
     for c, extra in conditioning:
         extra = dict(extra)
-        extra[METADATA_KEY] = InstructionConditioning(spans, c, tuple(without), padded)
+        extra[METADATA_KEY] = InstructionConditioning(spans, c, leave_one_out, padded)
         out.append([c, extra])
     logging.info("Kontext multi-instruction: %s", "; ".join(f"{line!r} -> tokens {s}:{e}"
                                                             for line, (s, e) in zip(lines, spans.spans)))
@@ -137,8 +199,9 @@ class KontextMultiInstructionEncode(io.ComfyNode):
             inputs=[
                 io.Clip.Input("clip"),
                 io.String.Input("instructions", multiline=True, default="make the sky stormy\nturn the car red",
-                                tooltip="one sub-instruction per line; blank lines are ignored; prompt weights "
-                                        "like (red:1.2) work within a line"),
+                                tooltip=f"one sub-instruction per line (only a line break, Enter, separates "
+                                        f"them), at most {MAX_INSTRUCTIONS}; blank lines are ignored; prompt "
+                                        f"weights like (red:1.2) work within a line"),
             ],
             outputs=[io.Conditioning.Output()],
         )

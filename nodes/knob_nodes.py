@@ -5,15 +5,16 @@ import logging
 
 from comfy_api.latest import io
 
-from ..core.instructions import parse_strengths, toward_pad_plan
+from ..core.instructions import GUIDANCE_RANGE, SLIDER_RANGE, parse_strengths, toward_pad_plan
 from .instruction_encode import instruction_entries
 from .runtime import InstructionKnob, flux_double_blocks, installed_runtime, patched_clone
 
 CATEGORY = "Kontext Sliders"
 TERMS = {"mlp": (False, True), "attention": (True, False), "both": (True, True)}
 
-STRENGTHS_TOOLTIP = ("one number per sub-instruction line, comma-separated: 1 = as written, 0 = suppressed, "
-                     ">1 = exaggerated, <0 = pushed the other way")
+def strengths_tooltip(accepted: tuple[float, float]) -> str:
+    return (f"one number per sub-instruction line, comma-separated, each within {accepted[0]:g} ... {accepted[1]:g}: "
+            f"1 = as written, 0 = suppressed, >1 = exaggerated, <0 = pushed the other way")
 
 
 def modulation_scaled_model(model, multiplier: float, start_block: int, end_block: int, terms: str = "mlp"):
@@ -35,17 +36,19 @@ def modulation_scaled_model(model, multiplier: float, start_block: int, end_bloc
     return patched_clone(model, multipliers=installed_runtime(model).multipliers + new)
 
 
-def instruction_knob(conditioning, strengths: str) -> InstructionKnob:
+def instruction_knob(conditioning, strengths: str, accepted: tuple[float, float], knob: str) -> InstructionKnob:
     entries = instruction_entries(conditioning)
     lines = entries[0].spans.lines
-    return InstructionKnob(tuple(entries), tuple(parse_strengths(strengths, len(lines), lines)))
+    values = parse_strengths(strengths, len(lines), lines, accepted, f"{knob} strengths")
+    return InstructionKnob(tuple(entries), tuple(values))
 
 
 def instruction_sliders_model(model, conditioning, strengths: str):
     flux_double_blocks(model)
-    knob = instruction_knob(conditioning, strengths)
+    knob = instruction_knob(conditioning, strengths, SLIDER_RANGE, KontextInstructionSliders.DISPLAY_NAME)
     for entry in knob.entries:
-        toward_pad_plan(entry.slider_target()[0], knob.strengths)  # bad spans fail here, not mid-sampling
+        # bad spans fail here, not mid-sampling; a long prompt's one-pad encoding is made here, once
+        toward_pad_plan(entry.slider_target()[0], knob.strengths)
     if all(s == 1.0 for s in knob.strengths):
         return model
     return patched_clone(model, sliders=installed_runtime(model).sliders + (knob,))
@@ -53,9 +56,11 @@ def instruction_sliders_model(model, conditioning, strengths: str):
 
 def instruction_guidance_model(model, conditioning, strengths: str):
     flux_double_blocks(model)
-    knob = instruction_knob(conditioning, strengths)
+    knob = instruction_knob(conditioning, strengths, GUIDANCE_RANGE, KontextInstructionGuidance.DISPLAY_NAME)
     if all(s == 1.0 for s in knob.strengths):
         return model
+    for entry in knob.entries:
+        entry.leave_one_out.get()  # made now, while no model is sampling, and kept for later queue runs
     return patched_clone(model, guidance=installed_runtime(model).guidance + (knob,))
 
 
@@ -91,6 +96,7 @@ class KontextModulationStrength(io.ComfyNode):
 class _InstructionKnobNode(io.ComfyNode):
     """Shared schema of the two per-instruction knobs (model, multi-instruction conditioning, strengths)."""
     NODE_ID = DISPLAY_NAME = DESCRIPTION = ""
+    ACCEPTED = SLIDER_RANGE
     make_model = None
 
     @classmethod
@@ -104,7 +110,7 @@ class _InstructionKnobNode(io.ComfyNode):
                 io.Model.Input("model"),
                 io.Conditioning.Input("conditioning", tooltip="from Kontext Multi-Instruction Encode (the "
                                                               "positive prompt the sampler gets)"),
-                io.String.Input("strengths", default="1, 1", tooltip=STRENGTHS_TOOLTIP),
+                io.String.Input("strengths", default="1, 1", tooltip=strengths_tooltip(cls.ACCEPTED)),
             ],
             outputs=[io.Model.Output()],
         )
@@ -125,6 +131,7 @@ class KontextInstructionSliders(_InstructionKnobNode):
 class KontextInstructionGuidance(_InstructionKnobNode):
     NODE_ID = "KontextInstructionGuidance"
     DISPLAY_NAME = "Kontext Instruction Guidance"
+    ACCEPTED = GUIDANCE_RANGE
     DESCRIPTION = ("Per-instruction guidance: v_full + sum_i (s_i - 1)(v_full - v_without_i), the leave-one-out "
                    "predictions batched into the same forward. Works at cfg 1 and with cfg > 1.")
     make_model = staticmethod(instruction_guidance_model)

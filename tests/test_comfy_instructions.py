@@ -151,10 +151,92 @@ def test_metadata_survives_reference_latent_flux_guidance_and_combine(clip, patc
 def test_strength_count_and_malformed_numbers_are_clear_errors(clip, patcher):
     from kontext_sliders.nodes.knob_nodes import instruction_guidance_model, instruction_sliders_model
     conditioning = encode_lines(clip, PROMPT)
-    with pytest.raises(ValueError, match=r"strengths has 2 value\(s\) but the prompt has 3 sub-instruction"):
+    with pytest.raises(ValueError, match=r"Sliders strengths: 2 value\(s\) given but the prompt has 3 sub-instruction"):
         instruction_sliders_model(patcher, conditioning, "1, 0.5")
     with pytest.raises(ValueError, match="'half' is not a number"):
         instruction_guidance_model(patcher, conditioning, "1, half, 0")
+    with pytest.raises(ValueError, match="'1_0' is not a number"):  # float() would read 10
+        instruction_sliders_model(patcher, conditioning, "1, 1_0, 0")
+
+
+@pytest.mark.parametrize("knob", ["sliders", "guidance"])
+def test_strengths_outside_the_accepted_range_are_refused_and_its_ends_stay_finite(clip, patcher, latents, knob):
+    from kontext_sliders.core.instructions import GUIDANCE_RANGE, SLIDER_RANGE
+    from kontext_sliders.nodes.knob_nodes import instruction_guidance_model, instruction_sliders_model
+    make, (low, high) = {"sliders": (instruction_sliders_model, SLIDER_RANGE),
+                         "guidance": (instruction_guidance_model, GUIDANCE_RANGE)}[knob]
+    conditioning = encode_lines(clip, PROMPT)
+    for value in ("1e30", "1e300", "-1e30"):  # once: all-NaN latents with a success status, or a bare overflow
+        with pytest.raises(ValueError, match=rf"{value} for line 1 \('make the sky stormy'\) is outside the "
+                                             rf"accepted range {low:g} \.\.\. {high:g}"):
+            make(patcher, conditioning, f"{value}, 1, 1")
+    positive = with_reference(conditioning, patcher, latents["reference"])
+    # larger-than-usual latents: the ends of the range must stay finite on any finite input
+    loud = dict(latents, x=latents["x"] * 50)
+    for strengths in (f"{low:g}, {high:g}, 1", f"{high:g}, {high:g}, {high:g}", f"{low:g}, {low:g}, {low:g}"):
+        out = predict(make(patcher, conditioning, strengths), positive, loud, cfg=1.0)
+        assert torch.isfinite(out).all(), strengths
+
+
+def test_encode_node_makes_one_encode_and_leaves_the_guidance_encodings_for_later(clip, patcher, monkeypatch):
+    from kontext_sliders.nodes.knob_nodes import instruction_guidance_model, instruction_sliders_model
+    calls = {"encode": 0, "clip_l_tokenize": 0}
+    encode_from_tokens_scheduled = clip.encode_from_tokens_scheduled
+    clip_l_tokenize = clip.tokenizer.clip_l.tokenize_with_weights
+
+    def counting_encode(*args, **kwargs):
+        calls["encode"] += 1
+        return encode_from_tokens_scheduled(*args, **kwargs)
+
+    def counting_tokenize(*args, **kwargs):
+        calls["clip_l_tokenize"] += 1
+        return clip_l_tokenize(*args, **kwargs)
+
+    monkeypatch.setattr(clip, "encode_from_tokens_scheduled", counting_encode)
+    monkeypatch.setattr(clip.tokenizer.clip_l, "tokenize_with_weights", counting_tokenize)
+    conditioning = encode_lines(clip, PROMPT)
+    assert calls == {"encode": 1, "clip_l_tokenize": 1}  # as CLIPTextEncode: one tokenisation, one encode
+    instruction_sliders_model(patcher, conditioning, "0.5, 1, 1")
+    assert calls["encode"] == 1  # sliders need no extra encode for a prompt with pad tokens
+    instruction_guidance_model(patcher, conditioning, "0.5, 1, 1")
+    assert calls["encode"] == 1 + 3  # guidance: the prompt without each of the 3 lines, once ...
+    instruction_guidance_model(patcher, conditioning, "1.5, 1, 0")
+    assert calls["encode"] == 4  # ... and kept for the next strengths
+    without = metadata(conditioning).without
+    for line_index, (context, pooled) in enumerate(without):
+        lines = PROMPT.split("\n")
+        reference = clip_text_encode(clip, " ".join(lines[:line_index] + lines[line_index + 1:]))
+        assert torch.equal(context, reference[0][0]) and torch.equal(pooled, reference[0][1]["pooled_output"])
+
+
+def test_cancel_interrupts_the_encode_between_lines(clip, monkeypatch):
+    import comfy.model_management
+    t5 = clip.tokenizer.t5xxl
+    tokenize = t5.tokenize_with_weights
+    seen = []
+
+    def tokenize_then_cancel(text, *args, **kwargs):
+        seen.append(text)
+        if len(seen) == 3:  # the user presses Cancel while the encode is under way
+            comfy.model_management.interrupt_current_processing(True)
+        return tokenize(text, *args, **kwargs)
+
+    monkeypatch.setattr(t5, "tokenize_with_weights", tokenize_then_cancel)
+    lines = [f"make the tree number {i} green" for i in range(32)]
+    try:
+        with pytest.raises(comfy.model_management.InterruptProcessingException):
+            encode_lines(clip, "\n".join(lines))
+    finally:
+        comfy.model_management.interrupt_current_processing(False)
+    assert len(seen) == 3  # stopped right there: no further tokenising, no encode
+
+
+def test_only_line_breaks_separate_sub_instructions(clip):
+    text = "make the sky\u2028stormy\vand dark\nturn the car red"
+    conditioning = encode_lines(clip, text)
+    assert metadata(conditioning).spans.lines == ("make the sky\u2028stormy\vand dark", "turn the car red")
+    reference = clip_text_encode(clip, "make the sky\u2028stormy\vand dark turn the car red")
+    assert torch.equal(conditioning[0][0], reference[0][0])
 
 
 # ---------------------------------------------------------------- knob 1: modulation multiplier
