@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import folder_paths
 
-from ..core.formats import OFFICIAL_LORA, OFFICIAL_PROJECTOR
+from ..core.formats import OFFICIAL_LORA, OFFICIAL_PROJECTOR, WeightsFormatError
 
 FOLDER_NAME = "kontext_sliders"
 _EXTENSIONS = {".safetensors", ".pth"}
@@ -18,35 +19,68 @@ def register_model_folder() -> None:
     extensions.update(_EXTENSIONS)
 
 
+def _allowed_roots() -> list[Path]:
+    """The real paths of every registered folder (models/kontext_sliders and extra_model_paths entries)."""
+    return [Path(base).resolve() for base in folder_paths.get_folder_paths(FOLDER_NAME)]
+
+
+def _inside(path: Path, roots: list[Path]) -> bool:
+    # on resolved paths: '..' segments and symlinks are already followed, and is_relative_to compares
+    # whole components (a sibling 'kontext_sliders_evil' is not inside 'kontext_sliders')
+    return any(path.is_relative_to(root) for root in roots)
+
+
 def list_weight_entries() -> list[str]:
     """Single ``.safetensors`` files and official release folders, relative to the model folders.
 
     Folders are listed with a trailing ``/``; the files inside an official folder are not listed
-    on their own (its LoRA alone is not a Kontinuous weight set).
+    on their own (its LoRA alone is not a Kontinuous weight set). Symlinks are followed while they stay
+    inside a registered folder (the loader would refuse anything else).
     """
+    roots = _allowed_roots()
     entries: set[str] = set()
     for base in folder_paths.get_folder_paths(FOLDER_NAME):
         if not os.path.isdir(base):
             continue
+        seen: set[Path] = set()
         for root, dirs, files in os.walk(base, followlinks=True):
+            real = Path(root).resolve()
+            if real in seen or not _inside(real, roots):
+                dirs[:] = []  # a symlink loop, or a link out of the model folders
+                continue
+            seen.add(real)
             dirs.sort()
             rel = os.path.relpath(root, base).replace(os.sep, "/")
             if OFFICIAL_PROJECTOR in files:
                 entries.add("./" if rel == "." else rel + "/")
                 files = [f for f in files if f not in (OFFICIAL_PROJECTOR, OFFICIAL_LORA)]
             for f in files:
-                if f.endswith(".safetensors"):
+                if f.endswith(".safetensors") and _inside(Path(root, f).resolve(), roots):
                     entries.add(f if rel == "." else f"{rel}/{f}")
     return sorted(entries)
 
 
 def resolve_weight_entry(entry: str) -> str:
-    """Absolute path of a listed entry; a clear error when it is gone."""
-    for base in folder_paths.get_folder_paths(FOLDER_NAME):
-        candidate = os.path.normpath(os.path.join(base, entry))
-        if not candidate.startswith(os.path.normpath(base)):
-            continue  # no escaping the model folder
-        if os.path.exists(candidate):
-            return candidate
-    raise FileNotFoundError(f"Kontinuous weights '{entry}' not found in {folder_paths.get_folder_paths(FOLDER_NAME)}; "
-                            f"put the .safetensors file or the official release folder into models/{FOLDER_NAME}/")
+    """Real path of a listed entry, which must lie inside a registered model folder; else a clear error.
+
+    The dropdown checks its value against the list, but a link from another node (a switch) skips that
+    check, so the containment is checked here on resolved paths.
+    """
+    folders = folder_paths.get_folder_paths(FOLDER_NAME)
+    parts = PurePosixPath(str(entry).replace("\\", "/")).parts
+    if not entry or "\x00" in entry or os.path.isabs(entry) or PureWindowsPath(entry).drive or ".." in parts:
+        raise WeightsFormatError(f"weights {entry!r} refused: expected a name the loader lists, relative to "
+                                 f"models/{FOLDER_NAME}/ (no absolute path, no '..'); pick one from the list")
+    roots = _allowed_roots()
+    for base in folders:
+        candidate = Path(base, *parts)
+        if not candidate.exists():
+            continue
+        real = candidate.resolve()
+        if not _inside(real, roots):
+            raise WeightsFormatError(f"weights {entry!r} refused: it resolves to {real}, outside the model folders "
+                                     f"{folders} (a symlink?). Add that folder to extra_model_paths.yaml under "
+                                     f"'{FOLDER_NAME}', or move the weights into models/{FOLDER_NAME}/")
+        return str(real)
+    raise WeightsFormatError(f"weights {entry!r} not found in {folders}; put the .safetensors file or the official "
+                             f"release folder into models/{FOLDER_NAME}/ and refresh the loader's list")
