@@ -1,5 +1,8 @@
 """Reports, at the end of every run, whether the ComfyUI suite really ran."""
+import pytest
+
 import ks_fixtures as F
+from kontext_sliders.nodes.comfy_location import ComfyUIPathError
 
 _comfy_outcomes = {"passed": 0, "failed": 0, "skipped": 0}
 
@@ -11,6 +14,10 @@ def pytest_collection_modifyitems(items):
 
 
 def pytest_configure(config):
+    try:  # a wrong COMFYUI_PATH stops the run here instead of skipping (or testing another ComfyUI)
+        F.find_comfyui()
+    except ComfyUIPathError as e:
+        raise pytest.UsageError(str(e)) from None
     config.addinivalue_line("markers", "comfyui: runs ComfyUI's own code (skips when ComfyUI is not found)")
     config.addinivalue_line("markers", "slow: minutes, not seconds (the full offline demo); -m 'not slow' leaves them out")
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from kontext_sliders.core.formats import KontinuousWeights
+from kontext_sliders.nodes import comfy_location
 from kontext_sliders.core.projector import ProjectorConfig, SliderProjector
 
 PACK_DIR = Path(__file__).resolve().parents[1]
@@ -36,15 +37,11 @@ LORA_TARGETS = ("attn.to_k", "attn.to_q", "attn.to_v", "attn.to_out.0", "attn.ad
 # ---------------------------------------------------------------- locating ComfyUI
 
 def find_comfyui() -> Path | None:
-    """COMFYUI_PATH, else the custom_nodes grandparent, else ~/comfy/ComfyUI (as the README says)."""
-    candidates = [os.environ.get("COMFYUI_PATH")]
-    if PACK_DIR.parent.name == "custom_nodes":
-        candidates.append(str(PACK_DIR.parent.parent))
-    candidates.append(str(Path.home() / "comfy" / "ComfyUI"))
-    for c in candidates:
-        if c and (Path(c) / "comfy" / "model_patcher.py").is_file():
-            return Path(c).resolve()
-    return None
+    """COMFYUI_PATH, else the custom_nodes grandparent, else ~/comfy/ComfyUI (as the README says).
+
+    A COMFYUI_PATH that is not ComfyUI raises (conftest turns it into a usage error for the whole run).
+    """
+    return comfy_location.find_comfyui(PACK_DIR)
 
 
 SKIP_NO_COMFY = ("ComfyUI not found (set COMFYUI_PATH, or put ComfyUI at ~/comfy/ComfyUI): "
