@@ -85,5 +85,20 @@ class KSTestCapture:
         return ()
 
 
-NODE_CLASS_MAPPINGS = {"KSTestTinyFlux": KSTestTinyFlux, "KSTestEditInputs": KSTestEditInputs,
+class KSTestLatentReport:
+    """Reports a LATENT's shape and finiteness in the prompt's output (for tests that drive a server)."""
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"samples": ("LATENT",)}}
+    RETURN_TYPES = ()
+    FUNCTION = "report"
+    OUTPUT_NODE = True
+    CATEGORY = "testing"
+
+    def report(self, samples):
+        x = samples["samples"]
+        return {"ui": {"finite": [bool(torch.isfinite(x).all())], "shape": list(x.shape)}}
+
+
+NODE_CLASS_MAPPINGS = {"KSTestLatentReport": KSTestLatentReport, "KSTestTinyFlux": KSTestTinyFlux, "KSTestEditInputs": KSTestEditInputs,
                        "KSTestCapture": KSTestCapture, "KSTestTinyClip": KSTestTinyClip, "KSTestLatent": KSTestLatent}

@@ -1,0 +1,127 @@
+"""A real ComfyUI server on 127.0.0.1 for tests: its own base directory, the pack in custom_nodes/.
+
+Started as ``python main.py --cpu`` in a subprocess; ready when it logs its URL. Prompts go through
+``POST /prompt`` and their outcome is read from the websocket (execution_success / execution_error),
+so nothing waits on a clock. Only ever contacts 127.0.0.1.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import selectors
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import ks_fixtures as F
+
+READY_LINE = "To see the GUI go to:"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ComfyServer:
+    def __init__(self, base_dir: Path, custom_nodes: dict[str, Path], start_timeout: float = 240.0):
+        self.root = F.find_comfyui()
+        self.base_dir = base_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log: list[str] = []
+        nodes_dir = base_dir / "custom_nodes"
+        nodes_dir.mkdir(parents=True, exist_ok=True)
+        for name, source in custom_nodes.items():
+            (nodes_dir / name).symlink_to(source, target_is_directory=True)
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.process = subprocess.Popen(
+            [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+             "--base-directory", str(base_dir), "--database-url", "sqlite:///:memory:", "--disable-auto-launch"],
+            cwd=self.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self._wait_for(READY_LINE, start_timeout)
+
+    def _wait_for(self, text: str, timeout: float) -> None:
+        """Read the server's log until ``text`` appears (select with a deadline: no fixed sleeps)."""
+        deadline = time.monotonic() + timeout
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.process.stdout, selectors.EVENT_READ)
+            while time.monotonic() < deadline:
+                if not selector.select(timeout=deadline - time.monotonic()):
+                    break
+                line = self.process.stdout.readline()
+                if not line:
+                    raise RuntimeError("ComfyUI exited while starting:\n" + "".join(self.log[-40:]))
+                self.log.append(line)
+                if text in line:
+                    return
+        raise RuntimeError(f"ComfyUI did not log {text!r} within {timeout:.0f} s:\n" + "".join(self.log[-40:]))
+
+    def drain_log(self) -> str:
+        """Everything the server logged since the last call (non-blocking)."""
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.process.stdout, selectors.EVENT_READ)
+            while selector.select(timeout=0.2):
+                line = self.process.stdout.readline()
+                if not line:
+                    break
+                self.log.append(line)
+        return "".join(self.log)
+
+    def failed_imports(self) -> list[str]:
+        """Log lines saying that one of the custom-node folders given here did not import."""
+        names = [p.name for p in (self.base_dir / "custom_nodes").iterdir()]
+        return [line for line in self.drain_log().splitlines()
+                if ("IMPORT FAILED" in line or "Cannot import" in line) and any(n in line for n in names)]
+
+    def run(self, prompt: dict, timeout: float = 120.0) -> dict:
+        """Queue ``prompt``; return {"status": "refused"|"error"|"success", "message", "outputs"}."""
+        return asyncio.run(self._run(prompt, timeout))
+
+    async def _run(self, prompt: dict, timeout: float) -> dict:
+        import aiohttp
+        client_id = uuid.uuid4().hex
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(f"{self.url}/ws?clientId={client_id}") as ws:
+                async with session.post(f"{self.url}/prompt", json={"prompt": prompt, "client_id": client_id}) as r:
+                    body = await r.json()
+                if r.status != 200:
+                    return {"status": "refused", "message": json.dumps(body), "outputs": {}}
+                prompt_id = body["prompt_id"]
+                outputs = {}
+                async with asyncio.timeout(timeout):
+                    async for message in ws:
+                        if message.type != aiohttp.WSMsgType.TEXT:
+                            continue
+                        event = json.loads(message.data)
+                        data = event.get("data", {})
+                        if data.get("prompt_id") != prompt_id:
+                            continue
+                        if event["type"] == "executed":
+                            outputs[data["node"]] = data["output"]
+                        elif event["type"] == "execution_error":
+                            return {"status": "error", "message": data.get("exception_message", ""),
+                                    "type": data.get("exception_type", ""), "outputs": outputs}
+                        elif event["type"] == "execution_success":
+                            return {"status": "success", "message": "", "outputs": outputs}
+                        elif event["type"] == "execution_interrupted":
+                            return {"status": "interrupted", "message": "", "outputs": outputs}
+        raise RuntimeError(f"prompt {prompt_id} never finished")
+
+    def get(self, path: str):
+        import urllib.request
+        with urllib.request.urlopen(f"{self.url}{path}", timeout=30) as r:
+            return json.loads(r.read())
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
