@@ -15,6 +15,21 @@ NEGATIVE_SAME = "same offset"  # official pipeline: the positive instruction's o
 NEGATIVE_UNMODIFIED = "unmodified"  # negative rows computed exactly as by the unpatched model
 NEGATIVE_MODES = (NEGATIVE_SAME, NEGATIVE_UNMODIFIED)
 
+# The strength encoding [sin(pi s), cos(pi s)] has period 2: -0.5 and 1.5 are the same code, so a wider
+# range only repeats itself. 0 ... 1 is the trained range. (The Apply node's widget has these limits;
+# this check covers callers that pass strengths directly, e.g. sweeps.)
+STRENGTH_RANGE = (-0.5, 1.5)
+
+
+def check_strengths(strengths: Sequence[float]) -> list[float]:
+    low, high = STRENGTH_RANGE
+    values = [float(v) for v in strengths]
+    for i, v in enumerate(values):
+        if not low <= v <= high:  # also refuses NaN
+            raise ValueError(f"Kontinuous strength {v!r} (item {i + 1}) is outside {low:g} ... {high:g}; 0 ... 1 is "
+                             f"the trained range and the strength code repeats beyond {high:g}")
+    return values
+
 
 @torch.no_grad()
 def offset_table(projector: SliderProjector, strengths: Sequence[float],
@@ -27,7 +42,7 @@ def offset_table(projector: SliderProjector, strengths: Sequence[float],
     if len(strengths) == 0:
         raise ValueError("at least one strength is needed")
     weight = projector.pe_extender.weight
-    s = torch.tensor([float(v) for v in strengths], dtype=weight.dtype, device=weight.device)
+    s = torch.tensor(check_strengths(strengths), dtype=weight.dtype, device=weight.device)
     if pooled is not None:
         pooled = pooled.reshape(-1, pooled.shape[-1])
         if pooled.shape[0] != 1:

@@ -229,3 +229,14 @@ def test_atomic_write_leaves_old_file_when_writing_fails(tmp_path):
         atomic_write(target, failing)
     assert target.read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["file.bin"]
+
+
+def test_offset_table_refuses_strengths_outside_the_code_period():
+    from kontext_sliders.core.offsets import STRENGTH_RANGE
+    weights = F.tiny_projector_weights(seed=1)
+    projector = weights.build_projector()
+    pooled = torch.randn(1, F.POOLED_DIM)
+    assert offset_table(projector, list(STRENGTH_RANGE), pooled).shape[0] == 2
+    for bad in (1.6, -0.51, float("nan"), float("inf"), 1e30):
+        with pytest.raises(ValueError, match=r"Kontinuous strength .* \(item 2\) is outside -0.5 \.\.\. 1.5"):
+            offset_table(projector, [0.5, bad], pooled)
