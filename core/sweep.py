@@ -27,7 +27,7 @@ class Sweep:
     """
     values: tuple[float, ...]
     spacing: str = "linear"
-    instruction_index: int | None = None  # which sub-instruction a per-instruction knob varies
+    instruction_index: int = 0  # which sub-instruction (0-based) a per-instruction knob varies
     probe_steps: int = 4  # perceptual spacing: the probe sweep's sampling steps ...
     probe_resolution: int = 256  # ... the longer side of its latent, in pixels (8 per latent cell)
     probe_count: int = 17  # ... and how many values it renders

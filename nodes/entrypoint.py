@@ -7,9 +7,11 @@ from .instruction_encode import KontextMultiInstructionEncode
 from .knob_nodes import KontextInstructionGuidance, KontextInstructionSliders, KontextModulationStrength
 from .kontinuous_nodes import KontinuousKontextApply, KontinuousKontextLoader
 from .model_folder import register_model_folder
+from .sweep_nodes import KontextStrengthSweep
 
 NODES: list[type[io.ComfyNode]] = [KontinuousKontextLoader, KontinuousKontextApply, KontextMultiInstructionEncode,
-                                   KontextModulationStrength, KontextInstructionSliders, KontextInstructionGuidance]
+                                   KontextModulationStrength, KontextInstructionSliders, KontextInstructionGuidance,
+                                   KontextStrengthSweep]
 
 
 class KontextSlidersExtension(ComfyExtension):
