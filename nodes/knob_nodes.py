@@ -7,7 +7,8 @@ from comfy_api.latest import io
 
 from ..core.instructions import GUIDANCE_RANGE, SLIDER_RANGE, parse_strengths, toward_pad_plan
 from .instruction_encode import instruction_entries
-from .runtime import InstructionKnob, flux_double_blocks, installed_runtime, patched_clone
+from .knobs import InstructionKnob, ModulationKnob
+from .runtime import flux_double_blocks, installed_runtime, patched_clone
 
 CATEGORY = "Kontext Sliders"
 TERMS = {"mlp": (False, True), "attention": (True, False), "both": (True, True)}
@@ -26,42 +27,39 @@ def modulation_scaled_model(model, multiplier: float, start_block: int, end_bloc
                          f"blocks (0..{n - 1}; end_block -1 = the last)")
     if terms not in TERMS:
         raise ValueError(f"terms must be one of {sorted(TERMS)}, got {terms!r}")
-    if multiplier == 1.0:
-        return model  # identity, bit for bit: nothing to patch
     scale_attention, scale_mlp = TERMS[terms]
-    new = tuple((i, multiplier if scale_attention else 1.0, multiplier if scale_mlp else 1.0)
-                for i in range(start_block, last + 1))
+    knob = ModulationKnob(tuple(range(start_block, last + 1)), scale_attention, scale_mlp, (float(multiplier),))
     logging.info("Kontext modulation strength: x%g on the text %s modulation of double blocks %d..%d",
                  multiplier, terms, start_block, last)
-    return patched_clone(model, multipliers=installed_runtime(model).multipliers + new)
+    # at 1 the knob is recorded for sweeps but patches nothing: identity, bit for bit
+    return patched_clone(model, knobs=installed_runtime(model).knobs + (knob,))
 
 
-def instruction_knob(conditioning, strengths: str, accepted: tuple[float, float], knob: str) -> InstructionKnob:
+def instruction_knob(conditioning, strengths: str, accepted: tuple[float, float], kind: str,
+                     display: str) -> InstructionKnob:
     entries = instruction_entries(conditioning)
     lines = entries[0].spans.lines
-    values = parse_strengths(strengths, len(lines), lines, accepted, f"{knob} strengths")
-    return InstructionKnob(tuple(entries), tuple(values))
+    values = parse_strengths(strengths, len(lines), lines, accepted, f"{display} strengths")
+    return InstructionKnob(tuple(entries), (tuple(values),), kind, accepted, display)
 
 
 def instruction_sliders_model(model, conditioning, strengths: str):
     flux_double_blocks(model)
-    knob = instruction_knob(conditioning, strengths, SLIDER_RANGE, KontextInstructionSliders.DISPLAY_NAME)
+    knob = instruction_knob(conditioning, strengths, SLIDER_RANGE, "sliders", KontextInstructionSliders.DISPLAY_NAME)
     for entry in knob.entries:
         # bad spans fail here, not mid-sampling; a long prompt's one-pad encoding is made here, once
-        toward_pad_plan(entry.slider_target()[0], knob.strengths)
-    if all(s == 1.0 for s in knob.strengths):
-        return model
-    return patched_clone(model, sliders=installed_runtime(model).sliders + (knob,))
+        toward_pad_plan(entry.slider_target()[0], knob.rows[0])
+    return patched_clone(model, knobs=installed_runtime(model).knobs + (knob,))  # all 1: recorded, patches nothing
 
 
 def instruction_guidance_model(model, conditioning, strengths: str):
     flux_double_blocks(model)
-    knob = instruction_knob(conditioning, strengths, GUIDANCE_RANGE, KontextInstructionGuidance.DISPLAY_NAME)
-    if all(s == 1.0 for s in knob.strengths):
-        return model
+    knob = instruction_knob(conditioning, strengths, GUIDANCE_RANGE, "guidance", KontextInstructionGuidance.DISPLAY_NAME)
     for entry in knob.entries:
-        entry.leave_one_out.get()  # made now, while no model is sampling, and kept for later queue runs
-    return patched_clone(model, guidance=installed_runtime(model).guidance + (knob,))
+        # made now, while no model is sampling, and kept for later queue runs (a sweep may need them
+        # even when every strength here is 1)
+        entry.leave_one_out.get()
+    return patched_clone(model, knobs=installed_runtime(model).knobs + (knob,))  # all 1: recorded, patches nothing
 
 
 class KontextModulationStrength(io.ComfyNode):

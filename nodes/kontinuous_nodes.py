@@ -11,7 +11,7 @@ from comfy_api.latest import io
 from ..core.formats import KontinuousWeights, load_kontinuous
 from ..core.offsets import NEGATIVE_MODES, NEGATIVE_SAME, offset_table
 from ..core.projector import SliderProjector
-from .kontinuous_patch import OffsetSource, apply_kontinuous_offsets, flux_double_blocks, flux_hidden_size
+from .kontinuous_patch import KontinuousKnob, apply_kontinuous_offsets, flux_double_blocks, flux_hidden_size
 from .lora import add_diffusers_lora
 from .model_folder import list_weight_entries, resolve_weight_entry
 
@@ -66,8 +66,11 @@ def kontinuous_patched_model(model, loaded: LoadedKontinuous, conditioning, stre
     if pooled is not None and pooled.shape[-1] != config.clip_dim:
         raise ValueError(f"the conditioning's pooled vector has width {pooled.shape[-1]}, {loaded.name} expects "
                          f"{config.clip_dim} (pooled CLIP-L)")
-    table = offset_table(loaded.projector, strengths, pooled)
-    patched = apply_kontinuous_offsets(model, OffsetSource(table, negative))
+    def make_table(values):  # the projector runs once per strength, here and for every sweep value
+        return offset_table(loaded.projector, values, pooled)
+
+    strengths = tuple(float(v) for v in strengths)
+    patched = apply_kontinuous_offsets(model, KontinuousKnob(make_table(strengths), negative, strengths, make_table))
     w = loaded.weights
     add_diffusers_lora(patched, w.lora_state, w.lora_alpha, lora_strength, loaded.name)
     logging.info("Kontinuous Kontext: %s, strength %s, LoRA %d modules at %g x alpha/rank %g, negative rows: %s",

@@ -6,16 +6,17 @@ from the precomputed table (``cond_or_uncond`` decides positive/negative rows), 
 """
 from __future__ import annotations
 
-from .runtime import OffsetSource, flux_double_blocks, flux_hidden_size, installed_runtime, patched_clone
+from .knobs import KontinuousKnob
+from .runtime import flux_double_blocks, flux_hidden_size, installed_runtime, patched_clone
 
-__all__ = ["OffsetSource", "apply_kontinuous_offsets", "flux_double_blocks", "flux_hidden_size"]
+__all__ = ["KontinuousKnob", "apply_kontinuous_offsets", "flux_double_blocks", "flux_hidden_size"]
 
 
-def apply_kontinuous_offsets(patcher, source: OffsetSource):
+def apply_kontinuous_offsets(patcher, source: KontinuousKnob):
     """A clone of ``patcher`` with ``source``'s offsets added (on top of earlier Kontinuous patches)."""
     flux_double_blocks(patcher)
     hidden = flux_hidden_size(patcher)
     if source.table.shape[-1] != 2 * hidden:
         raise ValueError(f"offsets of width {source.table.shape[-1]} need a model of hidden size "
                          f"{source.table.shape[-1] // 2}, this model has {hidden}")
-    return patched_clone(patcher, offset_sources=installed_runtime(patcher).offset_sources + (source,))
+    return patched_clone(patcher, knobs=installed_runtime(patcher).knobs + (source,))

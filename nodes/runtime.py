@@ -12,8 +12,10 @@ Pieces, installed on a clone (the input model is never touched):
   ``single_blocks.i.forward``. Each runs the class's own forward (never another clone's patch), so
   nothing stacks across queue items. Outside a wrapped call the slot is empty: plain forwards.
 
-Stacked nodes accumulate in one immutable ``PackRuntime`` (kept as a ModelPatcher attachment), so a
-second node re-installs every patch against one fresh slot instead of layering a second machinery.
+Stacked nodes accumulate knob records (nodes/knobs.py) in one immutable ``PackRuntime`` (kept as a
+ModelPatcher attachment), so a second node re-installs every patch against one fresh slot instead of
+layering a second machinery. Any knob's setting may vary per latent of the batch: that is how a sweep
+renders all its values in one batch (``swept_clone``).
 """
 from __future__ import annotations
 
@@ -29,22 +31,10 @@ import torch
 from ..core.instructions import combine_instruction_guidance, lerp_toward_pad, toward_pad_plan
 from ..core.offsets import offsets_for_rows
 from ..core.projector import split_offsets
+from .knobs import InstructionKnob, KontinuousKnob, ModulationKnob, items_for_chunk
 
 ATTACHMENT_KEY = "kontext_sliders.runtime"
 WRAPPER_KEY = "kontext_sliders.runtime"
-
-
-@dataclass(frozen=True)
-class OffsetSource:
-    table: torch.Tensor  # [N strengths, 2H] fp32 on the CPU
-    negative: str  # core.offsets.NEGATIVE_MODES
-
-
-@dataclass(frozen=True)
-class InstructionKnob:
-    """Per-instruction strengths for one multi-instruction prompt (its conditioning entries)."""
-    entries: tuple  # InstructionConditioning, one per conditioning entry carrying spans
-    strengths: tuple[float, ...]
 
 
 # ---------------------------------------------------------------- the per-call slot
@@ -54,22 +44,32 @@ class CallSlot:
 
     def __init__(self):
         self.offsets: torch.Tensor | None = None  # [B, 2H] fp32
+        self.multipliers: dict | None = None  # double block -> (attention [B] | None, mlp [B] | None) fp32
         self.pad_index: torch.Tensor | None = None  # [B, L] long: the position each token moves toward
         self.pad_weight: torch.Tensor | None = None  # [B, L, 1] fp32: 1 = untouched
         self._cast: dict = {}
 
-    def set(self, offsets=None, pad_index=None, pad_weight=None):
-        self.offsets, self.pad_index, self.pad_weight = offsets, pad_index, pad_weight
+    def set(self, offsets=None, pad_index=None, pad_weight=None, multipliers=None):
+        self.offsets, self.pad_index, self.pad_weight, self.multipliers = offsets, pad_index, pad_weight, multipliers
         self._cast = {}
 
     def state(self):
-        return self.offsets, self.pad_index, self.pad_weight
+        return self.offsets, self.pad_index, self.pad_weight, self.multipliers
 
     def offset_terms(self, dtype: torch.dtype, device: torch.device):
         """(delta scale, delta shift) as [B, 1, H] in the modulation's dtype; cast once per call."""
         key = ("offsets", dtype, device)
         if key not in self._cast:
             self._cast[key] = split_offsets(self.offsets.to(device=device, dtype=dtype).unsqueeze(1))
+        return self._cast[key]
+
+    def block_multipliers(self, index: int, dtype: torch.dtype, device: torch.device):
+        """(attention, mlp) multipliers of double block ``index`` as [B, 1, 1] (or None), cast once per call."""
+        key = ("multipliers", index, dtype, device)
+        if key not in self._cast:
+            pair = (self.multipliers or {}).get(index, (None, None))
+            self._cast[key] = tuple(None if m is None else m.to(device=device, dtype=dtype).view(-1, 1, 1)
+                                    for m in pair)
         return self._cast[key]
 
     def pad_plan(self, dtype: torch.dtype, device: torch.device):
@@ -81,18 +81,14 @@ class CallSlot:
 
 # ---------------------------------------------------------------- block patches (closures: see kontinuous doc)
 
-def txt_modulation_patch(module: torch.nn.Module, slot: CallSlot, attention_multiplier: float | None,
-                         mlp_multiplier: float | None):
-    """Replacement for ``double_blocks.i.txt_mod.forward``: multipliers on shift/scale, then offsets.
+def txt_modulation_patch(module: torch.nn.Module, index: int, slot: CallSlot):
+    """Replacement for ``double_blocks.i.txt_mod.forward``: per-row multipliers on shift/scale, then offsets.
 
     A plain function, not a callable object: torch.compile guards a patched ``forward`` that is a
     function on its code object, any other callable on its identity (a recompile per new strength).
+    Multipliers and offsets come from the slot as tensors, never as Python floats: dynamo lifts tensors
+    as graph inputs but bakes floats in as constants (a recompile for every new multiplier).
     """
-
-    # 0-d tensors, not floats: dynamo lifts captured tensors as graph inputs but bakes floats in as
-    # constants, so a float would recompile the model for every new multiplier under TorchCompileModel
-    attention_multiplier, mlp_multiplier = (None if m is None else torch.tensor(m, dtype=torch.float32)
-                                            for m in (attention_multiplier, mlp_multiplier))
 
     def scaled(mod, multiplier):
         if multiplier is None:
@@ -103,7 +99,9 @@ def txt_modulation_patch(module: torch.nn.Module, slot: CallSlot, attention_mult
     def txt_mod_forward(vec):
         # the class's forward, never the instance attribute: that may be another clone's patch
         mod1, mod2 = type(module).forward(module, vec)
-        mod1, mod2 = scaled(mod1, attention_multiplier), scaled(mod2, mlp_multiplier)
+        if slot.multipliers is not None:
+            attention, mlp = slot.block_multipliers(index, mod2.shift.dtype, mod2.shift.device)
+            mod1, mod2 = scaled(mod1, attention), scaled(mod2, mlp)
         if slot.offsets is None:
             return mod1, mod2
         dscale, dshift = slot.offset_terms(mod2.shift.dtype, mod2.shift.device)
@@ -164,16 +162,13 @@ class _ChunkJob:
     tag: int  # cond_or_uncond entry
     context: torch.Tensor | None = None  # replacement text sequence [1, L, D]
     pooled: torch.Tensor | None = None  # replacement pooled vector [1, D]
-    pad_plan: tuple | None = None  # (index [L], weight [L]) toward-pad plan
+    pad_plan: tuple | None = None  # (index [chunk, L], weight [chunk, L]) toward-pad plan per row
     output: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
 class PackRuntime:
-    offset_sources: tuple[OffsetSource, ...] = ()
-    multipliers: tuple[tuple[int, float, float], ...] = ()  # (double block, attention x, mlp x); stacked: product
-    sliders: tuple[InstructionKnob, ...] = ()
-    guidance: tuple[InstructionKnob, ...] = ()
+    knobs: tuple = ()  # knob records (nodes/knobs.py) in the order the nodes were applied
     slot: CallSlot = field(default_factory=CallSlot, compare=False)
     _device_cache: dict = field(default_factory=dict, compare=False)
 
@@ -181,13 +176,38 @@ class PackRuntime:
         # a fresh slot and cache: the new clone's patches must not share per-call state with the old one
         return dataclasses.replace(self, slot=CallSlot(), _device_cache={}, **changes)
 
+    def adding(self, knob) -> "PackRuntime":
+        return self.with_(knobs=self.knobs + (knob,))
+
+    def _active(self, kind):
+        return tuple(k for k in self.knobs if isinstance(k, kind) and not k.is_neutral)
+
+    @property
+    def offset_sources(self) -> tuple[KontinuousKnob, ...]:
+        return self._active(KontinuousKnob)
+
+    @property
+    def multipliers(self) -> tuple[ModulationKnob, ...]:
+        return self._active(ModulationKnob)
+
+    @property
+    def sliders(self) -> tuple[InstructionKnob, ...]:
+        return tuple(k for k in self._active(InstructionKnob) if k.kind == "sliders")
+
+    @property
+    def guidance(self) -> tuple[InstructionKnob, ...]:
+        return tuple(k for k in self._active(InstructionKnob) if k.kind == "guidance")
+
     def block_multipliers(self, index: int) -> tuple[float | None, float | None]:
-        """(attention, mlp) multipliers of double block ``index``; None where no node scales it."""
+        """(attention, mlp) multipliers of double block ``index`` for single-setting knobs; None where none scales."""
         attention = mlp = None
-        for i, a, m in self.multipliers:
-            if i == index:
-                attention = a if attention is None else attention * a
-                mlp = m if mlp is None else mlp * m
+        for knob in self.multipliers:
+            if index in knob.blocks:
+                m = knob.values[0]
+                if knob.attention:
+                    attention = m if attention is None else attention * m
+                if knob.mlp:
+                    mlp = m if mlp is None else mlp * m
         return attention, mlp
 
     # -- per-call decisions
@@ -198,12 +218,28 @@ class PackRuntime:
             self._device_cache[key] = (tensor, tensor.to(device=device, dtype=dtype or tensor.dtype))
         return self._device_cache[key][1]
 
-    def _offset_rows(self, batch: int, cond_or_uncond, device):
+    def _offset_rows(self, batch: int, cond_or_uncond: list[int], device):
+        """Per-row offsets [batch, 2H]: stacked Apply nodes sum; row j of a chunk is latent j."""
         total = None
-        for source in self.offset_sources:
-            rows = offsets_for_rows(self._on(source.table, device), batch, cond_or_uncond, source.negative)
+        for knob in self.offset_sources:
+            rows = offsets_for_rows(self._on(knob.table, device), batch, cond_or_uncond, knob.negative)
             total = rows if total is None else total + rows
         return total
+
+    def _multiplier_rows(self, cond_or_uncond: list[int], chunk: int, device) -> dict:
+        """double block -> (attention [B] | None, mlp [B] | None); stacked nodes multiply; every row scaled."""
+        out: dict = {}
+        for knob in self.multipliers:
+            per_item = torch.tensor(items_for_chunk(knob.values, chunk, knob.display), dtype=torch.float32)
+            rows = per_item.repeat(len(cond_or_uncond)).to(device)
+            for block in knob.blocks:
+                attention, mlp = out.get(block, (None, None))
+                if knob.attention:
+                    attention = rows if attention is None else attention * rows
+                if knob.mlp:
+                    mlp = rows if mlp is None else mlp * rows
+                out[block] = (attention, mlp)
+        return out
 
     def _matching_entry(self, knob: InstructionKnob, chunk_context: torch.Tensor):
         for entry in knob.entries:
@@ -214,14 +250,20 @@ class PackRuntime:
                 return entry
         return None
 
-    def _warn_unmatched(self, knob: InstructionKnob, kind: str):
+    def _warn_unmatched(self, knob: InstructionKnob):
         if id(knob) in self._device_cache.setdefault("warned", set()):
             return
         self._device_cache["warned"].add(id(knob))
-        logging.warning("Kontext %s (%s): the sampler's positive prompt is not the conditioning wired to the node "
+        logging.warning("%s (%s): the sampler's positive prompt is not the conditioning wired to the node "
                         "(its text differs), so the knob leaves it unchanged. Wire the same Kontext Multi-Instruction "
                         "Encode output to the knob and (through ReferenceLatent / FluxGuidance) to the sampler.",
-                        kind, "; ".join(knob.entries[0].spans.lines))
+                        knob.display, "; ".join(knob.lines))
+
+    def _toward_pad_plan(self, spans, strengths: tuple[float, ...]):
+        key = ("plan", id(spans), strengths)  # built once per (prompt, strengths), not every step
+        if key not in self._device_cache:
+            self._device_cache[key] = (spans, toward_pad_plan(spans, strengths))
+        return self._device_cache[key][1]
 
     def _plan_jobs(self, context: torch.Tensor, cond_or_uncond: list[int], chunk: int):
         jobs, extra, guided = [], [], {}
@@ -232,35 +274,35 @@ class PackRuntime:
             if tag != 0 or context is None:
                 continue  # per-instruction knobs act on the positive prompt only
             chunk_context = context[j * chunk:(j + 1) * chunk]
-            strengths = None
+            rows = None  # per row of the chunk: one strength per line
             for knob in self.sliders:
                 entry = self._matching_entry(knob, chunk_context)
                 if entry is not None:  # stacked slider nodes on one prompt: s1 * s2 (lerp of a lerp)
                     matched.add(id(knob))
-                    strengths = knob.strengths if strengths is None else tuple(
-                        a * b for a, b in zip(strengths, knob.strengths))
+                    mine = items_for_chunk(knob.rows, chunk, knob.display)
+                    rows = mine if rows is None else tuple(tuple(a * b for a, b in zip(r, m))
+                                                           for r, m in zip(rows, mine))
                     spans, padded_context = entry.slider_target()
-            if strengths is not None and any(s != 1.0 for s in strengths):
-                key = ("plan", id(spans), strengths)  # built once per (prompt, strengths), not every step
-                if key not in self._device_cache:
-                    self._device_cache[key] = (spans, toward_pad_plan(spans, strengths))
-                job.pad_plan = self._device_cache[key][1]
+            if rows is not None and any(s != 1.0 for row in rows for s in row):
+                plans = [self._toward_pad_plan(spans, row) for row in rows]
+                job.pad_plan = (torch.stack([p[0] for p in plans]), torch.stack([p[1] for p in plans]))
                 job.context = padded_context  # None unless the prompt left no pad token in the sequence
             for knob in self.guidance:
                 entry = self._matching_entry(knob, chunk_context)
                 if entry is None:
                     continue
                 matched.add(id(knob))
-                for (loo_context, loo_pooled), s in zip(entry.without, knob.strengths):
-                    if s != 1.0:
+                per_row = items_for_chunk(knob.rows, chunk, knob.display)
+                for i, (loo_context, loo_pooled) in enumerate(entry.without):
+                    strengths = tuple(row[i] for row in per_row)
+                    if any(s != 1.0 for s in strengths):
                         loo = _ChunkJob(source=j, tag=0, context=loo_context, pooled=loo_pooled)
                         extra.append(loo)
-                        guided.setdefault(j, []).append((s, loo))
+                        guided.setdefault(j, []).append((strengths, loo))
         if 0 in cond_or_uncond and context is not None:
-            for kind, knobs in (("Instruction Sliders", self.sliders), ("Instruction Guidance", self.guidance)):
-                for knob in knobs:
-                    if id(knob) not in matched:
-                        self._warn_unmatched(knob, kind)
+            for knob in self.sliders + self.guidance:
+                if id(knob) not in matched:
+                    self._warn_unmatched(knob)
         return jobs, extra, guided
 
     def wrapper(self, executor, x, *args, **kwargs):
@@ -273,6 +315,7 @@ class PackRuntime:
             raise ValueError(f"batch of {batch} rows does not split into {len(cond_or_uncond)} conditioning chunks")
         chunk = batch // len(cond_or_uncond)
         offsets = self._offset_rows(batch, cond_or_uncond, x.device) if self.offset_sources else None
+        multipliers = self._multiplier_rows(cond_or_uncond, chunk, x.device) if self.multipliers else None
         jobs, extra, guided = self._plan_jobs(context, cond_or_uncond, chunk) if (
             self.sliders or self.guidance) else ([], [], {})
         if (self.sliders or self.guidance) and len(args) < 5:
@@ -281,9 +324,9 @@ class PackRuntime:
         previous = self.slot.state()
         try:
             if not extra and not any(job.pad_plan for job in jobs):
-                self.slot.set(offsets)  # the common case: one forward on the batch as it came
+                self.slot.set(offsets, multipliers=multipliers)  # the common case: one forward on the batch as it came
                 return executor(x, *args, **kwargs)
-            self._run_jobs(executor, jobs + extra, chunk, offsets, x, args, kwargs, transformer_options)
+            self._run_jobs(executor, jobs + extra, chunk, offsets, multipliers, x, args, kwargs, transformer_options)
         finally:
             self.slot.set(*previous)
         outputs = []
@@ -293,7 +336,7 @@ class PackRuntime:
                                                         [s for s, _ in pairs]))
         return torch.cat(outputs, dim=0)
 
-    def _run_jobs(self, executor, jobs, chunk, offsets, x, args, kwargs, transformer_options):
+    def _run_jobs(self, executor, jobs, chunk, offsets, multipliers, x, args, kwargs, transformer_options):
         """Forwards grouped by text length (one forward when every job's text has the same length)."""
         batch = x.shape[0]
         context = args[2]
@@ -328,12 +371,15 @@ class PackRuntime:
             pad_index = pad_weight = None
             if any(j.pad_plan for j in group):
                 n_txt = g_context.shape[1]
-                identity = (torch.arange(n_txt), torch.ones(n_txt))
+                identity = (torch.arange(n_txt).expand(chunk, -1), torch.ones(chunk, n_txt))
                 plans = [j.pad_plan or identity for j in group]
-                pad_index = torch.cat([p[0].expand(chunk, -1) for p in plans]).to(x.device)
-                pad_weight = torch.cat([p[1].expand(chunk, -1) for p in plans]).unsqueeze(-1).to(x.device)
+                pad_index = torch.cat([p[0] for p in plans]).to(x.device)
+                pad_weight = torch.cat([p[1] for p in plans]).unsqueeze(-1).to(x.device)
+            g_multipliers = None if multipliers is None else {
+                block: tuple(None if m is None else m.index_select(0, rows.to(m.device)) for m in pair)
+                for block, pair in multipliers.items()}
             self.slot.set(None if offsets is None else offsets.index_select(0, rows.to(offsets.device)),
-                          pad_index, pad_weight)
+                          pad_index, pad_weight, g_multipliers)
             out = executor(g_x, *g_args, **g_kwargs)
             for k, job in enumerate(group):
                 job.output = out[k * chunk:(k + 1) * chunk]
@@ -374,24 +420,64 @@ def installed_runtime(patcher) -> PackRuntime:
 
 
 def patched_clone(patcher, **changes):
-    """A clone of ``patcher`` whose runtime is the installed one with ``changes``; every patch re-installed."""
+    """A clone of ``patcher`` whose runtime is the installed one with ``changes``; every patch re-installed.
+
+    Neutral knobs are recorded (a sweep can still find them) but install nothing: a model whose knobs
+    are all neutral computes exactly what the input model computes.
+    """
     blocks = flux_double_blocks(patcher)
     model = patcher.clone()
     runtime = installed_runtime(patcher).with_(**changes)
     model.set_attachments(ATTACHMENT_KEY, runtime)
     prefix = "diffusion_model"
+    for key in [k for k, v in model.object_patches.items() if getattr(v, "__module__", None) == __name__]:
+        del model.object_patches[key]  # the clone's dict: an earlier runtime's patches go (others' stay)
+    model.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY)
+    if not (runtime.offset_sources or runtime.multipliers or runtime.sliders or runtime.guidance):
+        return model
     if runtime.offset_sources or runtime.multipliers:
         for i, block in enumerate(blocks):
             model.add_object_patch(f"{prefix}.double_blocks.{i}.txt_mod.forward",
-                                   txt_modulation_patch(block.txt_mod, runtime.slot, *runtime.block_multipliers(i)))
+                                   txt_modulation_patch(block.txt_mod, i, runtime.slot))
     if runtime.sliders:
         for i, block in enumerate(blocks):
             model.add_object_patch(f"{prefix}.double_blocks.{i}.forward", double_block_patch(block, runtime.slot))
         for i, block in enumerate(patcher.get_model_object(prefix).single_blocks):
             model.add_object_patch(f"{prefix}.single_blocks.{i}.forward", single_block_patch(block, runtime.slot))
-    extra_rows = sum(sum(1 for s in knob.strengths if s != 1.0) for knob in runtime.guidance)
+    extra_rows = sum(knob.extra_rows() for knob in runtime.guidance)
     if extra_rows:
         model.add_object_patch("memory_required", memory_with_extra_rows(patcher.model, 1 + extra_rows))
-    model.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY)
     model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY, runtime.wrapper)
     return model
+
+
+# ---------------------------------------------------------------- the sweep protocol
+
+KNOB_CHOICES = {"last": None, "Kontinuous Kontext Apply": KontinuousKnob, "Kontext Modulation Strength": ModulationKnob,
+                "Kontext Instruction Sliders": "sliders", "Kontext Instruction Guidance": "guidance"}
+SLIDER_NODES = ("Kontinuous Kontext Apply", "Kontext Modulation Strength", "Kontext Instruction Sliders",
+                "Kontext Instruction Guidance")
+
+
+def sweep_target(patcher, which: str = "last") -> int:
+    """Index (in the runtime's knobs) of the knob a sweep varies: the last slider node, or the last of a kind."""
+    knobs = installed_runtime(patcher).knobs
+    if not knobs:
+        raise ValueError(f"this MODEL has no Kontext Sliders knob to sweep; put one of these nodes between the model "
+                         f"loader and the sweep sampler: {', '.join(SLIDER_NODES)}")
+    if which not in KNOB_CHOICES:
+        raise ValueError(f"knob must be one of {list(KNOB_CHOICES)}, got {which!r}")
+    kind = KNOB_CHOICES[which]
+    for index in range(len(knobs) - 1, -1, -1):
+        knob = knobs[index]
+        if kind is None or (isinstance(kind, str) and getattr(knob, "kind", None) == kind) or (
+                isinstance(kind, type) and isinstance(knob, kind)):
+            return index
+    raise ValueError(f"this MODEL has no {which} node to sweep (it has: {', '.join(k.display for k in knobs)})")
+
+
+def swept_clone(patcher, index: int, values, instruction_index: int = 0):
+    """A clone whose knob ``index`` takes one value per latent (``values``, in batch order)."""
+    knobs = list(installed_runtime(patcher).knobs)
+    knobs[index] = knobs[index].swept(values, instruction_index)
+    return patched_clone(patcher, knobs=tuple(knobs))

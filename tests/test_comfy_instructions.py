@@ -270,7 +270,7 @@ def test_modulation_strength_block_range(patcher, clip, latents):
     assert set(k for k in one_block.object_patches if "txt_mod" in k) == {
         f"diffusion_model.double_blocks.{i}.txt_mod.forward" for i in range(F.DEPTH)}
     runtime = one_block.get_attachment("kontext_sliders.runtime")
-    assert [runtime.block_multipliers(i) for i in range(F.DEPTH)] == [(None, None), (1.0, 0.0), (None, None)]
+    assert [runtime.block_multipliers(i) for i in range(F.DEPTH)] == [(None, None), (None, 0.0), (None, None)]
     all_blocks = modulation_scaled_model(patcher, 0.0, 0, -1)
     plain = predict(patcher, positive, latents)
     assert 0 < float((predict(one_block, positive, latents) - plain).abs().mean()) < \
