@@ -201,3 +201,34 @@ def test_knob_graph_executes_and_matches_the_python_path(comfy_graph, knob):
     assert torch.equal(out["knob"], expected)
     assert torch.equal(out["plain"], plain)
     assert (out["knob"] - out["plain"]).abs().max() > 1e-3
+
+
+# ---------------------------------------------------------------- a sweep through the executor
+
+def test_sweep_of_nine_values_encodes_text_once_and_matches_single_runs(comfy_graph, monkeypatch):
+    import comfy.sd
+    nodes, _ = comfy_graph
+    calls = []
+    encode = comfy.sd.CLIP.encode_from_tokens_scheduled
+    monkeypatch.setattr(comfy.sd.CLIP, "encode_from_tokens_scheduled",
+                        lambda self, *a, **k: calls.append(1) or encode(self, *a, **k))
+    graph = knob_graph("KontextInstructionSliders")
+    graph["4"]["inputs"]["batch"] = 1
+    graph["12"] = {"class_type": "KontextStrengthSweep",
+                   "inputs": {"start": 0.0, "end": 2.0, "count": 9, "spacing": "linear", "instruction_index": 2}}
+    graph["8"] = {"class_type": "KontextSweepSampler",
+                  "inputs": {"model": ["7", 0], "positive": ["6", 0], "negative": ["6", 0], "latent_image": ["4", 0],
+                             "sweep": ["12", 0], "seed": 7, "steps": 2, "cfg": 1.0, "sampler_name": "euler",
+                             "scheduler": "simple", "denoise": 1.0, "max_batch": 4}}
+    ok, messages = run_prompt(graph)
+    assert ok, messages
+    assert len(calls) == 1  # one text encode for the whole sweep (no guidance: no leave-one-out encodes)
+    frames = captured()["knob"]
+    assert frames.shape[0] == 9
+    # frame k equals the graph run with the knob at value k (same seed)
+    for k, value in ((0, 0.0), (6, 1.5)):
+        single = knob_graph("KontextInstructionSliders")
+        single["4"]["inputs"]["batch"] = 1
+        single["7"]["inputs"]["strengths"] = f"0.2, {value}"
+        assert run_prompt(single)[0]
+        assert torch.allclose(frames[k], captured()["knob"][0], atol=2e-5)
