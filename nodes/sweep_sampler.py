@@ -5,7 +5,8 @@ last one in the chain, or the last of the kind the ``knob`` input names) with on
 the batch (the runtime's per-item settings: nodes/knobs.py). Text and reference latent are encoded
 once, upstream; the Kontinuous projector runs once per value. Frames differ only by the knob: every
 item starts from the same noise, so the frame for value v equals a KSampler run with the knob at v
-and the same seed (to float tolerance, for samplers without per-step noise).
+and the same seed (to float tolerance; ancestral and SDE samplers get per-item step noise:
+nodes/sweep_noise.py).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from comfy_api.latest import io
 
 from ..core.sweep import Sweep, frame_distances, linear_values, perceptual_values
 from .runtime import KNOB_CHOICES, installed_runtime, sweep_target, swept_clone
+from .sweep_noise import sweep_sampler_object
 from .sweep_nodes import SweepType
 
 CATEGORY = "Kontext Sliders"
@@ -101,11 +103,15 @@ class SweepRun:
         def callback(step, x0, x, total_steps):
             self.progress.update_absolute(offset + step + 1)
 
-        samples = comfy.sample.sample(model, noise.repeat(n, *[1] * (noise.ndim - 1)), steps, self.cfg,
-                                      self.sampler_name, self.scheduler, self.positive, self.negative,
-                                      latent_image.repeat(n, *[1] * (latent_image.ndim - 1)), denoise=self.denoise,
-                                      callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
-                                      seed=self.seed)
+        # KSampler's sigmas (scheduler, denoise), and its sampler with per-item step noise
+        sigmas = comfy.samplers.KSampler(model, steps=steps, device=model.load_device, sampler=self.sampler_name,
+                                         scheduler=self.scheduler, denoise=self.denoise,
+                                         model_options=model.model_options).sigmas
+        samples = comfy.sample.sample_custom(model, noise.repeat(n, *[1] * (noise.ndim - 1)), self.cfg,
+                                             sweep_sampler_object(self.sampler_name), sigmas, self.positive,
+                                             self.negative, latent_image.repeat(n, *[1] * (latent_image.ndim - 1)),
+                                             callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
+                                             seed=self.seed)
         self.done_steps += steps
         return samples
 

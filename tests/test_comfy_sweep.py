@@ -68,18 +68,19 @@ def knob_model(setup, kind, value, base=None):
     return make(base, setup["conditioning"], f"1.5, {value}")  # line 2 varies, line 1 keeps 1.5
 
 
-def ksampler(setup, model, cfg=1.0, seed=7):
+def ksampler(setup, model, cfg=1.0, seed=7, sampler="euler"):
     import nodes
-    return nodes.common_ksampler(model, seed, STEPS, cfg, "euler", "simple", setup["positive"], setup["negative"],
+    return nodes.common_ksampler(model, seed, STEPS, cfg, sampler, "simple", setup["positive"], setup["negative"],
                                  setup["latent"])[0]["samples"]
 
 
-def sweep(setup, model, values, cfg=1.0, max_batch=0, spacing="linear", knob="last", **sweep_kwargs):
+def sweep(setup, model, values, cfg=1.0, max_batch=0, spacing="linear", knob="last", sampler="euler",
+          **sweep_kwargs):
     from kontext_sliders.core.sweep import Sweep
     from kontext_sliders.nodes.sweep_sampler import sample_sweep
     request = Sweep(tuple(values), spacing=spacing, instruction_index=1, **sweep_kwargs)
     latent, used = sample_sweep(model, setup["positive"], setup["negative"], setup["latent"], request, 7, STEPS,
-                                cfg, "euler", "simple", 1.0, max_batch, knob)
+                                cfg, sampler, "simple", 1.0, max_batch, knob)
     return latent["samples"], used
 
 
@@ -98,6 +99,15 @@ def test_each_frame_equals_a_single_run_at_its_value(setup, kind, cfg):
     for frame, single, v in zip(frames, singles, values):
         assert torch.allclose(frame, single[0], atol=2e-5, rtol=1e-5), (kind, v, (frame - single[0]).abs().max())
     assert (frames[0] - frames[-1]).abs().max() > 1e-3  # the knob really changed the frames
+
+
+@pytest.mark.parametrize("sampler", ["euler_ancestral", "dpmpp_2m_sde", "dpmpp_sde_gpu", "er_sde", "dpmpp_2m"])
+def test_samplers_with_step_noise_give_each_frame_its_single_run(setup, sampler):
+    values = [0.0, 1.0, 2.5]
+    frames, _ = sweep(setup, knob_model(setup, "modulation", 1.0), values, sampler=sampler)
+    for frame, v in zip(frames, values):
+        single = ksampler(setup, knob_model(setup, "modulation", v), sampler=sampler)
+        assert torch.allclose(frame, single[0], atol=2e-5, rtol=1e-5), (sampler, v, (frame - single[0]).abs().max())
 
 
 def test_sweep_replaces_the_last_knob_and_keeps_the_others(setup):
