@@ -193,3 +193,32 @@ def test_neutral_knobs_are_recorded_but_change_nothing(setup):
         assert torch.equal(ksampler(setup, model), plain)
         assert not any(k.startswith("diffusion_model") for k in model.object_patches)
         assert math.isclose(len(model.get_attachment("kontext_sliders.runtime").knobs), 1)
+
+
+def test_automatic_batch_follows_the_memory_estimate_and_halves_on_out_of_memory(setup, monkeypatch):
+    import comfy.model_management
+    import comfy.sample
+
+    from kontext_sliders.nodes import sweep_sampler
+    model = knob_model(setup, "modulation", 1.0)
+    values = [0.0, 0.5, 1.0, 1.5, 2.0]
+    reference, _ = sweep(setup, model, values, max_batch=1)
+    need_per_item = model.get_model_object("memory_required")([1, F.LATENT_CHANNELS, 8, 8])
+    with monkeypatch.context() as m:
+        m.setattr(comfy.model_management, "get_free_memory", lambda *a, **k: need_per_item * 3.1 * 1.2)
+        assert sweep_sampler.auto_batch(model, setup["latent"]["samples"], 1, len(values)) == 3
+    monkeypatch.setattr(sweep_sampler, "auto_batch", lambda *a: 3)  # a device that seems to fit 3 ...
+
+    batches = []
+    sample_custom = comfy.sample.sample_custom
+
+    def small_device(model, noise, *args, **kwargs):  # any pass of more than 2 items runs out of memory
+        batches.append(noise.shape[0])
+        if noise.shape[0] > 2:
+            raise comfy.model_management.OOM_EXCEPTION("out of memory (simulated)")
+        return sample_custom(model, noise, *args, **kwargs)
+
+    monkeypatch.setattr(comfy.sample, "sample_custom", small_device)
+    frames, _ = sweep(setup, model, values, max_batch=0)
+    assert batches[0] == 3 and max(batches[1:]) <= 2 and sum(b for b in batches if b <= 2) == len(values)
+    assert torch.allclose(frames, reference, atol=2e-5)
