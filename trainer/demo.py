@@ -347,7 +347,8 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--steps", type=int, default=d.steps, help="training steps (default: %(default)s)")
     parser.add_argument("--resolution", type=int, default=d.resolution,
                         help="image side in pixels (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--seed", type=int, default=d.seed,
+                        help="seed of the crops, the initial weights and the noise (default: %(default)s)")
     parser.add_argument("--require-targets", action="store_true",
                         help="exit with status 1 when a task misses its target (exposure: PSNR >= 25 dB, |r| >= 0.95)")
     return parser
