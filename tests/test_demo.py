@@ -2,6 +2,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -79,6 +80,52 @@ def test_evaluation_sees_an_editor_that_does_nothing_or_snaps_to_trained_strengt
     assert all(snap.psnr_model[k] == PSNR_CAP_DB for k in trained)
     assert snap.psnr_held_out < exact.psnr_held_out
     assert snap.step_kl_model > exact.step_kl_model + 0.1  # half the steps do nothing, the others double
+
+
+# ---------------------------------------------------------------- report pictures
+
+def test_sweep_gif_has_a_strength_label_and_a_divider_between_model_and_exact(tmp_path):
+    from PIL import Image, ImageSequence
+    from kontext_sliders.trainer import report as R
+    g = torch.Generator().manual_seed(0)
+    still = torch.rand(2, 3, 4, 4, generator=g)  # the same images at every strength: only the label moves
+    sweeps = {"exposure": (still.expand(len(D.SWEEP), -1, -1, -1, -1), (1 - still).expand(len(D.SWEEP), -1, -1, -1, -1))}
+    R.save_sweep_gif(sweeps, D.SWEEP, [0, 1], tmp_path / "sweep.gif")
+    with Image.open(tmp_path / "sweep.gif") as gif:
+        frames = [np.asarray(f.convert("RGB")).astype(int) for f in ImageSequence.Iterator(gif)]
+    assert len(frames) == 2 * len(D.SWEEP) - 2  # forward, then back
+    left = 2 * R.TILE  # two model tiles, then the divider, then two exact tiles
+    for frame in frames:
+        assert frame.shape[1] == 4 * R.TILE + R.DIVIDER_PX
+        divider = frame[:, left:left + R.DIVIDER_PX]
+        assert (divider == divider[0, 0]).all()  # one constant colour, top to bottom
+        assert (abs(divider[0, 0] - R.DIVIDER_COLOUR) <= 8).all()
+        assert not (frame[R.HEADER_PX:, left - 1] == divider[0, 0]).all()  # the tiles are not part of it
+    header = slice(0, R.HEADER_PX)
+    for a, b in zip(frames[:len(D.SWEEP)], frames[1:len(D.SWEEP)]):
+        assert (a[header] != b[header]).any()  # the label changes with the strength ...
+        assert (a[R.HEADER_PX:] == b[R.HEADER_PX:]).all()  # ... and nothing else did
+    first = R.sweep_frame([[R._pil(still[0])]], [[R._pil(still[0])]], "s = 0.375 (held out)")
+    blank = R.sweep_frame([[R._pil(still[0])]], [[R._pil(still[0])]], "")
+    assert np.asarray(first)[:R.HEADER_PX].tolist() != np.asarray(blank)[:R.HEADER_PX].tolist()
+
+
+def test_psnr_plot_keeps_the_identical_point_out_of_range_and_labels_the_target(sources):
+    from kontext_sliders.trainer import report as R
+    under = lambda x, task, s: task.apply(x, task.value_at(0.9 * s))  # strength 0: the identity, exactly
+    e, _, _ = D.evaluate_task(under, C.TASKS["exposure"], sources)
+    assert e.psnr_no_edit[0] == PSNR_CAP_DB and e.psnr_model[0] == PSNR_CAP_DB
+    plt, fig = R.psnr_figure([e])
+    try:
+        ax = fig.axes[0]
+        finite = [p for p in e.psnr_model + e.psnr_no_edit if p < PSNR_CAP_DB]
+        low, high = ax.get_ylim()
+        assert max(finite) < high < PSNR_CAP_DB and low < min(finite)
+        labels = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert any(label.startswith("target: 25 dB") for label in labels)
+        assert "identical to the exact frame (no finite PSNR)" in labels
+    finally:
+        plt.close(fig)
 
 
 # ---------------------------------------------------------------- the whole command, tiny
