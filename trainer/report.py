@@ -159,6 +159,35 @@ def plot_steps(evaluations, path: Path) -> None:
     _save(plt, fig, path)
 
 
+def _fmt_mean(values) -> str:
+    values = [v for v in values if not math.isnan(v)]
+    return f"{sum(values) / len(values):.3f}" if values else "n/a"
+
+
+def _residual_summary(evaluations) -> list[str]:
+    """What a task's single measured value can miss (saturation: a colour cast), at the held-out strengths and
+    at full strength, where an output that should be grey shows it most."""
+    shown = [e for e in evaluations if e.residual_model]
+    if not shown:
+        return []
+    lines = ["| task | measure | model, held-out strengths | model, full strength: mean (worst image) | exact frames |",
+             "|---|---|---|---|---|"]
+    for e in shown:
+        full = [v for v in e.residual_model[-1] if not math.isnan(v)]
+        exact = [v for row in e.residual_truth for v in row]
+        lines.append(f"| {e.task} | {e.residual_name} | {e.residual_held_out:.3f} | {_fmt_mean(full)} "
+                     f"({max(full, default=math.nan):.3f}) | {_fmt_mean(exact)} |")
+    return lines + [
+        "",
+        "- **Residual chroma** (saturation): the RMS of the output's chroma that the measured saturation factor "
+        "does not explain, relative to the source's chroma. The factor only sees colour along the source's own "
+        "hues, so a cast across them (teal where the output should be grey) measures as saturation ~0 and "
+        "shows up here instead: 0.1 means a leftover colour a tenth as strong as the source's. The exact "
+        "frames score ~0.",
+        "",
+    ]
+
+
 def write_report(s, config, result, evaluations, sweeps, sources, held_out, train_photos, seconds,
                  parameters: int) -> Path:
     out = s.out
@@ -195,10 +224,12 @@ def write_report(s, config, result, evaluations, sweeps, sources, held_out, trai
         "",
         "Targets (exposure): PSNR >= 25 dB averaged over the held-out strengths and abs(r) >= 0.95.",
         "",
+        *_residual_summary(evaluations),
         "- **PSNR**: the model's output against the exact ground-truth frame at the same strength, mean "
         "over the held-out images; *no edit* scores the unedited source the same way (what doing nothing gets).",
         "- **Linearity**: Pearson abs(r) between the requested strength and the value the task measures "
-        "back from the output (EV from the linear-light gain, saturation from the chroma slope, ...).",
+        "back from the output (EV from the linear-light gain, saturation from the chroma slope along the "
+        "source's own hues, so that an opposite hue reads negative, ...).",
         "- **Smoothness**: on the sweep 0, 1/8, ..., 1 (same noise for every strength), the triangle deficit "
         "(d(k-1,k) + d(k,k+1)) / d(k-1,k+1) - 1 averaged over interior frames (0 = every frame on the "
         "straight path between its neighbours), and the KL divergence of the normalised step sizes from "
@@ -220,15 +251,22 @@ def write_report(s, config, result, evaluations, sweeps, sources, held_out, trai
         lines += ["![loss](plots/loss.png)", ""]
     lines += ["## Per strength", ""]
     for e in evaluations:
+        extra = f" {e.residual_name}: mean (worst) |" if e.residual_model else ""
         lines += [f"**{e.task}**: \"{e.instruction}\"", "",
-                  "| strength | value | PSNR (dB) | no edit (dB) | measured (mean) |", "|---|---|---|---|---|"]
+                  f"| strength | value | PSNR (dB) | no edit (dB) | measured: mean (lowest to highest) |{extra}",
+                  "|---|---|---|---|---|" + ("---|" if extra else "")]
         for k, st in enumerate(e.strengths):
             value = e.value_range[0] * (1 - st) + e.value_range[1] * st
             measured = [v for v in e.measured[k] if not math.isnan(v)]
-            mean = f"{sum(measured) / len(measured):.3f}" if measured else "n/a"
-            mark = " (held out)" if (st * 8) % 2 == 1 else ""
-            lines.append(f"| {st:.3f}{mark} | {value:.3g} {e.unit} | {e.psnr_model[k]:.2f} | "
-                         f"{e.psnr_no_edit[k]:.2f} | {mean} |")
+            spread = (f"{sum(measured) / len(measured):.3f} ({min(measured):.3f} to {max(measured):.3f})"
+                      if measured else "n/a")
+            mark = " (held out)" if st in HELD_OUT_STRENGTHS else ""
+            row = (f"| {st:.3f}{mark} | {value:.3g} {e.unit} | {e.psnr_model[k]:.2f} | "
+                   f"{e.psnr_no_edit[k]:.2f} | {spread} |")
+            if extra:
+                residual = [v for v in e.residual_model[k] if not math.isnan(v)]
+                row += f" {_fmt_mean(residual)} ({max(residual, default=math.nan):.3f}) |"
+            lines.append(row)
         lines.append("")
     tc = config.model.scratch
     lines += [
