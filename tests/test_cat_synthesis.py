@@ -237,3 +237,30 @@ def test_instruction_follows_the_direction_of_the_range():
     assert temperature.with_range(6500, 9000).instruction() == "make the colours cooler"
     assert C.select_tasks("exposure", "exposure=0:-2")[0].instruction() == "decrease the exposure"
     assert [t.name for t in C.select_tasks("all")] == list(C.TASKS)
+
+
+def test_saturation_is_signed_and_residual_chroma_sees_a_cast_the_factor_misses(photos):
+    """At full desaturation a model may leave a cast (teal instead of grey): the factor, which looks along the
+    source's own hues, reads it as ~0 ("grey"); the residual chroma shows it. An opposite hue reads negative."""
+    task = C.TASKS["saturation"]
+    for i in range(len(photos)):
+        source = photos[i]
+        grey = C._grey(source.unsqueeze(0))[0]
+        chroma = source - grey
+        cases = {  # name: (edited, factor, residual)
+            "grey": (_png(task.apply(source, 0.0)), 0.0, 0.0),
+            "half": (_png(task.apply(source, 0.5)), 0.5, 0.0),
+            "opposite hue": (grey - 0.5 * chroma, -0.5, 0.0),  # same hues turned round: along, but negative
+        }
+        # a cast across the source's hues: orthogonal to its mean chroma and of zero luma (w . d = 0)
+        w = torch.tensor([0.299, 0.587, 0.114])
+        d = torch.linalg.cross(chroma.mean((1, 2)), w)
+        d = d / d.norm() * 0.05
+        cast = grey + d.view(3, 1, 1)
+        rms_source = float(chroma.pow(2).mean().sqrt())
+        cases["cast"] = (cast, 0.0, float(d.norm()) / 3 ** 0.5 / rms_source)
+        for name, (edited, factor, residual) in cases.items():
+            assert task.estimate_value(source, edited) == pytest.approx(factor, abs=0.02), (name, i)
+            assert task.estimate_residual(source, edited) == pytest.approx(residual, abs=0.02), (name, i)
+        assert cases["cast"][2] > 0.1  # clearly visible, yet the factor says "grey"
+    assert C.TASKS["exposure"].estimate_residual(photos[0], photos[0]) is None  # tasks without such a measure

@@ -2,6 +2,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -81,11 +82,75 @@ def test_evaluation_sees_an_editor_that_does_nothing_or_snaps_to_trained_strengt
     assert snap.step_kl_model > exact.step_kl_model + 0.1  # half the steps do nothing, the others double
 
 
+def test_evaluation_reports_the_cast_that_the_saturation_value_misses(sources):
+    """The demo's blind spot: outputs that should be grey came out teal while the saturation read ~0."""
+    task = C.select_tasks("saturation", "saturation=1:0")[0]
+    teal = torch.tensor([-0.03, 0.015, 0.01]).view(1, 3, 1, 1)  # about what the demo's editor left at s = 1
+    tinted = lambda x, task, s: (task.apply(x, task.value_at(s)) + s * teal).clamp(0, 1)
+    e, _, _ = D.evaluate_task(tinted, task, sources)
+    exact, _, _ = D.evaluate_task(lambda x, task, s: task.apply(x, task.value_at(s)), task, sources)
+    assert e.residual_name == "residual chroma" and len(e.residual_model) == len(D.SWEEP)
+    # teal over orange photos: partly their opposite hue, which the signed value sees as "past grey" ...
+    assert max(e.measured[-1]) < -0.05
+    assert min(e.residual_model[-1]) > 0.03  # ... partly across their hues, which only the residual sees
+    assert max(v for row in exact.residual_model for v in row) < 0.01 and exact.residual_held_out < 0.01
+    assert e.residual_held_out > exact.residual_held_out
+    none, _, _ = D.evaluate_task(lambda x, task, s: x.clone(), C.TASKS["exposure"], sources)
+    assert none.residual_model == [] and math.isnan(none.residual_held_out)
+
+
+# ---------------------------------------------------------------- report pictures
+
+def test_sweep_gif_has_a_strength_label_and_a_divider_between_model_and_exact(tmp_path):
+    from PIL import Image, ImageSequence
+    from kontext_sliders.trainer import report as R
+    g = torch.Generator().manual_seed(0)
+    still = torch.rand(2, 3, 4, 4, generator=g)  # the same images at every strength: only the label moves
+    sweeps = {"exposure": (still.expand(len(D.SWEEP), -1, -1, -1, -1), (1 - still).expand(len(D.SWEEP), -1, -1, -1, -1))}
+    R.save_sweep_gif(sweeps, D.SWEEP, [0, 1], tmp_path / "sweep.gif")
+    with Image.open(tmp_path / "sweep.gif") as gif:
+        frames = [np.asarray(f.convert("RGB")).astype(int) for f in ImageSequence.Iterator(gif)]
+    assert len(frames) == 2 * len(D.SWEEP) - 2  # forward, then back
+    left = 2 * R.TILE  # two model tiles, then the divider, then two exact tiles
+    for frame in frames:
+        assert frame.shape[1] == 4 * R.TILE + R.DIVIDER_PX
+        divider = frame[:, left:left + R.DIVIDER_PX]
+        assert (divider == divider[0, 0]).all()  # one constant colour, top to bottom
+        assert (abs(divider[0, 0] - R.DIVIDER_COLOUR) <= 8).all()
+        assert not (frame[R.HEADER_PX:, left - 1] == divider[0, 0]).all()  # the tiles are not part of it
+    header = slice(0, R.HEADER_PX)
+    for a, b in zip(frames[:len(D.SWEEP)], frames[1:len(D.SWEEP)]):
+        assert (a[header] != b[header]).any()  # the label changes with the strength ...
+        assert (a[R.HEADER_PX:] == b[R.HEADER_PX:]).all()  # ... and nothing else did
+    first = R.sweep_frame([[R._pil(still[0])]], [[R._pil(still[0])]], "s = 0.375 (held out)")
+    blank = R.sweep_frame([[R._pil(still[0])]], [[R._pil(still[0])]], "")
+    assert np.asarray(first)[:R.HEADER_PX].tolist() != np.asarray(blank)[:R.HEADER_PX].tolist()
+
+
+def test_psnr_plot_keeps_the_identical_point_out_of_range_and_labels_the_target(sources):
+    from kontext_sliders.trainer import report as R
+    under = lambda x, task, s: task.apply(x, task.value_at(0.9 * s))  # strength 0: the identity, exactly
+    e, _, _ = D.evaluate_task(under, C.TASKS["exposure"], sources)
+    assert e.psnr_no_edit[0] == PSNR_CAP_DB and e.psnr_model[0] == PSNR_CAP_DB
+    plt, fig = R.psnr_figure([e])
+    try:
+        ax = fig.axes[0]
+        finite = [p for p in e.psnr_model + e.psnr_no_edit if p < PSNR_CAP_DB]
+        low, high = ax.get_ylim()
+        assert max(finite) < high < PSNR_CAP_DB and low < min(finite)
+        labels = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert any(label.startswith("target: 25 dB") for label in labels)
+        assert "identical to the exact frame (no finite PSNR)" in labels
+    finally:
+        plt.close(fig)
+
+
 # ---------------------------------------------------------------- the whole command, tiny
 
 def test_demo_end_to_end_tiny(tmp_path):
     settings = D.DemoSettings(tmp_path / "demo", photo_sizes=(8, 24), resolution=8, crops_per_photo=2,
                               eval_crops_per_photo=1, steps=4, batch_size=4, sample_steps=2, progress=False)
+    threads_before = torch.get_num_threads()
     result = D.run_demo(settings)
     out = settings.out
     for name in ("report.md", "metrics.json", "sweep.gif", "contact_sheet.png", "plots/psnr.png",
@@ -101,7 +166,12 @@ def test_demo_end_to_end_tiny(tmp_path):
         assert m["psnr_held_out"] == pytest.approx(e.psnr_held_out)
         assert f"{e.psnr_held_out:.2f}" in report
     assert "learned embedding per instruction" in report and "chelsea, coffee" in report
+    saturation = metrics["evaluations"][1]
+    assert saturation["residual_name"] == "residual chroma" and len(saturation["residual_model"]) == len(D.SWEEP)
+    assert f"| saturation | residual chroma | {saturation['residual_held_out']:.3f} |" in report
     assert metrics["train"]["steps"] == 4 and metrics["train"]["peak_memory_bytes"] > 0
+    assert metrics["torch_threads"] == settings.threads == 1  # in effect during the run ...
+    assert torch.get_num_threads() == threads_before  # ... and the caller's setting back afterwards
 
     # the exported projector file is the loader's format, and the rebuilt editor uses it
     weights = load_kontinuous(out / "weights" / "kontinuous_demo.safetensors")
@@ -119,6 +189,18 @@ def test_demo_command_rejects_bad_arguments(tmp_path, capsys):
     assert cli_main(["demo", "--out", str(tmp_path / "c"), "--tasks", "sharpness"]) == 2
     assert "unknown CAT task" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_demo_runs_on_one_torch_thread_unless_told_otherwise(tmp_path, monkeypatch):
+    """One thread by default: a wider pool spins on a core that another busy process holds (README figures)."""
+    seen = []
+    monkeypatch.setattr(D, "_run_demo", lambda s: seen.append((s.threads, torch.get_num_threads())) or 1 / 0)
+    for argv, threads in ((["demo"], 1), (["demo", "--threads", "2"], 2)):
+        with pytest.raises(ZeroDivisionError):
+            cli_main([*argv, "--out", str(tmp_path / "x")])
+        assert seen.pop() == (threads, threads)
+    assert cli_main(["demo", "--threads", "0", "--out", str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.slow

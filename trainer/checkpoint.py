@@ -13,11 +13,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from ..core.atomic import atomic_write, make_temp_dir
 
 PATTERN = re.compile(r"^checkpoint-(\d+)$")
 
@@ -55,13 +56,12 @@ def save_checkpoint(output_dir: str | Path, step: int, trainable: dict[str, torc
     for stray in root.glob(".tmp-checkpoint-*"):  # left by a run killed while saving
         shutil.rmtree(stray, ignore_errors=True)
     final = root / f"checkpoint-{step:08d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-checkpoint-{step:08d}-", dir=root))
-    save_file({k: v.detach().cpu().contiguous() for k, v in trainable.items()}, tmp / "trainable.safetensors")
-    torch.save(state, tmp / "state.pt")
-    (tmp / "config.yaml").write_text(config_text, encoding="utf-8")
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
+    tmp = make_temp_dir(root, f".tmp-checkpoint-{step:08d}-")
+    # each file flushed, and with the umask's mode (safetensors alone would write 0o600)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in trainable.items()}
+    atomic_write(tmp / "trainable.safetensors", lambda p: save_file(tensors, p))
+    atomic_write(tmp / "state.pt", lambda p: torch.save(state, p))
+    atomic_write(tmp / "config.yaml", lambda p: Path(p).write_text(config_text, encoding="utf-8"))
     if final.exists():  # the same step saved again (a resumed run): replace it whole
         shutil.rmtree(final)
     os.rename(tmp, final)

@@ -159,6 +159,14 @@ def config_from_dict(data: dict) -> TrainConfig:
                                                                   name) for name in sections})
 
 
+def _one_line(e: Exception) -> str:
+    """A parser's error as one line: PyYAML's spans several (the offending text, a caret)."""
+    mark = getattr(e, "problem_mark", None)
+    if isinstance(e, yaml.MarkedYAMLError) and mark is not None:
+        return f"{e.problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return " ".join(str(e).split())
+
+
 def read_config_file(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
@@ -170,7 +178,7 @@ def read_config_file(path: str | Path) -> dict:
         if path.suffix in (".yaml", ".yml", ".json"):
             return yaml.safe_load(text) or {}
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as e:
-        raise ConfigError(f"{path} is not valid {path.suffix[1:].upper()}: {e}") from None
+        raise ConfigError(f"{path} is not valid {path.suffix[1:].upper()}: {_one_line(e)}") from None
     raise ConfigError(f"{path}: use a .yaml, .yml, .toml or .json config file")
 
 
@@ -192,6 +200,22 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:
     data = read_config_file(path) if path else {}
     return config_from_dict(apply_overrides(data, list(overrides)))
+
+
+def check_ready_to_train(config: TrainConfig) -> None:
+    """What ``train`` would otherwise find out only after writing into ``run.output_dir``."""
+    m, d = config.model, config.data
+    if (m.pretrained is None) == (m.scratch is None):
+        raise ConfigError("set exactly one of model.pretrained (a FLUX.1 Kontext diffusers folder or hub id) "
+                          "and model.scratch (a FluxTransformer2DModel config, for a model trained from scratch)")
+    if d.text_encoder == "flux" and m.pretrained is None:
+        raise ConfigError("data.text_encoder 'flux' needs model.pretrained (or use data.text_encoder: learned)")
+    if not d.trajectories:
+        raise ConfigError("data.trajectories is empty: list the trajectory folders to train on "
+                          "(made by `synth cat` or `synth filter --out`)")
+    missing = [t for t in d.trajectories if not Path(t).is_dir()]
+    if missing:
+        raise ConfigError(f"data.trajectories: no such folder {', '.join(map(str, missing))}")
 
 
 def save_resolved_config(config: TrainConfig, path: str | Path) -> None:

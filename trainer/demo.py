@@ -69,6 +69,10 @@ class DemoSettings:
     sample_steps: int = 10
     seed: int = 0
     progress: bool = True
+    # torch threads for the whole demo. Its tensors are tiny, so a pool as wide as the machine gains little
+    # (2 cores: 0.079 s/step with 2 threads, 0.105 with 1) but spins waiting for a core that another busy
+    # process holds (0.34 s/step with 2 threads beside one busy process, 6 s/step beside two; 0.10 with 1).
+    threads: int = 1
     transformer: dict = field(default_factory=lambda: dict(DEMO_TRANSFORMER))
 
 
@@ -91,10 +95,19 @@ class TaskEvaluation:
     step_kl_truth: float
     step_distances_model: list[float]  # mean over images, per adjacent pair of the sweep
     step_distances_truth: list[float]
+    # what the measured value leaves unexplained (task.residual; saturation: residual chroma), [strength][image];
+    # empty when the task has no such measure
+    residual_name: str = ""
+    residual_model: list[list[float]] = field(default_factory=list)
+    residual_truth: list[list[float]] = field(default_factory=list)
 
     @property
     def psnr_held_out(self) -> float:
         return _mean([p for s, p in zip(self.strengths, self.psnr_model) if s in HELD_OUT_STRENGTHS])
+
+    @property
+    def residual_held_out(self) -> float:
+        return _mean([v for s, row in zip(self.strengths, self.residual_model) if s in HELD_OUT_STRENGTHS for v in row])
 
     @property
     def psnr_no_edit_held_out(self) -> float:
@@ -221,11 +234,12 @@ def model_editor(model: KontextSliderModel, sample_steps: int, seed: int) -> Edi
     return edit
 
 
-def _measure(task: cat.CatTask, sources: torch.Tensor, edited: torch.Tensor) -> list[float]:
+def _measure(task: cat.CatTask, sources: torch.Tensor, edited: torch.Tensor, what: str = "value") -> list[float]:
+    estimate = task.estimate_value if what == "value" else task.estimate_residual
     values = []
     for src, out in zip(sources, edited):
         try:
-            values.append(task.estimate_value(src, out))
+            values.append(estimate(src, out))
         except ValueError:  # e.g. every pixel clipped: nothing to measure in this image
             values.append(math.nan)
     return values
@@ -259,6 +273,10 @@ def evaluate_task(editor: Editor, task: cat.CatTask, sources: torch.Tensor, seed
         triangle_deficit_truth=per_image(truth, triangle_deficit),
         step_kl_model=per_image(model, _step_kl), step_kl_truth=per_image(truth, _step_kl),
         step_distances_model=steps(model), step_distances_truth=steps(truth))
+    if task.residual is not None:
+        evaluation.residual_name = task.residual_name
+        evaluation.residual_model = [_measure(task, sources, m, "residual") for m in model]
+        evaluation.residual_truth = [_measure(task, sources, t, "residual") for t in truth]
     return evaluation, model, truth
 
 
@@ -281,6 +299,18 @@ class DemoResult:
 
 
 def run_demo(s: DemoSettings) -> DemoResult:
+    """The whole demo with ``s.threads`` torch threads (the caller's setting is restored afterwards)."""
+    if s.threads < 1:
+        raise ValueError(f"threads must be at least 1, got {s.threads}")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(s.threads)
+    try:
+        return _run_demo(s)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run_demo(s: DemoSettings) -> DemoResult:
     from .loop import train
     from .report import write_report
     tasks = demo_tasks(s)  # bad arguments fail here, before anything is written
@@ -327,8 +357,10 @@ def run_demo(s: DemoSettings) -> DemoResult:
                           sum(p.numel() for p in model.parameters()))
     seconds["report"] = time.perf_counter() - t0
     atomic_write(s.out / "metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(
-        {"evaluations": [asdict(e) | {"psnr_held_out": e.psnr_held_out, "targets_met": e.targets_met()}
+        {"evaluations": [asdict(e) | {"psnr_held_out": e.psnr_held_out, "residual_held_out": e.residual_held_out,
+                                      "targets_met": e.targets_met()}
                          for e in evaluations], "seconds": seconds,
+         "torch_threads": torch.get_num_threads(),
          "train": {"steps": result.steps, "seconds_per_step": result.seconds_per_step,
                    "peak_memory_bytes": result.peak_memory_bytes, "last_loss": result.last_loss}},
         indent=1), encoding="utf-8"))
@@ -347,7 +379,11 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--steps", type=int, default=d.steps, help="training steps (default: %(default)s)")
     parser.add_argument("--resolution", type=int, default=d.resolution,
                         help="image side in pixels (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--seed", type=int, default=d.seed,
+                        help="seed of the crops, the initial weights and the noise (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=d.threads,
+                        help="torch threads (default: %(default)s; more spin waiting for a core that another busy "
+                             "process holds, several times slower; on an idle 2-core machine 2 are ~25%% faster)")
     parser.add_argument("--require-targets", action="store_true",
                         help="exit with status 1 when a task misses its target (exposure: PSNR >= 25 dB, |r| >= 0.95)")
     return parser
@@ -357,9 +393,12 @@ def run_demo_command(args: argparse.Namespace) -> int:
     if args.resolution % 2 or not 8 <= args.resolution <= 64:
         print(f"demo: error: --resolution must be even and within 8..64, got {args.resolution}", file=sys.stderr)
         return 2
+    if args.threads < 1:
+        print(f"demo: error: --threads must be at least 1, got {args.threads}", file=sys.stderr)
+        return 2
     settings = DemoSettings(args.out, tasks=args.tasks, ranges=args.ranges,
                             held_out=tuple(n.strip() for n in args.held_out.split(",") if n.strip()),
-                            steps=args.steps, resolution=args.resolution, seed=args.seed)
+                            steps=args.steps, resolution=args.resolution, seed=args.seed, threads=args.threads)
     try:
         result = run_demo(settings)
     except ValueError as e:

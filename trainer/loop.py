@@ -20,7 +20,7 @@ import torch
 import yaml
 
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .config import TrainConfig, save_resolved_config
+from .config import TrainConfig, check_ready_to_train, save_resolved_config
 from .features import CachedDataset, FeatureCache, FluxTextEncoder, FluxVaeCodec, PixelCodec, cache_trajectories
 from .model import KontextSliderModel, build_model
 from .validation import render_validation
@@ -141,6 +141,7 @@ class TrainResult:
 def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
+    check_ready_to_train(config)  # before anything is written into output_dir
     run = config.run
     out = Path(run.output_dir)
     # cpu=True without a GPU: torchrun / accelerate-launched processes then form a gloo (MULTI_CPU) group

@@ -5,10 +5,12 @@ import math
 from pathlib import Path
 
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from ..core.atomic import atomic_write
+from .demo import HELD_OUT_STRENGTHS, TARGETS
 from .features import to_pil
+from .metrics import PSNR_CAP_DB
 from .validation import grid, save_gif
 
 TILE = 128  # images are tiny (16 px): shown enlarged, nearest neighbour, so the pixels stay honest
@@ -25,12 +27,32 @@ def _showcase(held_out) -> list[int]:
     return [j for i in whole for j in (i, i + 1) if j < len(held_out)]
 
 
-def save_sweep_gif(sweeps: dict, sources: torch.Tensor, shown: list[int], path: Path) -> None:
-    """One frame per strength: a row per task, (model | exact) per shown image."""
+# between the model's panel and the exact one; magenta: unlike the greys and teals the saturation sweep shows
+DIVIDER_PX, DIVIDER_COLOUR = 6, (255, 0, 160)
+HEADER_PX = 18
+
+
+def sweep_frame(model_rows: list[list[Image.Image]], exact_rows: list[list[Image.Image]], label: str) -> Image.Image:
+    """One GIF frame: a header with ``label``, then the model's tiles | a divider | the exact tiles (a row per task)."""
+    left, right = grid(model_rows), grid(exact_rows)
+    canvas = Image.new("RGB", (left.width + DIVIDER_PX + right.width, HEADER_PX + left.height), "white")
+    canvas.paste(left, (0, HEADER_PX))
+    canvas.paste(right, (left.width + DIVIDER_PX, HEADER_PX))
+    canvas.paste(DIVIDER_COLOUR, (left.width, 0, left.width + DIVIDER_PX, canvas.height))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, 3), f"model   {label}", fill="black")
+    draw.text((left.width + DIVIDER_PX + 4, 3), "exact", fill="black")
+    return canvas
+
+
+def save_sweep_gif(sweeps: dict, strengths: list[float], shown: list[int], path: Path) -> None:
+    """One frame per strength, labelled with it: a row per task, the model's outputs | the exact frames."""
     frames = []
-    for k in range(next(iter(sweeps.values()))[0].shape[0]):
-        rows = [[_pil(sweep[k, i]) for i in shown for sweep in (model, truth)] for model, truth in sweeps.values()]
-        frames.append(grid(rows))
+    for k, strength in enumerate(strengths):
+        model_rows = [[_pil(model[k, i]) for i in shown] for model, _ in sweeps.values()]
+        exact_rows = [[_pil(truth[k, i]) for i in shown] for _, truth in sweeps.values()]
+        held = " (held out)" if strength in HELD_OUT_STRENGTHS else ""
+        frames.append(sweep_frame(model_rows, exact_rows, f"s = {strength:.3f}{held}"))
     save_gif(frames, path, ms=250)
 
 
@@ -80,17 +102,36 @@ def plot_loss(losses: list[float], path: Path) -> None:
     _save(plt, fig, path)
 
 
-def plot_psnr(evaluations, path: Path) -> None:
-    plt, fig, axes = _figure(1, 1, (6, 3.5))
+def psnr_figure(evaluations):
+    """PSNR per strength. A source identical to its exact frame (strength 0, "no edit") has no finite PSNR
+    (reported as the cap): such points are drawn as markers on the top edge, outside the axis range, so
+    that the range shows the differences that matter."""
+    plt, fig, axes = _figure(1, 1, (8.5, 3.5))
     ax = axes[0][0]
+    finite = [p for e in evaluations for p in e.psnr_model + e.psnr_no_edit if p < PSNR_CAP_DB] + [25.0]
+    top = max(finite) + 3
+    capped_label = "identical to the exact frame (no finite PSNR)"
     for e in evaluations:
-        line, = ax.plot(e.strengths, e.psnr_model, "-", label=f"{e.task}: model")
-        held = [(s, p) for s, p in zip(e.strengths, e.psnr_model) if (s * 8) % 2 == 1]
+        cut = lambda values: [p if p < PSNR_CAP_DB else math.nan for p in values]
+        line, = ax.plot(e.strengths, cut(e.psnr_model), "-", label=f"{e.task}: model")
+        held = [(s, p) for s, p in zip(e.strengths, e.psnr_model) if s in HELD_OUT_STRENGTHS]
         ax.plot(*zip(*held), "o", color=line.get_color(), label=f"{e.task}: held-out strengths")
-        ax.plot(e.strengths, e.psnr_no_edit, "--", color=line.get_color(), alpha=0.6, label=f"{e.task}: no edit")
-    ax.axhline(25, color="grey", lw=0.8, ls=":")
-    ax.set_xlabel("strength"), ax.set_ylabel("PSNR vs exact frame (dB)"), ax.legend(fontsize=7)
-    _save(plt, fig, path)
+        ax.plot(e.strengths, cut(e.psnr_no_edit), "--", color=line.get_color(), alpha=0.6, label=f"{e.task}: no edit")
+        capped = [s for values in (e.psnr_model, e.psnr_no_edit) for s, p in zip(e.strengths, values) if p >= PSNR_CAP_DB]
+        if capped:
+            ax.plot(capped, [top] * len(capped), "^", color=line.get_color(), clip_on=False, ms=6,
+                    label=capped_label)
+            capped_label = None  # one legend entry for all
+    target = TARGETS["exposure"]["psnr_db"]
+    ax.axhline(target, color="grey", lw=0.8, ls=":", label=f"target: {target:g} dB (exposure, held out)")
+    ax.set_ylim(min(finite) - 3, top)
+    ax.set_xlabel("strength"), ax.set_ylabel("PSNR vs exact frame (dB)")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the plot, off the lines
+    return plt, fig
+
+
+def plot_psnr(evaluations, path: Path) -> None:
+    _save(*psnr_figure(evaluations), path)
 
 
 def plot_linearity(evaluations, path: Path) -> None:
@@ -118,12 +159,41 @@ def plot_steps(evaluations, path: Path) -> None:
     _save(plt, fig, path)
 
 
+def _fmt_mean(values) -> str:
+    values = [v for v in values if not math.isnan(v)]
+    return f"{sum(values) / len(values):.3f}" if values else "n/a"
+
+
+def _residual_summary(evaluations) -> list[str]:
+    """What a task's single measured value can miss (saturation: a colour cast), at the held-out strengths and
+    at full strength, where an output that should be grey shows it most."""
+    shown = [e for e in evaluations if e.residual_model]
+    if not shown:
+        return []
+    lines = ["| task | measure | model, held-out strengths | model, full strength: mean (worst image) | exact frames |",
+             "|---|---|---|---|---|"]
+    for e in shown:
+        full = [v for v in e.residual_model[-1] if not math.isnan(v)]
+        exact = [v for row in e.residual_truth for v in row]
+        lines.append(f"| {e.task} | {e.residual_name} | {e.residual_held_out:.3f} | {_fmt_mean(full)} "
+                     f"({max(full, default=math.nan):.3f}) | {_fmt_mean(exact)} |")
+    return lines + [
+        "",
+        "- **Residual chroma** (saturation): the RMS of the output's chroma that the measured saturation factor "
+        "does not explain, relative to the source's chroma. The factor only sees colour along the source's own "
+        "hues, so a cast across them (teal where the output should be grey) measures as saturation ~0 and "
+        "shows up here instead: 0.1 means a leftover colour a tenth as strong as the source's. The exact "
+        "frames score ~0.",
+        "",
+    ]
+
+
 def write_report(s, config, result, evaluations, sweeps, sources, held_out, train_photos, seconds,
                  parameters: int) -> Path:
     out = s.out
     (out / "plots").mkdir(parents=True, exist_ok=True)
     shown = _showcase(held_out)
-    save_sweep_gif(sweeps, sources, shown, out / "sweep.gif")
+    save_sweep_gif(sweeps, evaluations[0].strengths, shown, out / "sweep.gif")
     plot_contact_sheet(evaluations, sweeps, sources, held_out, shown, out / "contact_sheet.png")
     if result.losses:
         plot_loss(result.losses, out / "plots" / "loss.png")
@@ -154,10 +224,12 @@ def write_report(s, config, result, evaluations, sweeps, sources, held_out, trai
         "",
         "Targets (exposure): PSNR >= 25 dB averaged over the held-out strengths and abs(r) >= 0.95.",
         "",
+        *_residual_summary(evaluations),
         "- **PSNR**: the model's output against the exact ground-truth frame at the same strength, mean "
         "over the held-out images; *no edit* scores the unedited source the same way (what doing nothing gets).",
         "- **Linearity**: Pearson abs(r) between the requested strength and the value the task measures "
-        "back from the output (EV from the linear-light gain, saturation from the chroma slope, ...).",
+        "back from the output (EV from the linear-light gain, saturation from the chroma slope along the "
+        "source's own hues, so that an opposite hue reads negative, ...).",
         "- **Smoothness**: on the sweep 0, 1/8, ..., 1 (same noise for every strength), the triangle deficit "
         "(d(k-1,k) + d(k,k+1)) / d(k-1,k+1) - 1 averaged over interior frames (0 = every frame on the "
         "straight path between its neighbours), and the KL divergence of the normalised step sizes from "
@@ -166,7 +238,7 @@ def write_report(s, config, result, evaluations, sweeps, sources, held_out, trai
         "",
         "![contact sheet](contact_sheet.png)",
         "",
-        "![sweep](sweep.gif) (rows: tasks; per photo: model | exact)",
+        "![sweep](sweep.gif) (rows: tasks; left of the divider the model, right of it the exact frames)",
         "",
         "![PSNR](plots/psnr.png)",
         "",
@@ -179,15 +251,22 @@ def write_report(s, config, result, evaluations, sweeps, sources, held_out, trai
         lines += ["![loss](plots/loss.png)", ""]
     lines += ["## Per strength", ""]
     for e in evaluations:
+        extra = f" {e.residual_name}: mean (worst) |" if e.residual_model else ""
         lines += [f"**{e.task}**: \"{e.instruction}\"", "",
-                  "| strength | value | PSNR (dB) | no edit (dB) | measured (mean) |", "|---|---|---|---|---|"]
+                  f"| strength | value | PSNR (dB) | no edit (dB) | measured: mean (lowest to highest) |{extra}",
+                  "|---|---|---|---|---|" + ("---|" if extra else "")]
         for k, st in enumerate(e.strengths):
             value = e.value_range[0] * (1 - st) + e.value_range[1] * st
             measured = [v for v in e.measured[k] if not math.isnan(v)]
-            mean = f"{sum(measured) / len(measured):.3f}" if measured else "n/a"
-            mark = " (held out)" if (st * 8) % 2 == 1 else ""
-            lines.append(f"| {st:.3f}{mark} | {value:.3g} {e.unit} | {e.psnr_model[k]:.2f} | "
-                         f"{e.psnr_no_edit[k]:.2f} | {mean} |")
+            spread = (f"{sum(measured) / len(measured):.3f} ({min(measured):.3f} to {max(measured):.3f})"
+                      if measured else "n/a")
+            mark = " (held out)" if st in HELD_OUT_STRENGTHS else ""
+            row = (f"| {st:.3f}{mark} | {value:.3g} {e.unit} | {e.psnr_model[k]:.2f} | "
+                   f"{e.psnr_no_edit[k]:.2f} | {spread} |")
+            if extra:
+                residual = [v for v in e.residual_model[k] if not math.isnan(v)]
+                row += f" {_fmt_mean(residual)} ({max(residual, default=math.nan):.3f}) |"
+            lines.append(row)
         lines.append("")
     tc = config.model.scratch
     lines += [

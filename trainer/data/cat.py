@@ -244,10 +244,29 @@ def _estimate_contrast(source: torch.Tensor, edited: torch.Tensor) -> float:
     return _fit_slope(source[mask] - MID_GREY, edited[mask] - MID_GREY, "contrast")
 
 
-def _estimate_saturation(source: torch.Tensor, edited: torch.Tensor) -> float:
+def _chroma(source: torch.Tensor, edited: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each pixel's chroma (its distance from its own grey) in both images, over pixels unclipped in the edit."""
     mask = _unclipped(edited).all(dim=1, keepdim=True).expand_as(edited)
-    chroma_src, chroma_edit = source - _grey(source), edited - _grey(edited)
-    return _fit_slope(chroma_src[mask], chroma_edit[mask], "saturation")
+    return (source - _grey(source))[mask], (edited - _grey(edited))[mask]
+
+
+def _estimate_saturation(source: torch.Tensor, edited: torch.Tensor) -> float:
+    """The chroma factor along the source's own chroma: signed, so an edit that turns every colour to its
+    opposite hue reads -1 (not +1), grey reads 0."""
+    chroma_src, chroma_edit = _chroma(source, edited)
+    return _fit_slope(chroma_src, chroma_edit, "saturation")
+
+
+def chroma_residual(source: torch.Tensor, edited: torch.Tensor) -> float:
+    """RMS of the edited chroma that the saturation factor does not explain, relative to the source's chroma.
+
+    The factor only sees chroma along the source's hues; a cast (a teal tint over an output that should be
+    grey) is mostly across them and reads as factor ~0, i.e. "grey". This is the part the factor misses:
+    0 for an exact saturation edit, about |cast| / |source chroma| for a tinted one.
+    """
+    chroma_src, chroma_edit = _chroma(_batch(source), _batch(edited))
+    factor = _fit_slope(chroma_src, chroma_edit, "saturation")
+    return float((chroma_edit - factor * chroma_src).pow(2).mean().sqrt() / chroma_src.pow(2).mean().sqrt())
 
 
 def _estimate_hue(source: torch.Tensor, edited: torch.Tensor) -> float:
@@ -342,6 +361,10 @@ class CatTask:
     estimator: Estimator
     domain: tuple[float, float] = (-math.inf, math.inf)  # values the operator accepts
     period: float | None = None  # values are circular (hue): estimates wrap around the range's middle
+    # (source, edited) -> how much of the edit the estimated value leaves unexplained (0: none), where a
+    # single value can look right while the image is not (saturation: a colour cast across the hues)
+    residual: Estimator | None = None
+    residual_name: str = ""
 
     def check_value(self, value: float) -> float:
         value = float(value)
@@ -367,6 +390,10 @@ class CatTask:
             return images.clone()
         return self.operator(images, value, seed)
 
+    def estimate_residual(self, source: torch.Tensor, edited: torch.Tensor) -> float | None:
+        """What ``estimate_value`` leaves unexplained (see ``residual``); None for a task without such a measure."""
+        return None if self.residual is None else self.residual(_batch(source), _batch(edited))
+
     def estimate_value(self, source: torch.Tensor, edited: torch.Tensor) -> float:
         """The value this edit would need to turn ``source`` into ``edited`` ([3, H, W] or batches)."""
         value = self.estimator(_batch(source), _batch(edited))
@@ -382,7 +409,8 @@ TASKS: dict[str, CatTask] = {t.name: t for t in (
     CatTask("contrast", "x", 1.0, (1.0, 2.0), ("increase the contrast", "decrease the contrast"),
             contrast, _estimate_contrast, domain=(0.0, math.inf)),
     CatTask("saturation", "x", 1.0, (1.0, 2.0), ("make the colours more saturated", "make the colours less saturated"),
-            saturation, _estimate_saturation, domain=(0.0, math.inf)),
+            saturation, _estimate_saturation, domain=(0.0, math.inf), residual=chroma_residual,
+            residual_name="residual chroma"),
     CatTask("hue", "deg", 0.0, (0.0, 180.0),
             ("rotate the hue of every colour, red towards yellow and green",
              "rotate the hue of every colour, red towards magenta and blue"),
