@@ -8,10 +8,11 @@ from .knob_nodes import KontextInstructionGuidance, KontextInstructionSliders, K
 from .kontinuous_nodes import KontinuousKontextApply, KontinuousKontextLoader
 from .model_folder import register_model_folder
 from .sweep_nodes import KontextStrengthSweep
+from .sweep_output import KontextSaveSweep, KontextSweepPreview
 
 NODES: list[type[io.ComfyNode]] = [KontinuousKontextLoader, KontinuousKontextApply, KontextMultiInstructionEncode,
                                    KontextModulationStrength, KontextInstructionSliders, KontextInstructionGuidance,
-                                   KontextStrengthSweep]
+                                   KontextStrengthSweep, KontextSweepPreview, KontextSaveSweep]
 
 
 class KontextSlidersExtension(ComfyExtension):
