@@ -114,3 +114,12 @@ def spread(distances: Sequence[float]) -> float:
     """max / min of consecutive-frame distances: 1 = perfectly even steps."""
     d = [float(x) for x in distances]
     return max(d) / min(d) if min(d) > 0 else math.inf
+
+
+def frame_order(count: int, ping_pong: bool = False) -> list[int]:
+    """Frame indices to play: 0 .. N-1, and with ping-pong back down to 1 (2N - 2 frames, so a looping
+    player never shows the two end frames twice in a row)."""
+    if count < 1:
+        raise ValueError(f"need at least one frame, got {count}")
+    forward = list(range(count))
+    return forward + forward[-2:0:-1] if ping_pong else forward

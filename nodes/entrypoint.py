@@ -8,11 +8,12 @@ from .knob_nodes import KontextInstructionGuidance, KontextInstructionSliders, K
 from .kontinuous_nodes import KontinuousKontextApply, KontinuousKontextLoader
 from .model_folder import register_model_folder
 from .sweep_nodes import KontextStrengthSweep
+from .sweep_output import KontextSaveSweep, KontextSweepPreview
 from .sweep_sampler import KontextSweepSampler
 
 NODES: list[type[io.ComfyNode]] = [KontinuousKontextLoader, KontinuousKontextApply, KontextMultiInstructionEncode,
                                    KontextModulationStrength, KontextInstructionSliders, KontextInstructionGuidance,
-                                   KontextStrengthSweep, KontextSweepSampler]
+                                   KontextStrengthSweep, KontextSweepSampler, KontextSweepPreview, KontextSaveSweep]
 
 
 class KontextSlidersExtension(ComfyExtension):

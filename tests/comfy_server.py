@@ -44,7 +44,11 @@ class ComfyServer:
             [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
              "--base-directory", str(base_dir), "--database-url", "sqlite:///:memory:", "--disable-auto-launch"],
             cwd=self.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self._wait_for(READY_LINE, start_timeout)
+        try:
+            self._wait_for(READY_LINE, start_timeout)
+        except BaseException:  # no caller holds the object yet: stop the process here, not leak it
+            self.stop()
+            raise
 
     def _wait_for(self, text: str, timeout: float) -> None:
         """Read the server's log until ``text`` appears (select with a deadline: no fixed sleeps)."""

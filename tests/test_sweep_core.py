@@ -52,3 +52,14 @@ def test_perceptual_values_equalise_a_nonlinear_curve():
 def test_perceptual_values_in_descending_order_and_flat_probe():
     assert perceptual_values([1, 0.5, 0], [3, 1], 3) == pytest.approx([1, 2 / 3, 0])  # 2 of 4 units: 2/3 into the first step
     assert perceptual_values([0, 1], [0], 3) == [0, 0.5, 1]  # nothing changes: linear
+
+
+def test_frame_order_ping_pong():
+    from kontext_sliders.core.sweep import frame_order
+    assert frame_order(4) == [0, 1, 2, 3]
+    assert frame_order(4, ping_pong=True) == [0, 1, 2, 3, 2, 1]
+    assert frame_order(2, ping_pong=True) == [0, 1]
+    assert frame_order(1, ping_pong=True) == [0]
+    assert all(len(frame_order(n, True)) == 2 * n - 2 for n in range(2, 10))
+    with pytest.raises(ValueError, match="at least one frame"):
+        frame_order(0)

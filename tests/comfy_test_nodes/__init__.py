@@ -100,5 +100,31 @@ class KSTestLatentReport:
         return {"ui": {"finite": [bool(torch.isfinite(x).all())], "shape": list(x.shape)}}
 
 
-NODE_CLASS_MAPPINGS = {"KSTestLatentReport": KSTestLatentReport, "KSTestTinyFlux": KSTestTinyFlux, "KSTestEditInputs": KSTestEditInputs,
+class KSTestSweepFrames:
+    """An IMAGE batch of ``count`` visibly different frames (stands in for a decoded sweep): frame k has
+    its own background colour and a white bar whose position moves with k."""
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"count": ("INT", {"default": 5, "min": 1, "max": 64}),
+                             "width": ("INT", {"default": 64, "min": 8, "max": 512}),
+                             "height": ("INT", {"default": 48, "min": 8, "max": 512})}}
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "build"
+    CATEGORY = "testing"
+
+    def build(self, count, width, height):
+        return (sweep_frames(count, width, height),)
+
+
+def sweep_frames(count: int, width: int, height: int) -> torch.Tensor:
+    frames = torch.zeros(count, height, width, 3)
+    for k in range(count):
+        t = k / max(1, count - 1)
+        frames[k, ..., 0], frames[k, ..., 1], frames[k, ..., 2] = 0.1 + 0.8 * t, 0.3, 0.9 - 0.8 * t
+        x = int(t * (width - width // 8))
+        frames[k, :, x:x + width // 8] = 1.0
+    return frames
+
+
+NODE_CLASS_MAPPINGS = {"KSTestSweepFrames": KSTestSweepFrames, "KSTestLatentReport": KSTestLatentReport, "KSTestTinyFlux": KSTestTinyFlux, "KSTestEditInputs": KSTestEditInputs,
                        "KSTestCapture": KSTestCapture, "KSTestTinyClip": KSTestTinyClip, "KSTestLatent": KSTestLatent}

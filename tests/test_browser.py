@@ -1,0 +1,217 @@
+"""The pack in the real ComfyUI front-end: headless Chromium (Debian's, driven by Playwright) against a
+real server on 127.0.0.1 (tests/comfy_server.py).
+
+- every example workflow loads with no console error and no missing node;
+- a sweep queued from the page reaches Kontext Sweep Preview: dragging the slider and the arrow keys
+  change the shown frame (img src) and its value label, play advances frames; in the classic canvas
+  and with the Vue node renderer.
+
+Every wait is on a condition (Playwright's wait_for_function / expect) with a timeout, never a sleep.
+"""
+import json
+import shutil
+
+import pytest
+
+import ks_fixtures as F
+from comfy_server import ComfyServer
+
+pytestmark = pytest.mark.comfyui
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+WORKFLOWS = sorted((F.PACK_DIR / "example_workflows").glob("*.json"))
+TIMEOUT_MS = 60_000
+# What a fresh front-end asks for and a bare server answers with 404 (an empty user folder, no custom
+# CSS, no favicon): ignored at start-up only. Anything else logged as an error fails the test.
+FIRST_RUN_404 = ("/api/userdata/user.css", "/user.css", "/favicon.ico", "/api/userdata?dir=workflows",
+                 "/api/userdata?dir=subgraphs", "/api/userdata/comfy.templates.json")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    F.find_comfyui() or pytest.skip(F.SKIP_NO_COMFY)
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        pytest.skip("browser test skipped: the playwright package is not installed (pip install -e '.[test]')")
+    if CHROMIUM is None:
+        pytest.skip("browser test skipped: no chromium on PATH (Debian: apt-get install chromium)")
+    base = tmp_path_factory.mktemp("comfy_base")
+    example = F.find_comfyui() / "input" / "example.png"  # the image the example workflows' LoadImage names
+    if example.is_file():
+        (base / "input").mkdir()
+        shutil.copy(example, base / "input" / example.name)
+    server = ComfyServer(base, {"kontext_sliders": F.PACK_DIR, "ks_test_nodes": F.PACK_DIR / "tests" / "comfy_test_nodes"})
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser(server):
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        # nothing but 127.0.0.1 resolves: the front-end's update check (api.comfy.org) never leaves the machine
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=["--no-sandbox", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"])
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("screenshots")
+    print(f"\nbrowser screenshots: {folder}")
+    return folder
+
+
+def errors(page, server):
+    """Console errors and page errors, less the requests this test blocks (anything not on 127.0.0.1: the
+    update check, the example workflows' model download links)."""
+    return [e for e in page.errors if not ("Failed to load resource: net::ERR_FAILED" in e and f"({server.url}" not in e)]
+
+
+@pytest.fixture
+def page(browser, server):
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.route(lambda url: not url.startswith(server.url), lambda route: route.abort())
+    page.errors = []
+    page.on("console", lambda m: page.errors.append(f"console: {m.text} ({m.location.get('url')})")
+            if m.type == "error" else None)
+    page.on("pageerror", lambda e: page.errors.append(f"page error: {e}"))
+    page.goto(server.url)
+    page.wait_for_function("() => window.app?.graph && window.app.extensions?.length && window.LiteGraph")
+    startup = [e for e in errors(page, server) if not any(f"({server.url}{p}" in e for p in FIRST_RUN_404)]
+    assert startup == [], startup
+    page.errors.clear()
+    yield page
+    page.close()
+
+
+def test_the_extension_registers_once(page, server):
+    names = page.evaluate("() => app.extensions.map(e => e.name)")
+    assert names.count("KontextSliders.SweepPreview") == 1, names
+    assert errors(page, server) == []
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_example_workflow_loads_without_errors_or_missing_nodes(page, server, path, shots):
+    workflow = json.loads(path.read_text(encoding="utf-8"))
+    result = page.evaluate("""async ([workflow, name]) => {
+        // the models are absent here by design; their dialog would probe download sizes on the internet
+        await app.extensionManager.setting.set('Comfy.Workflow.ShowMissingModelsWarning', false);
+        const missing = [];
+        const show = app.showMissingNodesError;  // record what the missing-node dialog would list
+        app.showMissingNodesError = (types) => { missing.push(...types); };
+        try { await app.loadGraphData(workflow, true, true, name); } finally { app.showMissingNodesError = show; }
+        return { missing, nodes: app.graph.nodes.length,
+                 broken: app.graph.nodes.filter(n => n.has_errors).map(n => n.type) };
+    }""", [workflow, path.name])
+    page.screenshot(path=shots / f"{path.stem}.png")
+    assert result["missing"] == [] and result["broken"] == [], result
+    assert result["nodes"] == len(workflow["nodes"])
+    assert errors(page, server) == [], page.errors
+
+
+def build_and_queue_sweep(page):
+    """KSTestSweepFrames (5 frames) + KontextStrengthSweep (-0.5 ... 1.5) -> KontextSweepPreview, queued."""
+    page.evaluate("""async () => {
+        app.graph.clear();
+        const add = (type, pos, values = {}) => {
+            const node = LiteGraph.createNode(type);
+            node.pos = pos;
+            for (const [name, value] of Object.entries(values)) node.widgets.find(w => w.name === name).value = value;
+            app.graph.add(node);
+            return node;
+        };
+        const frames = add("KSTestSweepFrames", [20, 40], { count: 5, width: 192, height: 128 });
+        const sweep = add("KontextStrengthSweep", [20, 240], { start: -0.5, end: 1.5, count: 5 });
+        const source = add("KSTestSweepFrames", [20, 560], { count: 1, width: 192, height: 128 });
+        const preview = add("KontextSweepPreview", [420, 40]);
+        preview.setSize([560, 440]);
+        frames.connect(0, preview, 0);
+        sweep.connect(0, preview, 1);
+        source.connect(0, preview, 2);
+        app.canvas.ds.scale = 1;
+        app.canvas.ds.offset = [40, 60];  // every node and its title on screen
+        app.canvas.setDirty(true, true);
+        await app.queuePrompt(0);
+    }""")
+
+
+def label(page):
+    return page.locator(".kontext-sweep .ks-label").inner_text()
+
+
+def frame_src(page):
+    return page.locator(".kontext-sweep .ks-frame-img").get_attribute("src")
+
+
+def exercise_scrubber(page, server, shots, name):
+    from playwright.sync_api import expect
+    build_and_queue_sweep(page)
+    root = page.locator(".kontext-sweep")
+    expect(root.locator(".ks-label")).to_have_text("-0.5", timeout=TIMEOUT_MS)  # the run arrived
+    expect(root.locator(".ks-source")).to_be_visible()
+    first = frame_src(page)
+    assert "/view?" in first and "type=temp" in first
+    page.screenshot(path=shots / f"{name}_first.png")
+
+    box = root.locator(".ks-slider").bounding_box()  # drag the thumb from the left end to the right end
+    page.mouse.move(box["x"] + 4, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, steps=5)
+    page.mouse.move(box["x"] + box["width"] - 2, box["y"] + box["height"] / 2, steps=5)
+    page.mouse.up()
+    expect(root.locator(".ks-label")).to_have_text("1.5")
+    last = frame_src(page)
+    assert last != first
+    root.locator(".ks-frame-img").screenshot(path=shots / f"{name}_dragged.png")
+
+    root.focus()
+    page.keyboard.press("ArrowLeft")
+    expect(root.locator(".ks-label")).to_have_text("1")
+    assert frame_src(page) not in (first, last)
+    page.keyboard.press("Home")
+    expect(root.locator(".ks-label")).to_have_text("-0.5")
+    assert frame_src(page) == first  # the same frame, not a re-run
+
+    root.locator(".ks-play").click()  # play: the frame moves on by itself
+    page.wait_for_function("() => document.querySelector('.kontext-sweep').dataset.index !== '0'")
+    root.locator(".ks-play").click()
+    expect(root.locator(".ks-play")).to_have_text("▶ play")
+    root.locator(".ks-slider").press("End")
+    expect(root.locator(".ks-label")).to_have_text("1.5")
+    assert errors(page, server) == [], page.errors
+    return root
+
+
+def test_sweep_preview_scrubs_in_the_classic_canvas(page, server, shots):
+    root = exercise_scrubber(page, server, shots, "classic")
+    page.keyboard.press("Home")
+    page.locator(".kontext-sweep .ks-slider").press("ArrowRight")
+    page.keyboard.press("ArrowRight")
+    from playwright.sync_api import expect
+    expect(root.locator(".ks-label")).to_have_text("0.5")
+    clip = page.evaluate("""() => {  // the preview node, title bar included, in page pixels
+        const node = app.graph.nodes.find(n => n.type === "KontextSweepPreview");
+        const canvas = app.canvas.canvas.getBoundingClientRect();
+        const [x, y] = app.canvas.ds.convertOffsetToCanvas([node.pos[0], node.pos[1] - LiteGraph.NODE_TITLE_HEIGHT]);
+        const scale = app.canvas.ds.scale;
+        return { x: canvas.x + x - 4, y: canvas.y + y - 4, width: node.size[0] * scale + 8,
+                 height: (node.size[1] + LiteGraph.NODE_TITLE_HEIGHT) * scale + 8 };
+    }""")
+    page.screenshot(path=shots / "sweep_preview.png", clip=clip)  # the README's picture (web/docs/)
+
+
+def test_sweep_preview_scrubs_with_vue_nodes(page, server, shots):
+    page.evaluate("() => app.extensionManager.setting.set('Comfy.VueNodes.Enabled', true)")
+    try:
+        exercise_scrubber(page, server, shots, "vue")
+        assert page.evaluate("() => !!document.querySelector('[data-node-id] .kontext-sweep')"), \
+            "the preview is not inside a Vue node"
+    finally:
+        page.evaluate("() => app.extensionManager.setting.set('Comfy.VueNodes.Enabled', false)")
