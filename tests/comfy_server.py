@@ -9,11 +9,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import selectors
 import socket
 import subprocess
 import sys
-import time
+import threading
 import uuid
 from pathlib import Path
 
@@ -40,42 +39,46 @@ class ComfyServer:
         for name, source in custom_nodes.items():
             (nodes_dir / name).symlink_to(source, target_is_directory=True)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        # --disable-api-nodes: the paid-API nodes are not needed, and importing them may try the network
         self.process = subprocess.Popen(
             [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-             "--base-directory", str(base_dir), "--database-url", "sqlite:///:memory:", "--disable-auto-launch"],
+             "--base-directory", str(base_dir), "--database-url", "sqlite:///:memory:", "--disable-auto-launch",
+             "--disable-api-nodes"],
             cwd=self.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        # A thread drains the log all the time: a full pipe would block the server's next write (and so
+        # the server) while a test is busy elsewhere.
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._reader = threading.Thread(target=self._read_log, daemon=True)
+        self._reader.start()
         try:
-            self._wait_for(READY_LINE, start_timeout)
+            self._wait_ready(start_timeout)
         except BaseException:  # no caller holds the object yet: stop the process here, not leak it
             self.stop()
             raise
 
-    def _wait_for(self, text: str, timeout: float) -> None:
-        """Read the server's log until ``text`` appears (select with a deadline: no fixed sleeps)."""
-        deadline = time.monotonic() + timeout
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.process.stdout, selectors.EVENT_READ)
-            while time.monotonic() < deadline:
-                if not selector.select(timeout=deadline - time.monotonic()):
-                    break
-                line = self.process.stdout.readline()
-                if not line:
-                    raise RuntimeError("ComfyUI exited while starting:\n" + "".join(self.log[-40:]))
+    def _read_log(self) -> None:
+        for line in self.process.stdout:
+            with self._lock:
                 self.log.append(line)
-                if text in line:
-                    return
-        raise RuntimeError(f"ComfyUI did not log {text!r} within {timeout:.0f} s:\n" + "".join(self.log[-40:]))
+            if READY_LINE in line:
+                self._ready.set()
+        self._ready.set()  # the process ended: wake the waiter, which then sees the exit
+
+    def _wait_ready(self, timeout: float) -> None:
+        if not self._ready.wait(timeout):
+            raise RuntimeError(f"ComfyUI did not log {READY_LINE!r} within {timeout:.0f} s:\n" + self.tail())
+        if self.process.poll() is not None and not any(READY_LINE in line for line in self.log):
+            raise RuntimeError("ComfyUI exited while starting:\n" + self.tail())
+
+    def tail(self, lines: int = 40) -> str:
+        with self._lock:
+            return "".join(self.log[-lines:])
 
     def drain_log(self) -> str:
-        """Everything the server logged since the last call (non-blocking)."""
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.process.stdout, selectors.EVENT_READ)
-            while selector.select(timeout=0.2):
-                line = self.process.stdout.readline()
-                if not line:
-                    break
-                self.log.append(line)
-        return "".join(self.log)
+        """Everything the server has logged so far."""
+        with self._lock:
+            return "".join(self.log)
 
     def failed_imports(self) -> list[str]:
         """Log lines saying that one of the custom-node folders given here did not import."""
