@@ -19,6 +19,7 @@ COMFY_EXTRAS = ("nodes_flux.py", "nodes_edit_model.py")  # the built-in extras t
 USER_FILE_COMBOS = {"unet_name", "clip_name", "clip_name1", "clip_name2", "vae_name", "ckpt_name", "lora_name",
                     "image", "weights"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+FRONTEND_WIDGETS = {"IMAGEUPLOAD"}  # widgets the front-end adds (and serialises as input slots) on its own
 SEED_CONTROL = {"fixed", "increment", "decrement", "randomize"}
 
 
@@ -117,6 +118,8 @@ def test_node_types_inputs_and_outputs_exist(workflow, node_classes):
         cls = node_classes[node["type"]]
         declared = declared_inputs(cls)
         for inp in node.get("inputs", []):
+            if inp["type"] in FRONTEND_WIDGETS:
+                continue  # e.g. the upload button the front-end adds beside an image_upload combo
             assert inp["name"] in declared, f"{node['type']} has no input '{inp['name']}'"
             assert declared[inp["name"]][0] == inp["type"], f"{node['type']}.{inp['name']}: type changed"
         for name, (typ, _) in declared.items():

@@ -1,0 +1,221 @@
+"""Writes the sweep example workflows (example_workflows/*.json + .jpg) through the real front-end.
+
+Each workflow is described here as an API prompt (node ids, inputs, links) plus a note; the script
+starts a ComfyUI server on 127.0.0.1 with this pack, loads each prompt into the front-end in headless
+Chromium (``app.loadApiJson``: the front-end builds, links and arranges the nodes), adds the note,
+and saves what the front-end serialises (UI format) and a thumbnail of the canvas. Re-run it when a
+node's inputs change:
+
+  python tests/tools/build_example_workflows.py [--only NAME]
+
+Needs ComfyUI (as the tests find it), the playwright package and Debian's chromium.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import shutil
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(TESTS))
+
+import ks_fixtures as F  # noqa: E402
+from comfy_server import ComfyServer  # noqa: E402
+
+OUT = F.PACK_DIR / "example_workflows"
+MODELS = ("**Models** (as in ComfyUI's Flux Kontext template)\n\n"
+          "- `models/diffusion_models/flux1-dev-kontext_fp8_scaled.safetensors`\n"
+          "- `models/text_encoders/clip_l.safetensors`, `t5xxl_fp8_e4m3fn_scaled.safetensors`\n"
+          "- `models/vae/ae.safetensors`\n")
+KONTINUOUS_FILES = ("- `models/kontext_sliders/`: the Kontinuous Kontext weights (the official release folder with "
+                    "`slider_projector.pth` + `pytorch_lora_weights.safetensors`, or a converted `.safetensors`)\n")
+
+
+# where each node id goes (columns left to right follow the data flow); the note goes right of the graph
+LAYOUT = {"1": (0, 0), "2": (0, 130), "3": (0, 330), "4": (0, 430),
+          "5": (380, 400), "6": (380, 500), "7": (380, 130), "11": (380, 0),
+          "8": (820, 300), "9": (820, 400), "10": (820, 510), "12": (820, 0), "20": (820, 620),
+          "13": (1240, 0), "21": (1240, 0), "14": (1640, 0), "22": (1640, 0), "15": (1640, 120),
+          "23": (1640, 120), "24": (1640, 560)}
+
+
+def base_edit(instruction_node: dict) -> dict:
+    """The standard FLUX.1 Kontext [dev] edit up to the conditioning (ComfyUI's template's file names)."""
+    return {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": "flux1-dev-kontext_fp8_scaled.safetensors",
+                                                     "weight_dtype": "default"}},
+        "2": {"class_type": "DualCLIPLoader", "inputs": {"clip_name1": "clip_l.safetensors",
+                                                         "clip_name2": "t5xxl_fp8_e4m3fn_scaled.safetensors",
+                                                         "type": "flux", "device": "default"}},
+        "3": {"class_type": "VAELoader", "inputs": {"vae_name": "ae.safetensors"}},
+        "4": {"class_type": "LoadImage", "inputs": {"image": "example.png"}},
+        "5": {"class_type": "FluxKontextImageScale", "inputs": {"image": ["4", 0]}},
+        "6": {"class_type": "VAEEncode", "inputs": {"pixels": ["5", 0], "vae": ["3", 0]}},
+        "7": instruction_node,
+        "8": {"class_type": "ReferenceLatent", "inputs": {"conditioning": ["7", 0], "latent": ["6", 0]}},
+        "9": {"class_type": "FluxGuidance", "inputs": {"conditioning": ["8", 0], "guidance": 2.5}},
+        "10": {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["7", 0]}},
+    }
+
+
+def sweep_tail(model: str, sweep: dict, prefix: str) -> dict:
+    """Sweep → sampler → decode → preview (scrub in the browser) and save (WEBP / GIF / MP4 / sheet)."""
+    return {
+        "20": {"class_type": "KontextStrengthSweep", "inputs": sweep},
+        "21": {"class_type": "KontextSweepSampler",
+               "inputs": {"model": [model, 0], "positive": ["9", 0], "negative": ["10", 0], "latent_image": ["6", 0],
+                          "sweep": ["20", 0], "seed": 64, "steps": 28, "cfg": 1.0, "sampler_name": "euler",
+                          "scheduler": "simple", "denoise": 1.0, "max_batch": 0, "knob": "last"}},
+        "22": {"class_type": "VAEDecode", "inputs": {"samples": ["21", 0], "vae": ["3", 0]}},
+        "23": {"class_type": "KontextSweepPreview", "inputs": {"images": ["22", 0], "sweep": ["21", 1],
+                                                               "source": ["5", 0]}},
+        "24": {"class_type": "KontextSaveSweep", "inputs": {"images": ["22", 0], "sweep": ["21", 1],
+                                                            "filename_prefix": prefix}},
+    }
+
+
+def clip_encode(text: str) -> dict:
+    return {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 0], "text": text}}
+
+
+def multi_encode(lines: str) -> dict:
+    return {"class_type": "KontextMultiInstructionEncode", "inputs": {"clip": ["2", 0], "instructions": lines}}
+
+
+WORKFLOWS = {
+    "kontinuous_kontext_sweep": dict(
+        prompt={**base_edit(clip_encode("make the person smile")),
+                "11": {"class_type": "KontinuousKontextLoader", "inputs": {"weights": "kontinuous_release/"}},
+                "12": {"class_type": "KontinuousKontextApply",
+                       "inputs": {"model": ["1", 0], "kontinuous_weights": ["11", 0], "conditioning": ["7", 0],
+                                  "strength": 1.0, "lora_strength": 1.0, "negative": "same offset"}},
+                **sweep_tail("12", {"start": 0.0, "end": 1.0, "count": 9, "spacing": "perceptual"},
+                             "kontinuous_sweep")},
+        note=("## Kontinuous Kontext: strength sweep → scrubber → animation\n\n"
+              "One queue item renders the edit at 9 strengths from the same noise (Kontext Sweep Sampler). "
+              "`perceptual` spacing re-chooses the values so that each step looks equally large. Drag the "
+              "slider in **Kontext Sweep Preview** to scrub (arrow keys step, ▶ plays); **Kontext Save Sweep** "
+              "writes animated WEBP / GIF, MP4 and a labelled contact sheet to `output/`.\n\n"
+              "Change the instruction in CLIP Text Encode; the sweep's start / end / count on Kontext Strength "
+              "Sweep (0 … 1 is the trained range).\n\n" + MODELS + KONTINUOUS_FILES)),
+    "kontext_modulation_sweep": dict(
+        prompt={**base_edit(clip_encode("make it look like a snowy winter evening")),
+                "12": {"class_type": "KontextModulationStrength",
+                       "inputs": {"model": ["1", 0], "multiplier": 1.0, "start_block": 0, "end_block": -1,
+                                  "terms": "mlp"}},
+                **sweep_tail("12", {"start": 0.0, "end": 2.0, "count": 9, "spacing": "linear"},
+                             "modulation_sweep")},
+        note=("## Modulation strength sweep (training-free)\n\n"
+              "**Kontext Modulation Strength** scales the text-stream modulation of the double-stream blocks: an "
+              "overall intensity dial that needs no weights (1 = unchanged). The sweep renders multipliers 0 … 2 "
+              "in one queue item from one noise; scrub them in **Kontext Sweep Preview**.\n\n"
+              "Change the instruction, and start / end (0 … 3) on Kontext Strength Sweep.\n\n" + MODELS)),
+    "kontext_instruction_sliders_sweep": dict(
+        prompt={**base_edit(multi_encode("make the sky stormy\nturn the car red")),
+                "12": {"class_type": "KontextInstructionSliders",
+                       "inputs": {"model": ["1", 0], "conditioning": ["9", 0], "strengths": "1, 1"}},
+                **sweep_tail("12", {"start": 0.0, "end": 1.5, "count": 7, "spacing": "linear",
+                                    "instruction_index": 2}, "instruction_sweep")},
+        note=("## Per-instruction sweep (training-free sliders)\n\n"
+              "Write the edit one sub-instruction per line in **Kontext Multi-Instruction Encode**. "
+              "**Kontext Instruction Sliders** holds one strength per line (`1, 1`); the sweep varies only line "
+              "`instruction_index` (here 2: *turn the car red*) from 0 (suppressed) to 1.5 (exaggerated), the "
+              "other lines keep their strengths.\n\n"
+              "Change the lines, the strengths, and which line the sweep varies.\n\n" + MODELS)),
+    "kontext_instruction_guidance": dict(
+        prompt={**base_edit(multi_encode("make the sky stormy\nturn the car red\nadd snow on the roof")),
+                "12": {"class_type": "KontextInstructionGuidance",
+                       "inputs": {"model": ["1", 0], "conditioning": ["9", 0], "strengths": "1, 2, 0"}},
+                "13": {"class_type": "KSampler",
+                       "inputs": {"model": ["12", 0], "positive": ["9", 0], "negative": ["10", 0],
+                                  "latent_image": ["6", 0], "seed": 64, "steps": 28, "cfg": 1.0,
+                                  "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}},
+                "14": {"class_type": "VAEDecode", "inputs": {"samples": ["13", 0], "vae": ["3", 0]}},
+                "15": {"class_type": "SaveImage", "inputs": {"images": ["14", 0],
+                                                             "filename_prefix": "instruction_guidance"}}},
+        note=("## Per-instruction guidance (training-free)\n\n"
+              "**Kontext Instruction Guidance**: one number per line of the multi-instruction prompt: `1` as "
+              "written, `0` as if the line were absent, `2` twice its effect (here: the car twice as red, no "
+              "snow). The prompt without each line is encoded once; each line not at 1 adds one batch row per "
+              "step. Works at cfg 1 and with cfg > 1.\n\n"
+              "Change the lines and the strengths (one per line, −1 … 3).\n\n" + MODELS)),
+}
+
+
+def build(names: list[str]) -> None:
+    from playwright.sync_api import sync_playwright
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        sys.exit("needs Debian's chromium (apt-get install chromium)")
+    with tempfile.TemporaryDirectory() as base:
+        server = ComfyServer(Path(base), {"kontext_sliders": F.PACK_DIR})
+        try:
+            # a first visit opens the templates browser over the canvas; a returning user's settings do not
+            request = urllib.request.Request(f"{server.url}/settings/Comfy.TutorialCompleted", data=b"true",
+                                             method="POST", headers={"Content-Type": "application/json"})
+            urllib.request.urlopen(request, timeout=30).close()
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=chromium, headless=True, args=[
+                    "--no-sandbox", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"])
+                page = browser.new_page(viewport={"width": 2400, "height": 1200})
+                page.route(lambda url: not url.startswith(server.url), lambda route: route.abort())
+                page.goto(server.url)
+                page.wait_for_function("window.app && window.app.rootGraph && window.app.canvas", timeout=120_000)
+                for name in names:
+                    spec = WORKFLOWS[name]
+                    graph = page.evaluate("""async ([prompt, note, layout]) => {
+                        await app.loadApiJson(prompt, "workflow");
+                        for (const [id, pos] of Object.entries(layout)) {
+                            const node = app.rootGraph.getNodeById(+id);
+                            if (node) node.pos = [...pos];
+                        }
+                        for (const node of app.rootGraph.nodes) {  // a fixed seed: the example renders reproducibly
+                            const control = node.widgets?.find(w => w.name === "control_after_generate");
+                            if (control) control.value = "fixed";
+                        }
+                        const n = LiteGraph.createNode("MarkdownNote");
+                        n.widgets[0].value = note;
+                        n.size = [520, 430];
+                        const right = Math.max(...app.rootGraph.nodes.map(x => x.pos[0] + x.size[0]));
+                        n.pos = [right + 60, 0];
+                        app.rootGraph.add(n);
+                        // fit the whole graph into the canvas for the thumbnail
+                        const xs = app.rootGraph.nodes.flatMap(x => [x.pos[0], x.pos[0] + x.size[0]]);
+                        const ys = app.rootGraph.nodes.flatMap(x => [x.pos[1] - 30, x.pos[1] + x.size[1]]);
+                        const [w, h] = [app.canvas.canvas.clientWidth, app.canvas.canvas.clientHeight];
+                        const scale = 0.95 * Math.min(w / (Math.max(...xs) - Math.min(...xs)),
+                                                      h / (Math.max(...ys) - Math.min(...ys)));
+                        app.canvas.ds.scale = scale;
+                        app.canvas.ds.offset = [-Math.min(...xs) + 0.025 * w / scale, -Math.min(...ys) + 0.025 * h / scale];
+                        app.canvas.setDirty(true, true); app.canvas.draw(true, true);
+                        return app.rootGraph.serialize();
+                    }""", [spec["prompt"], spec["note"], LAYOUT])
+                    (OUT / f"{name}.json").write_text(json.dumps(graph, indent=2) + "\n", encoding="utf-8")
+                    # the canvas bitmap itself: the graph without the app's menus and panels on top
+                    data = page.evaluate("app.canvas.canvas.toDataURL('image/png')")
+                    from PIL import Image
+                    image = Image.open(io.BytesIO(base64.b64decode(data.split(",", 1)[1]))).convert("RGB")
+                    image.thumbnail((960, 600))
+                    image.save(OUT / f"{name}.jpg", quality=85)
+                    print(f"wrote {name}.json ({len(graph['nodes'])} nodes) and {name}.jpg")
+                browser.close()
+        finally:
+            server.stop()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", choices=sorted(WORKFLOWS), action="append", help="build just these")
+    args = parser.parse_args(argv)
+    build(args.only or sorted(WORKFLOWS))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
