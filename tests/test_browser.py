@@ -117,7 +117,8 @@ def test_example_workflow_loads_without_errors_or_missing_nodes(page, server, pa
 
 
 def build_and_queue_sweep(page):
-    """KSTestSweepFrames (5 frames) + KontextStrengthSweep (-0.5 ... 1.5) -> KontextSweepPreview, queued."""
+    """A real sweep on the tiny model: tiny Flux -> Modulation Strength -> Kontext Sweep Sampler (0 ... 2, 5
+    values) -> frames -> KontextSweepPreview (source beside it), queued from the page."""
     page.evaluate("""async () => {
         app.graph.clear();
         const add = (type, pos, values = {}) => {
@@ -127,19 +128,37 @@ def build_and_queue_sweep(page):
             app.graph.add(node);
             return node;
         };
-        const frames = add("KSTestSweepFrames", [20, 40], { count: 5, width: 192, height: 128 });
-        const sweep = add("KontextStrengthSweep", [20, 240], { start: -0.5, end: 1.5, count: 5 });
-        const source = add("KSTestSweepFrames", [20, 560], { count: 1, width: 192, height: 128 });
-        const preview = add("KontextSweepPreview", [420, 40]);
+        const model = add("KSTestTinyFlux", [20, 40], { seed: 0 });
+        const edit = add("KSTestEditInputs", [20, 160], { seed: 1 });
+        const latent = add("KSTestLatent", [20, 280], { seed: 2, batch: 1 });
+        const knob = add("KontextModulationStrength", [20, 400]);
+        const sweep = add("KontextStrengthSweep", [20, 600], { start: 0, end: 2, count: 5 });
+        const sampler = add("KontextSweepSampler", [300, 40], { steps: 2, cfg: 1.0 });
+        const frames = add("KSTestLatentToImage", [300, 420], { scale: 16 });
+        const source = add("KSTestSweepFrames", [300, 560], { count: 1, width: 128, height: 128 });
+        const preview = add("KontextSweepPreview", [600, 40]);
         preview.setSize([560, 440]);
+        model.connect(0, knob, 0);
+        knob.connect(0, sampler, 0);
+        edit.connect(0, sampler, 1);
+        edit.connect(0, sampler, 2);
+        latent.connect(0, sampler, 3);
+        sweep.connect(0, sampler, 4);
+        sampler.connect(0, frames, 0);
         frames.connect(0, preview, 0);
-        sweep.connect(0, preview, 1);
+        sampler.connect(1, preview, 1);
         source.connect(0, preview, 2);
         app.canvas.ds.scale = 1;
-        app.canvas.ds.offset = [40, 60];  // every node and its title on screen
+        app.canvas.ds.offset = [20, 60];  // the preview and its title on screen, at full scale
         app.canvas.setDirty(true, true);
         await app.queuePrompt(0);
     }""")
+
+
+def value_label(value: str):
+    """The label shows the value, after the knob's name when the sampler set it ("... multiplier: 0.5")."""
+    import re
+    return re.compile(rf"^(.*: )?{re.escape(value)}$")
 
 
 def label(page):
@@ -154,7 +173,7 @@ def exercise_scrubber(page, server, shots, name):
     from playwright.sync_api import expect
     build_and_queue_sweep(page)
     root = page.locator(".kontext-sweep")
-    expect(root.locator(".ks-label")).to_have_text("-0.5", timeout=TIMEOUT_MS)  # the run arrived
+    expect(root.locator(".ks-label")).to_have_text(value_label("0"), timeout=TIMEOUT_MS)  # the run arrived
     expect(root.locator(".ks-source")).to_be_visible()
     first = frame_src(page)
     assert "/view?" in first and "type=temp" in first
@@ -166,17 +185,17 @@ def exercise_scrubber(page, server, shots, name):
     page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, steps=5)
     page.mouse.move(box["x"] + box["width"] - 2, box["y"] + box["height"] / 2, steps=5)
     page.mouse.up()
-    expect(root.locator(".ks-label")).to_have_text("1.5")
+    expect(root.locator(".ks-label")).to_have_text(value_label("2"))
     last = frame_src(page)
     assert last != first
     root.locator(".ks-frame-img").screenshot(path=shots / f"{name}_dragged.png")
 
     root.focus()
     page.keyboard.press("ArrowLeft")
-    expect(root.locator(".ks-label")).to_have_text("1")
+    expect(root.locator(".ks-label")).to_have_text(value_label("1.5"))
     assert frame_src(page) not in (first, last)
     page.keyboard.press("Home")
-    expect(root.locator(".ks-label")).to_have_text("-0.5")
+    expect(root.locator(".ks-label")).to_have_text(value_label("0"))
     assert frame_src(page) == first  # the same frame, not a re-run
 
     root.locator(".ks-play").click()  # play: the frame moves on by itself
@@ -184,7 +203,7 @@ def exercise_scrubber(page, server, shots, name):
     root.locator(".ks-play").click()
     expect(root.locator(".ks-play")).to_have_text("▶ play")
     root.locator(".ks-slider").press("End")
-    expect(root.locator(".ks-label")).to_have_text("1.5")
+    expect(root.locator(".ks-label")).to_have_text(value_label("2"))
     assert errors(page, server) == [], page.errors
     return root
 
@@ -195,7 +214,7 @@ def test_sweep_preview_scrubs_in_the_classic_canvas(page, server, shots):
     page.locator(".kontext-sweep .ks-slider").press("ArrowRight")
     page.keyboard.press("ArrowRight")
     from playwright.sync_api import expect
-    expect(root.locator(".ks-label")).to_have_text("0.5")
+    expect(root.locator(".ks-label")).to_have_text(value_label("1"))
     clip = page.evaluate("""() => {  // the preview node, title bar included, in page pixels
         const node = app.graph.nodes.find(n => n.type === "KontextSweepPreview");
         const canvas = app.canvas.canvas.getBoundingClientRect();

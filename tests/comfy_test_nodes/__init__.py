@@ -116,6 +116,22 @@ class KSTestSweepFrames:
         return (sweep_frames(count, width, height),)
 
 
+class KSTestLatentToImage:
+    """Stands in for VAEDecode with the tiny model: latent channels 0-2 as RGB, squashed to 0..1 and
+    enlarged (nearest) so that frames differ visibly."""
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"samples": ("LATENT",), "scale": ("INT", {"default": 16, "min": 1, "max": 64})}}
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "decode"
+    CATEGORY = "testing"
+
+    def decode(self, samples, scale):
+        rgb = torch.sigmoid(samples["samples"][:, :3].float() * 2)
+        rgb = torch.nn.functional.interpolate(rgb, scale_factor=scale, mode="nearest")
+        return (rgb.permute(0, 2, 3, 1).contiguous(),)
+
+
 def sweep_frames(count: int, width: int, height: int) -> torch.Tensor:
     frames = torch.zeros(count, height, width, 3)
     for k in range(count):
@@ -126,5 +142,5 @@ def sweep_frames(count: int, width: int, height: int) -> torch.Tensor:
     return frames
 
 
-NODE_CLASS_MAPPINGS = {"KSTestSweepFrames": KSTestSweepFrames, "KSTestLatentReport": KSTestLatentReport, "KSTestTinyFlux": KSTestTinyFlux, "KSTestEditInputs": KSTestEditInputs,
+NODE_CLASS_MAPPINGS = {"KSTestLatentToImage": KSTestLatentToImage, "KSTestSweepFrames": KSTestSweepFrames, "KSTestLatentReport": KSTestLatentReport, "KSTestTinyFlux": KSTestTinyFlux, "KSTestEditInputs": KSTestEditInputs,
                        "KSTestCapture": KSTestCapture, "KSTestTinyClip": KSTestTinyClip, "KSTestLatent": KSTestLatent}
