@@ -57,6 +57,7 @@ class SweepRun:
         self.model, self.positive, self.negative = model, positive, negative
         self.seed, self.steps, self.cfg = seed, steps, cfg
         self.sampler_name, self.scheduler, self.denoise = sampler_name, scheduler, denoise
+        self.noise_mask = None  # the latent's inpainting mask, as KSampler honours it
         self.knob_index = sweep_target(model, knob)
         self.instruction_index = instruction_index
         self.knob = installed_runtime(model).knobs[self.knob_index]
@@ -110,7 +111,7 @@ class SweepRun:
         samples = comfy.sample.sample_custom(model, noise.repeat(n, *[1] * (noise.ndim - 1)), self.cfg,
                                              sweep_sampler_object(self.sampler_name), sigmas, self.positive,
                                              self.negative, latent_image.repeat(n, *[1] * (latent_image.ndim - 1)),
-                                             callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
+                                             noise_mask=self.noise_mask, callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
                                              seed=self.seed)
         self.done_steps += steps
         return samples
@@ -133,6 +134,7 @@ def sample_sweep(model, positive, negative, latent, sweep: Sweep, seed: int, ste
     run = SweepRun(model, positive, negative, seed, steps, cfg, sampler_name, scheduler, denoise, knob,
                    sweep.instruction_index)
     values = list(sweep.values)
+    run.noise_mask = latent.get("noise_mask")  # resized and repeated to each pass's batch by the sampler
     main = run.prepared(latent["samples"])
     size = run.pass_size(main, len(values), max_batch)
     total = steps * math.ceil(len(values) / size)  # the bar spans every pass and step, the probe's too

@@ -68,18 +68,18 @@ def knob_model(setup, kind, value, base=None):
     return make(base, setup["conditioning"], f"1.5, {value}")  # line 2 varies, line 1 keeps 1.5
 
 
-def ksampler(setup, model, cfg=1.0, seed=7, sampler="euler"):
+def ksampler(setup, model, cfg=1.0, seed=7, sampler="euler", latent=None):
     import nodes
     return nodes.common_ksampler(model, seed, STEPS, cfg, sampler, "simple", setup["positive"], setup["negative"],
-                                 setup["latent"])[0]["samples"]
+                                 latent or setup["latent"])[0]["samples"]
 
 
 def sweep(setup, model, values, cfg=1.0, max_batch=0, spacing="linear", knob="last", sampler="euler",
-          **sweep_kwargs):
+          latent=None, **sweep_kwargs):
     from kontext_sliders.core.sweep import Sweep
     from kontext_sliders.nodes.sweep_sampler import sample_sweep
     request = Sweep(tuple(values), spacing=spacing, instruction_index=1, **sweep_kwargs)
-    latent, used = sample_sweep(model, setup["positive"], setup["negative"], setup["latent"], request, 7, STEPS,
+    latent, used = sample_sweep(model, setup["positive"], setup["negative"], latent or setup["latent"], request, 7, STEPS,
                                 cfg, sampler, "simple", 1.0, max_batch, knob)
     return latent["samples"], used
 
@@ -222,3 +222,29 @@ def test_automatic_batch_follows_the_memory_estimate_and_halves_on_out_of_memory
     frames, _ = sweep(setup, model, values, max_batch=0)
     assert batches[0] == 3 and max(batches[1:]) <= 2 and sum(b for b in batches if b <= 2) == len(values)
     assert torch.allclose(frames, reference, atol=2e-5)
+
+
+def test_an_inpainting_mask_is_honoured_as_ksampler_honours_it(setup):
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., 2:6, 2:6] = 1.0  # only the middle may change
+    latent = dict(setup["latent"], noise_mask=mask)
+    values = [0.0, 2.5]
+    frames, _ = sweep(setup, knob_model(setup, "modulation", 1.0), values, latent=latent)
+    for frame, v in zip(frames, values):
+        single = ksampler(setup, knob_model(setup, "modulation", v), latent=latent)
+        assert torch.allclose(frame, single[0], atol=2e-5)
+    unmasked, _ = sweep(setup, knob_model(setup, "modulation", 1.0), values)
+    assert not torch.allclose(frames, unmasked, atol=1e-3)
+
+
+def test_the_projector_runs_once_per_sweep_value(setup):
+    from kontext_sliders.nodes.kontinuous_nodes import LoadedKontinuous, kontinuous_patched_model
+    w = F.tiny_projector_weights(seed=2, clip_dim=F.TINY_CLIP_L_POOLED)
+    projector = w.build_projector()
+    calls = []
+    projector.register_forward_hook(lambda module, args, out: calls.append(args[0].numel()))
+    model = kontinuous_patched_model(setup["patcher"], LoadedKontinuous(w, projector, "t"), setup["conditioning"],
+                                     [1.0], 0.5)
+    assert calls == [1]  # the Apply node: its own strength
+    sweep(setup, model, [0.0, 0.25, 0.5, 0.75, 1.0], max_batch=2)
+    assert calls == [1] * 6  # then once per value, however the passes split them
