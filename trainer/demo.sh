@@ -3,11 +3,13 @@
 #
 #   bash trainer/demo.sh [demo options...]      e.g. bash trainer/demo.sh --steps 500
 #
-# torch: without a GPU (`nvidia-smi -L` fails or is absent) a CPU build, KS_TORCH (default torch==2.13.0)
-# from PyTorch's CPU index as well as PyPI, since PyPI's Linux wheels are CUDA builds that pull ~4.5 GB
-# of CUDA libraries a CPU never uses; with a GPU, KS_TORCH (default: torch) from PyPI. Installed first,
-# so that `pip install -e ".[train]"` finds torch>=2.4 satisfied and keeps it.
-# Environment: KS_TORCH (the torch requirement), KS_TORCH_INDEX (the CPU index; empty: PyPI only),
+# torch: without a GPU (`nvidia-smi -L` fails or is absent) the CPU build KS_TORCH (default torch==2.13.0,
+# the CPU wheel on the package index this project is developed against); where the default index serves
+# CUDA builds instead, point KS_TORCH_INDEX at PyTorch's CPU wheel index (an extra index for the torch
+# install only), which keeps the ~4.5 GB of CUDA libraries a CPU never uses out. With a GPU, KS_TORCH
+# (default: torch). Installed first, so that `pip install -e ".[train]"` finds torch>=2.4 satisfied and
+# keeps it. The script itself contacts no other host than pip's configured index.
+# Environment: KS_TORCH (the torch requirement), KS_TORCH_INDEX (an extra index for the CPU torch; default none),
 # KS_VENV (default: .venv in the repository), PYTHON (default: python3), KS_DRY_RUN=1 (print the
 # commands instead of running them).
 set -euo pipefail
@@ -30,7 +32,7 @@ if nvidia-smi -L >/dev/null 2>&1; then
 else
   device="CPU"
   torch_spec=${KS_TORCH:-torch==2.13.0}
-  torch_index=${KS_TORCH_INDEX-https://download.pytorch.org/whl/cpu}
+  torch_index=${KS_TORCH_INDEX:-}
 fi
 
 # complete = set up by this script for this torch and this pyproject.toml (the stamp); else (re)install
