@@ -117,19 +117,27 @@ def parse_number(text: str) -> float | None:
     return float(text) if _NUMBER.fullmatch(text) else None
 
 
-def parse_strengths(text: str, count: int, lines: Sequence[str] | None = None,
-                    accepted: tuple[float, float] = SLIDER_RANGE, knob: str = "strengths") -> list[float]:
-    """'1, 0.5, 0' -> [1.0, 0.5, 0.0]; exactly one number per sub-instruction, each within ``accepted``."""
+def parse_number_list(text: str, what: str, hint: str) -> tuple[list[str], list[float]]:
+    """'1, 0.5; 2' -> (the parts as written, [1.0, 0.5, 2.0]): commas or semicolons, strict numbers.
+
+    ``what`` starts the error message, ``hint`` ends it (what to write instead).
+    """
     parts = [p.strip() for p in str(text).replace(";", ",").split(",")]
-    if parts == [""]:
-        parts = []
+    parts = [] if parts == [""] else parts
     values = []
     for p in parts:
         v = parse_number(p)
         if v is None:
-            raise ValueError(f"{knob}: {p!r} is not a number; write one plain decimal number per sub-instruction, "
-                             f"comma-separated, e.g. '1, 0.5'")
+            raise ValueError(f"{what}: {p!r} is not a number; {hint}")
         values.append(v)
+    return parts, values
+
+
+def parse_strengths(text: str, count: int, lines: Sequence[str] | None = None,
+                    accepted: tuple[float, float] = SLIDER_RANGE, knob: str = "strengths") -> list[float]:
+    """'1, 0.5, 0' -> [1.0, 0.5, 0.0]; exactly one number per sub-instruction, each within ``accepted``."""
+    parts, values = parse_number_list(text, knob, "write one plain decimal number per sub-instruction, "
+                                                  "comma-separated, e.g. '1, 0.5'")
     if len(values) != count:
         listed = "" if lines is None else " (" + "; ".join(repr(line) for line in lines) + ")"
         raise ValueError(f"{knob}: {len(values)} value(s) given but the prompt has {count} sub-instruction(s)"

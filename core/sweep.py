@@ -11,7 +11,7 @@ from typing import Sequence
 
 import torch
 
-from .instructions import parse_number
+from .instructions import parse_number_list
 
 SPACINGS = ("linear", "perceptual")
 MAX_VALUES = 256
@@ -62,14 +62,8 @@ def linear_values(start: float, end: float, count: int) -> list[float]:
 
 def parse_values(text: str) -> list[float]:
     """An explicit list '0, 0.25, 1.5': plain decimal numbers, comma or semicolon separated."""
-    parts = [p.strip() for p in str(text).replace(";", ",").split(",") if p.strip()]
-    values = []
-    for p in parts:
-        v = parse_number(p)
-        if v is None:
-            raise ValueError(f"sweep values: {p!r} is not a number; write plain decimal numbers separated by "
-                             f"commas, e.g. '0, 0.25, 0.5, 1'")
-        values.append(v)
+    _, values = parse_number_list(text.strip().strip(",;"), "sweep values",
+                                  "write plain decimal numbers separated by commas, e.g. '0, 0.25, 0.5, 1'")
     if not 2 <= len(values) <= MAX_VALUES:
         raise ValueError(f"sweep values: {len(values)} given, a sweep needs 2 ... {MAX_VALUES}")
     return values
