@@ -207,7 +207,7 @@ def test_two_process_run_keeps_identical_weights_on_both_ranks(data, tmp_path):
     launcher = Path(sys.executable).parent / "accelerate"
     r = subprocess.run([str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                         "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "kontext_sliders.trainer",
-                        "train", "--config", str(config)], capture_output=True, text=True, timeout=600,
+                        "train", "--config", str(config)], capture_output=True, text=True, timeout=240,
                        env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
     assert r.returncode == 0, r.stderr[-3000:]
     assert "trainable weights identical on 2 ranks" in r.stderr

@@ -232,10 +232,27 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
         bar.close()
     peak = torch.cuda.max_memory_allocated() if accelerator.device.type == "cuda" else _rss()
     digests = ranks_agree(accelerator, unwrapped)
+    if writer is not None:
+        writer.close()
     accelerator.end_training()
     return TrainResult(out, run.max_steps, loss_value, dict(dataset.skipped),
                        (sum(times[1:]) / max(len(times) - 1, 1)) if times else float("nan"), peak, main, digests,
                        losses)
+
+
+def settle_collectives(accelerator) -> None:
+    """Two barriers after the last collective on Python tensors, before train() returns.
+
+    gloo's worker threads free a finished collective's tensors after it completes, and freeing a
+    tensor Python owns takes the GIL. If the DDP wrapper (and with it the process group) is destroyed
+    while such a free is still pending, the destructor holds the GIL and waits for the worker thread,
+    which waits for the GIL: a launched run hung so, after its last output, about 1 time in 6. The
+    barriers' tensors are C++-owned, and the main thread waits in them without the GIL, so the pending
+    frees finish first.
+    """
+    if accelerator.num_processes > 1:
+        accelerator.wait_for_everyone()
+        accelerator.wait_for_everyone()
 
 
 def ranks_agree(accelerator, model) -> list[str]:
@@ -247,6 +264,7 @@ def ranks_agree(accelerator, model) -> list[str]:
             h.update(name.encode())
             h.update(p.detach().float().cpu().numpy().tobytes())
     digests = gather_object([h.hexdigest()])
+    settle_collectives(accelerator)
     if len(set(digests)) != 1:
         raise RuntimeError(f"trainable weights differ across ranks: {digests}")
     if accelerator.is_main_process and len(digests) > 1:
