@@ -110,6 +110,9 @@ def test_example_workflow_loads_without_errors_or_missing_nodes(page, server, pa
         return { missing, nodes: app.graph.nodes.length,
                  broken: app.graph.nodes.filter(n => n.has_errors).map(n => n.type) };
     }""", [workflow, path.name])
+    # the front-end checks a loaded workflow against its schema and reports a mismatch in an alert, not
+    # in the console
+    assert "Invalid workflow" not in page.locator("body").inner_text(), f"{path.name} fails the front-end's schema"
     page.screenshot(path=shots / f"{path.stem}.png")
     assert result["missing"] == [] and result["broken"] == [], result
     assert result["nodes"] == len(workflow["nodes"])

@@ -148,6 +148,14 @@ WORKFLOWS = {
 }
 
 
+def without_none(value):
+    if isinstance(value, dict):
+        return {k: without_none(v) for k, v in value.items() if v is not None or k == "link"}  # link: nullable
+    if isinstance(value, list):
+        return [without_none(v) for v in value]
+    return value
+
+
 def build(names: list[str]) -> None:
     from playwright.sync_api import sync_playwright
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -196,6 +204,9 @@ def build(names: list[str]) -> None:
                         app.canvas.setDirty(true, true); app.canvas.draw(true, true);
                         return app.rootGraph.serialize();
                     }""", [spec["prompt"], spec["note"], LAYOUT])
+                    # fields the front-end left undefined come back as None: written as null, its own schema
+                    # check rejects them on load ("Invalid workflow against zod schema"), so they go
+                    graph = without_none(graph)
                     (OUT / f"{name}.json").write_text(json.dumps(graph, indent=2) + "\n", encoding="utf-8")
                     # the canvas bitmap itself: the graph without the app's menus and panels on top
                     data = page.evaluate("app.canvas.canvas.toDataURL('image/png')")
