@@ -9,7 +9,8 @@ import sys
 
 import torch
 
-from .formats import WeightsFormatError, load_official_folder, save_single_file
+from .convert_cli import run_converter
+from .formats import load_official_folder, save_single_file
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -30,16 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", help="output .safetensors file")
     parser.add_argument("--dtype", choices=["keep", *_DTYPES], default="keep",
                         help="tensor dtype in the output (default: as in the release)")
-    args = parser.parse_args(argv)
-    if not args.out.endswith(".safetensors"):
-        parser.error("OUT must end in .safetensors")
-    try:
-        convert(args.src_dir, args.out, args.dtype)
-    except WeightsFormatError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {args.out}")
-    return 0
+    return run_converter(parser, argv, lambda a: convert(a.src_dir, a.out, a.dtype))
 
 
 if __name__ == "__main__":

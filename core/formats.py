@@ -15,6 +15,7 @@ import json
 import math
 import os
 import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -144,20 +145,30 @@ class _Header:
     projector_only: bool
 
 
-def _parse_header(raw: str, name: str) -> _Header:
-    """Our JSON header, checked field by field: a damaged header names the field, never a Python internal."""
-    def bad(what: str) -> WeightsFormatError:
-        return WeightsFormatError(f"{name}: the '{METADATA_KEY}' header {what}; the file was edited or is "
-                                  f"damaged: export or convert it again")
+def header_error(name: str, what: str) -> WeightsFormatError:
+    return WeightsFormatError(f"{name}: the '{METADATA_KEY}' header {what}; the file was edited or is "
+                              f"damaged: export or convert it again")
+
+
+def read_header(raw: str, name: str, format_name: str, what: str) -> dict:
+    """Our JSON header as a dict, of the expected format (``what`` names it in the error for another)."""
     try:
         info = json.loads(raw)
     except json.JSONDecodeError as e:
-        raise bad(f"is not valid JSON ({e.msg} at character {e.pos})") from None
+        raise header_error(name, f"is not valid JSON ({e.msg} at character {e.pos})") from None
     if not isinstance(info, dict):
-        raise bad(f"is a JSON {type(info).__name__}, expected an object")
-    if info.get("format") != FORMAT_NAME:
-        raise WeightsFormatError(f"{name} is a '{info.get('format')}' file, not '{FORMAT_NAME}'; load it with "
+        raise header_error(name, f"is a JSON {type(info).__name__}, expected an object")
+    if info.get("format") != format_name:
+        raise WeightsFormatError(f"{name} is a '{info.get('format')}' file, not {what}; load it with "
                                  f"the node made for that format")
+    return info
+
+
+def _parse_header(raw: str, name: str) -> _Header:
+    """Our JSON header, checked field by field: a damaged header names the field, never a Python internal."""
+    def bad(what: str) -> WeightsFormatError:
+        return header_error(name, what)
+    info = read_header(raw, name, FORMAT_NAME, f"'{FORMAT_NAME}'")
     projector = info.get("projector")
     if not isinstance(projector, dict):
         raise bad(f"has projector = {projector!r}, expected an object of integer sizes")
@@ -181,9 +192,11 @@ def _parse_header(raw: str, name: str) -> _Header:
     return _Header(config, None if alpha is None else float(alpha), projector_only)
 
 
-def _load_pth_tensors(path: Path) -> dict[str, torch.Tensor]:
+def _load_pth_tensors(path: Path, what: str = "the strength projector's state dict",
+                      resave: str = "torch.save(projector.state_dict())") -> dict[str, torch.Tensor]:
+    """A ``.pth`` / ``.pt`` tensor dict, read with ``weights_only=True`` only: a pickle that would run code is refused."""
     if path.stat().st_size == 0:
-        raise WeightsFormatError(f"{path.name} is empty (0 bytes); expected the strength projector's state dict. "
+        raise WeightsFormatError(f"{path.name} is empty (0 bytes); expected {what}. "
                                  f"The download or copy was interrupted: download it again")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -192,16 +205,15 @@ def _load_pth_tensors(path: Path) -> dict[str, torch.Tensor]:
         if unsafe:
             raise WeightsFormatError(
                 f"{path.name} was refused: it is not a plain tensor state dict, loading it would run pickled "
-                f"code ({unsafe[0]}). Re-save the projector with torch.save(projector.state_dict()) or use a "
-                f".safetensors file.") from None
-        raise WeightsFormatError(f"{path.name} is not a readable PyTorch file (unpickling failed); expected the "
-                                 f"strength projector's state dict: download it again") from None
+                f"code ({unsafe[0]}). Re-save it with {resave} or use a .safetensors file.") from None
+        raise WeightsFormatError(f"{path.name} is not a readable PyTorch file (unpickling failed); expected "
+                                 f"{what}: download it again") from None
     except Exception as e:  # truncated zip, random bytes, ...
         raise WeightsFormatError(f"{path.name} is not a readable PyTorch file ({type(e).__name__}: {e}); expected "
-                                 f"the strength projector's state dict: download it again") from None
+                                 f"{what}: download it again") from None
     if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
         raise WeightsFormatError(f"{path.name} must hold a dict of tensors (a state dict), found {type(obj).__name__}; "
-                                 f"re-save it with torch.save(projector.state_dict())")
+                                 f"re-save it with {resave}")
     return dict(obj)
 
 
@@ -295,30 +307,38 @@ def _alpha_from_peft_metadata(meta: dict[str, str], name: str) -> float | None:
     return None if alpha is None else float(alpha)
 
 
-def _check_lora(lora: dict[str, torch.Tensor], name: str) -> None:
-    """Every module needs its A [r, in] and B [out, r] pair, all with one rank."""
-    modules = {}
-    for k, v in lora.items():
-        for part in ("lora_A", "lora_B"):
-            suffix = f".{part}.weight"
-            if k.endswith(suffix):
-                modules.setdefault(k[: -len(suffix)], {})[part] = v
-                break
-        else:
-            raise WeightsFormatError(f"{name}: unexpected tensor '{k}' (expected diffusers LoRA keys "
-                                     f"'transformer.<module>.lora_A.weight' / '.lora_B.weight')")
-    ranks = set()
-    for module, parts in modules.items():
-        if set(parts) != {"lora_A", "lora_B"}:
+def lora_modules(tensors: dict[str, torch.Tensor], name: str,
+                 prefix: str = "transformer.") -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """``<prefix><module>.lora_A.weight`` / ``.lora_B.weight`` -> {module: (A [r, in], B [out, r])}, checked:
+    every module has both halves, shapes chain, one rank for all, floating point."""
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        m = re.match(rf"^{re.escape(prefix)}(?P<module>.+)\.(?P<half>lora_[AB])\.weight$", key)
+        if m is None:
+            raise WeightsFormatError(f"{name}: unexpected tensor '{key}' (expected LoRA keys "
+                                     f"'{prefix}<module>.lora_A.weight' / '.lora_B.weight')")
+        parts.setdefault(m["module"], {})[m["half"]] = value
+    modules, ranks = {}, set()
+    for module, pair in sorted(parts.items()):
+        if set(pair) != {"lora_A", "lora_B"}:
             raise WeightsFormatError(f"{name}: LoRA module {module} lacks its "
-                                     f"{'lora_B' if 'lora_A' in parts else 'lora_A'} tensor")
-        a, b = parts["lora_A"], parts["lora_B"]
+                                     f"{'lora_B' if 'lora_A' in pair else 'lora_A'} tensor")
+        a, b = pair["lora_A"], pair["lora_B"]
         if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
             raise WeightsFormatError(f"{name}: LoRA module {module} has mismatched shapes "
                                      f"A {tuple(a.shape)} / B {tuple(b.shape)}")
-        ranks.add(a.shape[0])
+        if not a.is_floating_point() or not b.is_floating_point():
+            raise WeightsFormatError(f"{name}: LoRA module {module} is not floating point ({a.dtype})")
+        ranks.add(int(a.shape[0]))
+        modules[module] = (a, b)
     if len(ranks) > 1:
         raise WeightsFormatError(f"{name}: LoRA modules have different ranks {sorted(ranks)}")
+    return modules
+
+
+def _check_lora(lora: dict[str, torch.Tensor], name: str) -> None:
+    """Every module needs its A [r, in] and B [out, r] pair, all with one rank."""
+    lora_modules(lora, name, "")
 
 
 # ---------------------------------------------------------------- writing
