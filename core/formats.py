@@ -217,6 +217,18 @@ def _load_pth_tensors(path: Path, what: str = "the strength projector's state di
     return dict(obj)
 
 
+def header_format(path: Path) -> str | None:
+    """The ``format`` named in a .safetensors file's Kontext Sliders header (reads the header only), else None."""
+    if path.suffix != ".safetensors":
+        return None
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            info = json.loads((f.metadata() or {}).get(METADATA_KEY, "{}"))
+    except Exception:  # unreadable: listed, and the loader explains
+        return None
+    return info.get("format") if isinstance(info, dict) else None
+
+
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     if path.stat().st_size == 0:
         raise WeightsFormatError(f"{path.name} is empty (0 bytes); expected a safetensors file. The download or "

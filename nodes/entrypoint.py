@@ -7,13 +7,15 @@ from .instruction_encode import KontextMultiInstructionEncode
 from .knob_nodes import KontextInstructionGuidance, KontextInstructionSliders, KontextModulationStrength
 from .kontinuous_nodes import KontinuousKontextApply, KontinuousKontextLoader
 from .model_folder import register_model_folder
+from .slideredit_nodes import SliderEditApply, SliderEditLoader
 from .sweep_nodes import KontextStrengthSweep
 from .sweep_output import KontextSaveSweep, KontextSweepPreview
 from .sweep_sampler import KontextSweepSampler
 
 NODES: list[type[io.ComfyNode]] = [KontinuousKontextLoader, KontinuousKontextApply, KontextMultiInstructionEncode,
                                    KontextModulationStrength, KontextInstructionSliders, KontextInstructionGuidance,
-                                   KontextStrengthSweep, KontextSweepSampler, KontextSweepPreview, KontextSaveSweep]
+                                   SliderEditLoader, SliderEditApply, KontextStrengthSweep, KontextSweepSampler,
+                                   KontextSweepPreview, KontextSaveSweep]
 
 
 class KontextSlidersExtension(ComfyExtension):

@@ -28,6 +28,16 @@ def items_for_chunk(values: tuple, chunk: int, what: str) -> tuple:
     return values
 
 
+def _rows_varying(knob, values: Sequence[float], instruction_index: int, what: str) -> tuple[tuple[float, ...], ...]:
+    """One row per sweep value: the knob's first row with line ``instruction_index`` set to the value."""
+    if not 0 <= instruction_index < len(knob.lines):
+        raise ValueError(f"{knob.display}: the sweep's instruction_index {instruction_index + 1} is not {what}, "
+                         f"which has {len(knob.lines)} ({'; '.join(repr(line) for line in knob.lines)})")
+    values = _checked(values, knob.accepted, knob.display)
+    base = knob.rows[0]
+    return tuple(base[:instruction_index] + (v,) + base[instruction_index + 1:] for v in values)
+
+
 def _checked(values: Sequence[float], accepted: tuple[float, float], what: str) -> tuple[float, ...]:
     low, high = accepted
     for v in values:
@@ -103,14 +113,8 @@ class InstructionKnob:
         return all(s == 1.0 for row in self.rows for s in row)
 
     def swept(self, values: Sequence[float], instruction_index: int = 0) -> "InstructionKnob":
-        if not 0 <= instruction_index < len(self.lines):
-            raise ValueError(f"{self.display}: the sweep's instruction_index {instruction_index + 1} is not a line "
-                             f"of this prompt, which has {len(self.lines)} sub-instruction(s) "
-                             f"({'; '.join(repr(line) for line in self.lines)})")
-        values = _checked(values, self.accepted, self.display)
-        base = self.rows[0]
-        return dataclasses.replace(self, rows=tuple(base[:instruction_index] + (v,) + base[instruction_index + 1:]
-                                                    for v in values))
+        rows = _rows_varying(self, values, instruction_index, "a line of this prompt")
+        return dataclasses.replace(self, rows=rows)
 
     def describe(self, instruction_index: int = 0) -> str:
         line = self.lines[instruction_index] if 0 <= instruction_index < len(self.lines) else "?"
@@ -121,3 +125,44 @@ class InstructionKnob:
         if self.kind != "guidance":
             return 0
         return sum(1 for i in range(len(self.lines)) if any(row[i] != 1.0 for row in self.rows))
+
+
+@dataclass(frozen=True)
+class SliderEditKnob:
+    """A trained SliderEdit adapter (nodes/slideredit_nodes.py) and its strengths.
+
+    STLoRA: ``rows`` per item, one strength per sub-instruction of the prompt in ``entries``; the
+    update reaches only those tokens. GSTLoRA: one strength per item, every token of every row. A
+    single GSTLoRA strength goes into the weights through ComfyUI's weight patches (``merged`` is that
+    alpha), so only a sweep's per-item differences from it run in the forward.
+    """
+    loras: tuple  # core.slideredit.FusedLoRA, on this model's BFL Linears
+    variant: str  # "stlora" | "gstlora"
+    entries: tuple  # InstructionConditioning of the prompt (STLoRA); () for a GSTLoRA
+    rows: tuple[tuple[float, ...], ...]
+    merged: float = 0.0
+    accepted: tuple[float, float] = (-1.0, 3.0)
+    name: str = ""
+    display: str = "SliderEdit Apply"
+
+    @property
+    def lines(self) -> tuple[str, ...]:
+        return self.entries[0].spans.lines if self.entries else ("(the whole prompt)",)
+
+    def alphas(self, row: tuple[float, ...]) -> tuple[float, ...]:
+        """The adapter's factor per sub-instruction (STLoRA) or for all tokens less the merged part (GSTLoRA)."""
+        return tuple((1.0 - s) - self.merged for s in row)
+
+    @property
+    def is_neutral(self) -> bool:
+        return all(a == 0.0 for row in self.rows for a in self.alphas(row))
+
+    def swept(self, values: Sequence[float], instruction_index: int = 0) -> "SliderEditKnob":
+        if self.variant == "gstlora":
+            instruction_index = 0  # one slider for the whole prompt, whichever line the sweep names
+        rows = _rows_varying(self, values, instruction_index, f"a slider of this {self.variant.upper()}")
+        return dataclasses.replace(self, rows=rows)
+
+    def describe(self, instruction_index: int = 0) -> str:
+        line = self.lines[instruction_index] if 0 <= instruction_index < len(self.lines) else "?"
+        return f"{self.display} ({self.variant.upper()}), slider {instruction_index + 1} ({line!r})"

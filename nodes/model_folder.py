@@ -6,10 +6,16 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import folder_paths
 
-from ..core.formats import OFFICIAL_LORA, OFFICIAL_PROJECTOR, WeightsFormatError
+from ..core.formats import OFFICIAL_LORA, OFFICIAL_PROJECTOR, WeightsFormatError, header_format
+from ..core.slideredit import AUTHORS_STLORA, AUTHORS_STLORA_SAFETENSORS
 
 FOLDER_NAME = "kontext_sliders"
-_EXTENSIONS = {".safetensors", ".pth"}
+_EXTENSIONS = {".safetensors", ".pth", ".pt"}
+# per loader: (files that make their folder one entry, other file suffixes listed, header formats not listed)
+_KINDS = {
+    "kontinuous": ((OFFICIAL_PROJECTOR,), (OFFICIAL_LORA,), (".safetensors",), ("slideredit",)),
+    "slideredit": ((AUTHORS_STLORA, AUTHORS_STLORA_SAFETENSORS), (), (".safetensors", ".pt"), ("kontinuous-kontext",)),
+}
 
 
 def register_model_folder() -> None:
@@ -30,13 +36,16 @@ def _inside(path: Path, roots: list[Path]) -> bool:
     return any(path.is_relative_to(root) for root in roots)
 
 
-def list_weight_entries() -> list[str]:
-    """Single ``.safetensors`` files and official release folders, relative to the model folders.
+def list_weight_entries(kind: str = "kontinuous") -> list[str]:
+    """Weight files and release folders for one loader, relative to the model folders.
 
-    Folders are listed with a trailing ``/``; the files inside an official folder are not listed
-    on their own (its LoRA alone is not a Kontinuous weight set). Symlinks are followed while they stay
-    inside a registered folder (the loader would refuse anything else).
+    Kontinuous: ``.safetensors`` files and official release folders; SliderEdit: ``.safetensors`` / ``.pt``
+    files and folders holding the authors' ``selective_lora.pt``. Folders are listed with a trailing ``/``;
+    the files inside such a folder are not listed on their own. A file whose header names the other
+    loader's format is left out. Symlinks are followed while they stay inside a registered folder (the
+    loader would refuse anything else).
     """
+    folder_markers, folder_companions, suffixes, other_formats = _KINDS[kind]
     roots = _allowed_roots()
     entries: set[str] = set()
     for base in folder_paths.get_folder_paths(FOLDER_NAME):
@@ -51,11 +60,13 @@ def list_weight_entries() -> list[str]:
             seen.add(real)
             dirs.sort()
             rel = os.path.relpath(root, base).replace(os.sep, "/")
-            if OFFICIAL_PROJECTOR in files:
+            if any(marker in files for marker in folder_markers):
                 entries.add("./" if rel == "." else rel + "/")
-                files = [f for f in files if f not in (OFFICIAL_PROJECTOR, OFFICIAL_LORA)]
+                files = [f for f in files if f not in folder_markers + folder_companions]
             for f in files:
-                if f.endswith(".safetensors") and _inside(Path(root, f).resolve(), roots):
+                path = Path(root, f)
+                if (f.endswith(suffixes) and _inside(path.resolve(), roots)
+                        and header_format(path) not in other_formats):
                     entries.add(f if rel == "." else f"{rel}/{f}")
     return sorted(entries)
 

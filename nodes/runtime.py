@@ -31,7 +31,8 @@ import torch
 from ..core.instructions import combine_instruction_guidance, lerp_toward_pad, toward_pad_plan
 from ..core.offsets import offsets_for_rows
 from ..core.projector import split_offsets
-from .knobs import InstructionKnob, KontinuousKnob, ModulationKnob, items_for_chunk
+from ..core.slideredit import add_lora_delta, stlora_token_scales
+from .knobs import InstructionKnob, KontinuousKnob, ModulationKnob, SliderEditKnob, items_for_chunk
 
 ATTACHMENT_KEY = "kontext_sliders.runtime"
 WRAPPER_KEY = "kontext_sliders.runtime"
@@ -47,14 +48,17 @@ class CallSlot:
         self.multipliers: dict | None = None  # double block -> (attention [B] | None, mlp [B] | None) fp32
         self.pad_index: torch.Tensor | None = None  # [B, L] long: the position each token moves toward
         self.pad_weight: torch.Tensor | None = None  # [B, L, 1] fp32: 1 = untouched
+        # SliderEdit knob -> its LoRA factor per text token [B, L] (STLoRA) or per row [B, 1] (GSTLoRA), fp32
+        self.lora_scales: dict | None = None
         self._cast: dict = {}
 
-    def set(self, offsets=None, pad_index=None, pad_weight=None, multipliers=None):
+    def set(self, offsets=None, pad_index=None, pad_weight=None, multipliers=None, lora_scales=None):
         self.offsets, self.pad_index, self.pad_weight, self.multipliers = offsets, pad_index, pad_weight, multipliers
+        self.lora_scales = lora_scales
         self._cast = {}
 
     def state(self):
-        return self.offsets, self.pad_index, self.pad_weight, self.multipliers
+        return self.offsets, self.pad_index, self.pad_weight, self.multipliers, self.lora_scales
 
     def offset_terms(self, dtype: torch.dtype, device: torch.device):
         """(delta scale, delta shift) as [B, 1, H] in the modulation's dtype; cast once per call."""
@@ -71,6 +75,14 @@ class CallSlot:
             self._cast[key] = tuple(None if m is None else m.to(device=device, dtype=dtype).view(-1, 1, 1)
                                     for m in pair)
         return self._cast[key]
+
+    def lora_scale(self, key: int, dtype: torch.dtype, device: torch.device):
+        """SliderEdit knob ``key``'s factors as [B, L, 1] / [B, 1, 1], or None when it adds nothing this call."""
+        cache_key = ("lora", key, dtype, device)
+        if cache_key not in self._cast:
+            rows = self.lora_scales.get(key)
+            self._cast[cache_key] = None if rows is None else rows.to(device=device, dtype=dtype).unsqueeze(-1)
+        return self._cast[cache_key]
 
     def pad_plan(self, dtype: torch.dtype, device: torch.device):
         key = ("pad", dtype, device)
@@ -142,6 +154,29 @@ def single_block_patch(block: torch.nn.Module, slot: CallSlot):
     return single_forward
 
 
+def lora_linear_patch(module: torch.nn.Module, adapters: tuple, slot: CallSlot):
+    """Replacement for a Linear's ``forward``: the Linear as ComfyUI runs it (its own dtype casting,
+    offloading, fp8 / GGUF weights, weight patches), plus each SliderEdit update scaled per token or per
+    row. A token whose factor is 0 gets exactly the base output."""
+
+    def lora_forward(x, *args, **kwargs):
+        out = type(module).forward(module, x, *args, **kwargs)
+        if slot.lora_scales is None:
+            return out
+        for key, lora in adapters:
+            scale = slot.lora_scale(key, x.dtype, x.device)
+            if scale is None:
+                continue
+            if scale.shape[1] not in (1, x.shape[1]):
+                raise RuntimeError(f"SliderEdit: {lora.module} received {x.shape[1]} text tokens but the slider "
+                                   f"scales cover {scale.shape[1]}; another node changed the text sequence length")
+            a, b = lora.on(x.device, x.dtype)
+            out = add_lora_delta(out, x, a, b, lora.rows, scale)
+        return out
+
+    return lora_forward
+
+
 # ---------------------------------------------------------------- the runtime
 
 def take_rows(value, index: torch.Tensor, batch: int):
@@ -197,6 +232,10 @@ class PackRuntime:
     @property
     def guidance(self) -> tuple[InstructionKnob, ...]:
         return tuple(k for k in self._active(InstructionKnob) if k.kind == "guidance")
+
+    @property
+    def slideredit(self) -> tuple[SliderEditKnob, ...]:
+        return self._active(SliderEditKnob)
 
     def block_multipliers(self, index: int) -> tuple[float | None, float | None]:
         """(attention, mlp) multipliers of double block ``index`` for single-setting knobs; None where none scales."""
@@ -259,6 +298,56 @@ class PackRuntime:
                         "Encode output to the knob and (through ReferenceLatent / FluxGuidance) to the sampler.",
                         knob.display, "; ".join(knob.lines))
 
+    def _token_scales(self, spans, strengths: tuple[float, ...], length: int) -> torch.Tensor:
+        key = ("tokens", id(spans), strengths, length)  # once per (prompt, strengths), not every step
+        if key not in self._device_cache:
+            self._device_cache[key] = (spans, stlora_token_scales(spans.spans, strengths, length))
+        return self._device_cache[key][1]
+
+    def _lora_rows(self, context, cond_or_uncond: list[int], chunk: int) -> dict:
+        """SliderEdit knob index -> factors for the incoming batch: [B, L] per text token (STLoRA: the
+        positive rows of its prompt, 0 elsewhere) or [B, 1] per row (GSTLoRA: every chunk, latent j its own)."""
+        out = {}
+        batch = chunk * len(cond_or_uncond)
+        for key, knob in enumerate(self.slideredit):
+            if knob.variant == "gstlora":
+                per_item = [knob.alphas(row)[0] for row in items_for_chunk(knob.rows, chunk, knob.display)]
+                out[key] = torch.tensor(per_item, dtype=torch.float32).repeat(len(cond_or_uncond)).unsqueeze(-1)
+                continue
+            if context is None:
+                continue
+            rows, matched = torch.zeros(batch, context.shape[1]), False
+            for j, tag in enumerate(cond_or_uncond):
+                if tag != 0:
+                    continue  # the adapter reaches the positive prompt's instruction tokens only
+                entry = self._matching_entry(knob, context[j * chunk:(j + 1) * chunk])
+                if entry is None:
+                    continue
+                matched = True
+                for r, strengths in enumerate(items_for_chunk(knob.rows, chunk, knob.display)):
+                    rows[j * chunk + r] = self._token_scales(entry.spans, strengths, context.shape[1])
+            if 0 in cond_or_uncond and not matched:
+                self._warn_unmatched(knob)
+            if rows.any():
+                out[key] = rows
+        return out
+
+    @staticmethod
+    def _group_lora_rows(lora_rows: dict, jobs, chunk: int, length: int) -> dict:
+        """The factors of a regrouped forward: a job on another prompt (leave-one-out) gets no token factors;
+        a job whose text grew (one pad appended) keeps its tokens' factors, the new positions 0."""
+        out = {}
+        for key, rows in lora_rows.items():
+            parts = []
+            for job in jobs:
+                mine = rows[job.source * chunk:(job.source + 1) * chunk]
+                if rows.shape[1] > 1:  # per token
+                    mine = torch.zeros(chunk, length) if job.pooled is not None else torch.nn.functional.pad(
+                        mine, (0, length - mine.shape[1]))
+                parts.append(mine)
+            out[key] = torch.cat(parts)
+        return out
+
     def _toward_pad_plan(self, spans, strengths: tuple[float, ...]):
         key = ("plan", id(spans), strengths)  # built once per (prompt, strengths), not every step
         if key not in self._device_cache:
@@ -318,15 +407,18 @@ class PackRuntime:
         multipliers = self._multiplier_rows(cond_or_uncond, chunk, x.device) if self.multipliers else None
         jobs, extra, guided = self._plan_jobs(context, cond_or_uncond, chunk) if (
             self.sliders or self.guidance) else ([], [], {})
+        lora_rows = self._lora_rows(context, cond_or_uncond, chunk) if self.slideredit else {}
         if (self.sliders or self.guidance) and len(args) < 5:
             raise RuntimeError("unexpected apply_model call layout: the per-instruction knobs need the text "
                                "sequence and transformer_options as positional arguments")
         previous = self.slot.state()
         try:
             if not extra and not any(job.pad_plan for job in jobs):
-                self.slot.set(offsets, multipliers=multipliers)  # the common case: one forward on the batch as it came
+                # the common case: one forward on the batch as it came
+                self.slot.set(offsets, multipliers=multipliers, lora_scales=lora_rows or None)
                 return executor(x, *args, **kwargs)
-            self._run_jobs(executor, jobs + extra, chunk, offsets, multipliers, x, args, kwargs, transformer_options)
+            self._run_jobs(executor, jobs + extra, chunk, offsets, multipliers, lora_rows, x, args, kwargs,
+                           transformer_options)
         finally:
             self.slot.set(*previous)
         outputs = []
@@ -336,7 +428,7 @@ class PackRuntime:
                                                         [s for s, _ in pairs]))
         return torch.cat(outputs, dim=0)
 
-    def _run_jobs(self, executor, jobs, chunk, offsets, multipliers, x, args, kwargs, transformer_options):
+    def _run_jobs(self, executor, jobs, chunk, offsets, multipliers, lora_rows, x, args, kwargs, transformer_options):
         """Forwards grouped by text length (one forward when every job's text has the same length)."""
         batch = x.shape[0]
         context = args[2]
@@ -378,8 +470,9 @@ class PackRuntime:
             g_multipliers = None if multipliers is None else {
                 block: tuple(None if m is None else m.index_select(0, rows.to(m.device)) for m in pair)
                 for block, pair in multipliers.items()}
+            g_lora = self._group_lora_rows(lora_rows, group, chunk, g_context.shape[1]) if lora_rows else None
             self.slot.set(None if offsets is None else offsets.index_select(0, rows.to(offsets.device)),
-                          pad_index, pad_weight, g_multipliers)
+                          pad_index, pad_weight, g_multipliers, g_lora)
             out = executor(g_x, *g_args, **g_kwargs)
             for k, job in enumerate(group):
                 job.output = out[k * chunk:(k + 1) * chunk]
@@ -433,7 +526,8 @@ def patched_clone(patcher, **changes):
     for key in [k for k, v in model.object_patches.items() if getattr(v, "__module__", None) == __name__]:
         del model.object_patches[key]  # the clone's dict: an earlier runtime's patches go (others' stay)
     model.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY)
-    if not (runtime.offset_sources or runtime.multipliers or runtime.sliders or runtime.guidance):
+    if not (runtime.offset_sources or runtime.multipliers or runtime.sliders or runtime.guidance
+            or runtime.slideredit):
         return model
     if runtime.offset_sources or runtime.multipliers:
         for i, block in enumerate(blocks):
@@ -444,6 +538,13 @@ def patched_clone(patcher, **changes):
             model.add_object_patch(f"{prefix}.double_blocks.{i}.forward", double_block_patch(block, runtime.slot))
         for i, block in enumerate(patcher.get_model_object(prefix).single_blocks):
             model.add_object_patch(f"{prefix}.single_blocks.{i}.forward", single_block_patch(block, runtime.slot))
+    adapters: dict[str, list] = {}
+    for key, knob in enumerate(runtime.slideredit):
+        for lora in knob.loras:
+            adapters.setdefault(lora.module, []).append((key, lora))
+    for path, entries in adapters.items():
+        model.add_object_patch(f"{prefix}.{path}.forward", lora_linear_patch(
+            patcher.get_model_object(f"{prefix}.{path}"), tuple(entries), runtime.slot))
     extra_rows = sum(knob.extra_rows() for knob in runtime.guidance)
     if extra_rows:
         model.add_object_patch("memory_required", memory_with_extra_rows(patcher.model, 1 + extra_rows))
@@ -454,9 +555,10 @@ def patched_clone(patcher, **changes):
 # ---------------------------------------------------------------- the sweep protocol
 
 KNOB_CHOICES = {"last": None, "Kontinuous Kontext Apply": KontinuousKnob, "Kontext Modulation Strength": ModulationKnob,
-                "Kontext Instruction Sliders": "sliders", "Kontext Instruction Guidance": "guidance"}
+                "Kontext Instruction Sliders": "sliders", "Kontext Instruction Guidance": "guidance",
+                "SliderEdit Apply": SliderEditKnob}
 SLIDER_NODES = ("Kontinuous Kontext Apply", "Kontext Modulation Strength", "Kontext Instruction Sliders",
-                "Kontext Instruction Guidance")
+                "Kontext Instruction Guidance", "SliderEdit Apply")
 
 
 def sweep_target(patcher, which: str = "last") -> int:

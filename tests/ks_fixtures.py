@@ -113,6 +113,40 @@ def tiny_lora_state(seed: int, rank: int = 4, hidden: int = HIDDEN) -> dict[str,
     return sd
 
 
+def slideredit_state(variant: str = "stlora", rank: int = 4, seed: int = 5, hidden: int = HIDDEN,
+                     std: float = 0.3) -> dict[str, torch.Tensor]:
+    """A SliderEdit adapter in the authors' layout (``<diffusers module path>.lora_A.weight`` / ``.lora_B.weight``)
+    on the tiny model: STLoRA on the six text-stream suffixes of the double blocks, GSTLoRA on the 12 usual
+    suffixes (``attn.to_q/k/v`` also in the single blocks)."""
+    from collections import OrderedDict
+
+    from kontext_sliders.core.slideredit import GSTLORA_TARGETS, STLORA_TARGETS
+    g = torch.Generator().manual_seed(seed)
+    mlp = 4 * hidden
+    blocks = [(f"transformer_blocks.{i}", STLORA_TARGETS if variant == "stlora" else GSTLORA_TARGETS)
+              for i in range(DEPTH)]
+    if variant == "gstlora":
+        blocks += [(f"single_transformer_blocks.{i}", ("attn.to_q", "attn.to_k", "attn.to_v"))
+                   for i in range(DEPTH_SINGLE)]
+    sd = OrderedDict()
+    for block, suffixes in blocks:
+        for suffix in suffixes:
+            out, inp = ((mlp, hidden) if suffix.endswith("net.0.proj") else
+                        (hidden, mlp) if suffix.endswith("net.2") else (hidden, hidden))
+            sd[f"{block}.{suffix}.lora_A.weight"] = torch.randn(rank, inp, generator=g) * std
+            sd[f"{block}.{suffix}.lora_B.weight"] = torch.randn(out, rank, generator=g) * std
+    return sd
+
+
+def slideredit_weights(variant: str = "stlora", **kwargs):
+    """The same adapter as ``core.slideredit.SliderEditWeights`` (what the loader returns)."""
+    from kontext_sliders.core.slideredit import SliderEditWeights
+    sd = slideredit_state(variant, **kwargs)
+    modules = {k[:-len(".lora_A.weight")]: (v, sd[k.replace("lora_A", "lora_B")])
+               for k, v in sd.items() if k.endswith(".lora_A.weight")}
+    return SliderEditWeights(variant, modules, source=f"tiny-{variant}")
+
+
 # ---------------------------------------------------------------- ComfyUI tiny Flux
 
 def comfy_unet_config(hidden: int = HIDDEN, pooled_dim: int = POOLED_DIM) -> dict:
@@ -212,6 +246,28 @@ def comfy_predict(patcher, positive, x: torch.Tensor, sigma: float, negative=Non
     guider.sample(zeros, zeros, comfy.samplers.KSAMPLER(sampler_fn), sigmas, seed=0, disable_pbar=True)
     velocity = lambda d: None if d is None else (x - d) / sigma  # noqa: E731
     return velocity(out["denoised"]), {k: velocity(v) for k, v in rows.items()}
+
+
+def instruction_env(prompt: str) -> dict:
+    """The tiny Flux + tiny FLUX CLIP with ``prompt`` encoded by KontextMultiInstructionEncode and made an
+    edit (ReferenceLatent + FluxGuidance values); ``edit`` does the same to any conditioning."""
+    import_comfyui()
+    import node_helpers
+
+    from kontext_sliders.nodes.instruction_encode import encode_instructions
+    clip = tiny_flux_clip(seed=3)
+    bfl_sd = tiny_bfl_state_dict(seed=0, pooled_dim=TINY_CLIP_L_POOLED)
+    patcher = comfy_patcher(bfl_sd)
+    g = torch.Generator().manual_seed(1)
+    reference = torch.randn(1, 16, 8, 8, generator=g)
+
+    def edit(conditioning):
+        return node_helpers.conditioning_set_values(conditioning, {
+            "reference_latents": [process_latent_out(patcher, reference)], "guidance": 3.5})
+
+    conditioning = encode_instructions(clip, prompt)
+    return dict(clip=clip, bfl_sd=bfl_sd, patcher=patcher, conditioning=conditioning, edit=edit,
+                positive=edit(conditioning), x=torch.randn(2, 16, 8, 8, generator=g))
 
 
 # ---------------------------------------------------------------- diffusers tiny Flux

@@ -38,6 +38,10 @@ def comfy_graph(tmp_path_factory):
     weights = F.tiny_projector_weights(seed=2)
     save_single_file(weights, models / "tiny.safetensors")
     save_official_folder(weights, models / "release")
+    from kontext_sliders.core.slideredit import save_slideredit
+    save_slideredit(F.slideredit_weights("stlora"), models / "stlora.safetensors")
+    (models / "authors").mkdir()
+    torch.save(F.slideredit_state("stlora"), models / "authors" / "selective_lora.pt")
     for module in (F.PACK_DIR, TEST_NODES):  # ComfyUI's own custom-node loader
         assert asyncio.run(nodes.load_custom_node(str(module))), f"ComfyUI could not load {module}"
     for extra in ("nodes_edit_model.py", "nodes_flux.py"):  # ReferenceLatent, FluxGuidance (built-in extras)
@@ -47,14 +51,14 @@ def comfy_graph(tmp_path_factory):
     return nodes, weights
 
 
-def run_prompt(prompt):
+def run_prompt(prompt, extra_data=None):
     import execution
     valid, error, outputs, node_errors = asyncio.run(execution.validate_prompt("test", prompt, None))
     if not valid:
         return False, (error, node_errors)
     server = _Server()
     executor = execution.PromptExecutor(server, cache_type=execution.CacheType.CLASSIC, cache_args={"lru": 0, "ram": 0})
-    executor.execute(prompt, "test", {}, outputs)
+    executor.execute(prompt, "test", extra_data or {}, outputs)
     return executor.success, server.messages
 
 
@@ -173,22 +177,26 @@ def knob_graph(knob):
     }
 
 
-@pytest.mark.parametrize("knob", list(KNOBS))
-def test_knob_graph_executes_and_matches_the_python_path(comfy_graph, knob):
-    nodes, _ = comfy_graph
+def knob_graph_inputs(nodes):
+    """What knob_graph's nodes 1-6 make, by hand: (model, latent, conditioning)."""
     from comfy_extras.nodes_edit_model import ReferenceLatent
     from comfy_extras.nodes_flux import FluxGuidance
 
-    from kontext_sliders.nodes import knob_nodes
     from kontext_sliders.nodes.instruction_encode import encode_instructions
-    ok, messages = run_prompt(knob_graph(knob))
-    assert ok, messages
-    out = captured()
-
     model = F.comfy_patcher(F.tiny_bfl_state_dict(0, pooled_dim=F.TINY_CLIP_L_POOLED))
     latent = nodes.NODE_CLASS_MAPPINGS["KSTestLatent"]().build(1, 2)[0]
     cond = encode_instructions(F.tiny_flux_clip(3), INSTRUCTIONS)
-    cond = FluxGuidance.execute(ReferenceLatent.execute(cond, latent)[0], 2.5)[0]
+    return model, latent, FluxGuidance.execute(ReferenceLatent.execute(cond, latent)[0], 2.5)[0]
+
+
+@pytest.mark.parametrize("knob", list(KNOBS))
+def test_knob_graph_executes_and_matches_the_python_path(comfy_graph, knob):
+    nodes, _ = comfy_graph
+    from kontext_sliders.nodes import knob_nodes
+    ok, messages = run_prompt(knob_graph(knob))
+    assert ok, messages
+    out = captured()
+    model, latent, cond = knob_graph_inputs(nodes)
     settings = {k: v for k, v in KNOBS[knob].items() if k != "conditioning"}
     if knob == "KontextModulationStrength":
         patched = knob_nodes.modulation_scaled_model(model, **settings)
@@ -230,5 +238,56 @@ def test_sweep_of_nine_values_encodes_text_once_and_matches_single_runs(comfy_gr
         single = knob_graph("KontextInstructionSliders")
         single["4"]["inputs"]["batch"] = 1
         single["7"]["inputs"]["strengths"] = f"0.2, {value}"
+        assert run_prompt(single)[0]
+        assert torch.allclose(frames[k], captured()["knob"][0], atol=2e-5)
+
+
+# ---------------------------------------------------------------- SliderEdit in a real graph
+
+def slideredit_graph(weights_entry="stlora.safetensors", strengths="0.2, 1.5"):
+    graph = knob_graph("KontextInstructionSliders")
+    graph["12"] = {"class_type": "SliderEditLoader", "inputs": {"weights": weights_entry}}
+    graph["7"] = {"class_type": "SliderEditApply", "inputs": {"model": ["1", 0], "slideredit_weights": ["12", 0],
+                                                              "conditioning": ["6", 0], "strengths": strengths}}
+    return graph
+
+
+def test_slideredit_loader_apply_sampler_in_one_prompt(comfy_graph):
+    nodes, _ = comfy_graph
+    from kontext_sliders.nodes.slideredit_nodes import LoadedSliderEdit, slideredit_model
+    options = nodes.NODE_CLASS_MAPPINGS["SliderEditLoader"].INPUT_TYPES()["required"]["weights"][1]["options"]
+    assert "stlora.safetensors" in options and "authors/" in options
+    assert "tiny.safetensors" not in options  # a Kontinuous file is for the other loader
+    ok, messages = run_prompt(slideredit_graph())
+    assert ok, messages
+    out = captured()
+    model, latent, cond = knob_graph_inputs(nodes)
+    patched = slideredit_model(model, LoadedSliderEdit(F.slideredit_weights("stlora"), "t"), cond, "0.2, 1.5")
+    expected = nodes.common_ksampler(patched, 7, 2, 1.0, "euler", "simple", cond, cond, latent)[0]["samples"]
+    assert torch.equal(out["knob"], expected)
+    assert (out["knob"] - out["plain"]).abs().max() > 1e-3
+    assert run_prompt(slideredit_graph("authors/"))[0]  # the authors' pickle, loaded with weights_only
+    assert torch.equal(captured()["knob"], expected)
+    ok, messages = run_prompt(slideredit_graph(strengths="0.2"), {"client_id": "test"})  # a client: errors sent
+    error = next(data for event, data in messages if event == "execution_error")
+    assert not ok and "1 value(s) given but the prompt has 2 sub-instruction(s)" in error["exception_message"]
+
+
+def test_slideredit_sweep_of_one_sub_instruction_through_the_sweep_sampler(comfy_graph):
+    graph = slideredit_graph()
+    graph["4"]["inputs"]["batch"] = 1
+    graph["13"] = {"class_type": "KontextStrengthSweep",
+                   "inputs": {"start": 0.0, "end": 2.0, "count": 5, "spacing": "linear", "instruction_index": 2}}
+    graph["8"] = {"class_type": "KontextSweepSampler",
+                  "inputs": {"model": ["7", 0], "positive": ["6", 0], "negative": ["6", 0], "latent_image": ["4", 0],
+                             "sweep": ["13", 0], "seed": 7, "steps": 2, "cfg": 1.0, "sampler_name": "euler",
+                             "scheduler": "simple", "denoise": 1.0, "max_batch": 0, "knob": "SliderEdit Apply"}}
+    ok, messages = run_prompt(graph)
+    assert ok, messages
+    frames = captured()["knob"]
+    assert frames.shape[0] == 5
+    for k, value in ((0, 0.0), (3, 1.5)):
+        single = slideredit_graph(strengths=f"0.2, {value}")
+        single["4"]["inputs"]["batch"] = 1
         assert run_prompt(single)[0]
         assert torch.allclose(frames[k], captured()["knob"][0], atol=2e-5)

@@ -13,27 +13,13 @@ PROMPT = "make the sky stormy\nturn the car red\nadd snow on the roof"
 
 @pytest.fixture(scope="module")
 def env():
-    F.import_comfyui()
-    import node_helpers
+    env = F.instruction_env(PROMPT)
+    import nodes
 
     from kontext_sliders.core.instructions import leave_one_out_prompts
-    from kontext_sliders.nodes.instruction_encode import encode_instructions
-    clip = F.tiny_flux_clip(seed=3)
-    bfl_sd = F.tiny_bfl_state_dict(seed=0, pooled_dim=F.TINY_CLIP_L_POOLED)
-    patcher = F.comfy_patcher(bfl_sd)
-    g = torch.Generator().manual_seed(1)
-    reference = torch.randn(1, 16, 8, 8, generator=g)
-
-    def edit(conditioning):
-        return node_helpers.conditioning_set_values(conditioning, {
-            "reference_latents": [F.process_latent_out(patcher, reference)], "guidance": 3.5})
-
-    import nodes
-    conditioning = encode_instructions(clip, PROMPT)
-    lines = PROMPT.split("\n")
-    without = [edit(nodes.CLIPTextEncode().encode(clip, p)[0]) for p in leave_one_out_prompts(lines)]
-    return dict(clip=clip, bfl_sd=bfl_sd, patcher=patcher, conditioning=conditioning, positive=edit(conditioning),
-                without=without, x=torch.randn(2, 16, 8, 8, generator=g))
+    env["without"] = [env["edit"](nodes.CLIPTextEncode().encode(env["clip"], p)[0])
+                      for p in leave_one_out_prompts(PROMPT.split("\n"))]
+    return env
 
 
 @torch.no_grad()

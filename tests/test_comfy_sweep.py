@@ -64,6 +64,10 @@ def knob_model(setup, kind, value, base=None):
                                         setup["conditioning"], [value], 0.0)
     if kind == "modulation":
         return modulation_scaled_model(base, value, 0, -1)
+    if kind in ("stlora", "gstlora"):
+        from kontext_sliders.nodes.slideredit_nodes import LoadedSliderEdit, slideredit_model
+        adapter = LoadedSliderEdit(F.slideredit_weights(kind), kind)
+        return slideredit_model(base, adapter, setup["conditioning"], f"1.5, {value}" if kind == "stlora" else f"{value}")
     make = instruction_sliders_model if kind == "sliders" else instruction_guidance_model
     return make(base, setup["conditioning"], f"1.5, {value}")  # line 2 varies, line 1 keeps 1.5
 
@@ -85,7 +89,7 @@ def sweep(setup, model, values, cfg=1.0, max_batch=0, spacing="linear", knob="la
 
 
 KNOB_VALUES = {"kontinuous": [0.0, 0.6, 1.2], "modulation": [0.0, 1.0, 2.5], "sliders": [0.0, 1.0, 2.0],
-               "guidance": [0.0, 1.0, 2.5]}
+               "guidance": [0.0, 1.0, 2.5], "stlora": [0.0, 1.0, 2.0], "gstlora": [0.0, 0.5, 2.0]}
 
 
 @pytest.mark.parametrize("cfg", [1.0, 2.0])

@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import json
 import os
-from collections import OrderedDict
-
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import ks_fixtures as F
 from kontext_sliders.core import slideredit as S
 from kontext_sliders.core.convert_slideredit import main as convert_main
 from kontext_sliders.core.formats import WeightsFormatError
@@ -17,29 +16,8 @@ HIDDEN, MLP, DOUBLE, SINGLE, CONTEXT = 32, 128, 3, 2, 32
 SIZES = S.FluxSizes(HIDDEN, MLP, DOUBLE, SINGLE, CONTEXT)
 
 
-def module_shapes(variant: str, hidden: int = HIDDEN) -> dict[str, tuple[int, int]]:
-    mlp = 4 * hidden
-    shapes = {}
-    for i in range(DOUBLE):
-        for suffix in (S.STLORA_TARGETS if variant == "stlora" else S.GSTLORA_TARGETS):
-            out, inp = (mlp, hidden) if suffix.endswith("net.0.proj") else (hidden, mlp) if suffix.endswith(
-                "net.2") else (hidden, hidden)
-            shapes[f"transformer_blocks.{i}.{suffix}"] = (out, inp)
-    if variant == "gstlora":
-        for i in range(SINGLE):
-            for suffix in ("attn.to_q", "attn.to_k", "attn.to_v"):
-                shapes[f"single_transformer_blocks.{i}.{suffix}"] = (hidden, hidden)
-    return shapes
-
-
-def authors_state(variant: str = "stlora", rank: int = 4, seed: int = 0, hidden: int = HIDDEN) -> OrderedDict:
-    """The authors' checkpoint layout: ``<diffusers module path>.lora_A.weight`` / ``.lora_B.weight``."""
-    g = torch.Generator().manual_seed(seed)
-    sd = OrderedDict()
-    for module, (out, inp) in module_shapes(variant, hidden).items():
-        sd[f"{module}.lora_A.weight"] = torch.randn(rank, inp, generator=g) * 0.2
-        sd[f"{module}.lora_B.weight"] = torch.randn(out, rank, generator=g) * 0.2
-    return sd
+def authors_state(variant: str = "stlora", rank: int = 4, seed: int = 0, hidden: int = HIDDEN):
+    return F.slideredit_state(variant, rank=rank, seed=seed, hidden=hidden, std=0.2)
 
 
 def test_authors_pt_loads_as_stlora(tmp_path):

@@ -99,6 +99,12 @@ def test_negative_mode_and_batch_layout_are_not_baked_in(setup, order):
                                            msg=lambda m: f"{strengths} {neg} latents={latents} cfg={cfg} {k}: {m}")
 
 
+def sweep_of(model, value):
+    """The one-item sweep form of a GSTLoRA (a single strength would go into the weights, not the graph)."""
+    from kontext_sliders.nodes.runtime import installed_runtime, swept_clone
+    return swept_clone(model, len(installed_runtime(model).knobs) - 1, [value])
+
+
 @pytest.fixture(scope="module")
 def knob_setup(setup):
     import node_helpers
@@ -113,13 +119,18 @@ def knob_setup(setup):
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("knob", ["sliders", "guidance", "modulation"])
+@pytest.mark.parametrize("knob", ["sliders", "guidance", "modulation", "stlora", "gstlora"])
 def test_instruction_knobs_under_torch_compile(knob_setup, knob):
     from kontext_sliders.nodes import knob_nodes
+    from kontext_sliders.nodes.slideredit_nodes import LoadedSliderEdit, slideredit_model
     s = knob_setup
+    stlora = LoadedSliderEdit(F.slideredit_weights("stlora"), "stlora")
+    gstlora = LoadedSliderEdit(F.slideredit_weights("gstlora"), "gstlora")
     make = {"sliders": lambda m, v: knob_nodes.instruction_sliders_model(m, s["conditioning"], f"{v}, 1"),
             "guidance": lambda m, v: knob_nodes.instruction_guidance_model(m, s["conditioning"], f"{v}, 1"),
-            "modulation": lambda m, v: knob_nodes.modulation_scaled_model(m, v, 0, -1)}[knob]
+            "modulation": lambda m, v: knob_nodes.modulation_scaled_model(m, v, 0, -1),
+            "stlora": lambda m, v: slideredit_model(m, stlora, s["conditioning"], f"{v}, 1"),
+            "gstlora": lambda m, v: sweep_of(slideredit_model(m, gstlora, s["conditioning"], "1"), v)}[knob]
     torch._dynamo.reset()
     base = compiled(s["patcher"])
     F.comfy_predict(make(base, 0.5), s["positive"], s["x"], SIGMA)
