@@ -138,6 +138,32 @@ def knob_variants(base, conditioning, spec: dict, seed: int) -> dict:
             "guidance": instruction_guidance_model(base, cond, "0.5, 1.5")}
 
 
+def slideredit_variant(base, conditioning, spec: dict, seed: int, rank: int = 16, lines: int = 3):
+    """SliderEdit Apply with a random STLoRA of ``rank`` on a prompt of ``lines`` sub-instructions (synthetic
+    spans over the first half of the text), every line at a strength other than 1."""
+    from kontext_sliders.core.instructions import InstructionSpans
+    from kontext_sliders.core.slideredit import STLORA_TARGETS, SliderEditWeights
+    from kontext_sliders.nodes.instruction_encode import METADATA_KEY, Deferred, InstructionConditioning
+    from kontext_sliders.nodes.slideredit_nodes import LoadedSliderEdit, slideredit_model
+    context, extra = conditioning[0]
+    n, h = spec["text"], spec["model"]["hidden_size"]
+    m = int(h * FLUX1["mlp_ratio"])
+    step = n // (2 * lines)
+    spans = InstructionSpans(tuple(f"line {i}" for i in range(lines)),
+                             tuple((i * step, (i + 1) * step) for i in range(lines)), pad_index=n // 2 + 1, length=n)
+    cond = [[context, dict(extra, **{METADATA_KEY: InstructionConditioning(spans, context, Deferred.ready(()))})]]
+    g = torch.Generator().manual_seed(seed)
+    modules = {}
+    for i in range(spec["model"]["depth"]):
+        for suffix in STLORA_TARGETS:
+            out_f, in_f = (m, h) if suffix.endswith("net.0.proj") else (h, m) if suffix.endswith("net.2") else (h, h)
+            modules[f"transformer_blocks.{i}.{suffix}"] = (torch.randn(rank, in_f, generator=g) * 0.01,
+                                                           torch.randn(out_f, rank, generator=g) * 0.01)
+    weights = SliderEditWeights("stlora", modules, source="bench")
+    strengths = ", ".join(["0.5", "1.5", "0"][i % 3] for i in range(lines))
+    return slideredit_model(base, LoadedSliderEdit(weights, "bench"), cond, strengths)
+
+
 def model_call(patcher, inp: dict):
     # Through model_base.apply_model, as a sampling step calls it: its APPLY_MODEL wrappers (where the
     # Kontinuous patch picks each row's offset) run there, outside the diffusion model.
@@ -156,6 +182,9 @@ def main():
     ap.add_argument("--knobs", action="store_true",
                     help="also time the training-free knobs: modulation x0.5, instruction sliders and "
                          "instruction guidance on a 2-instruction prompt (guidance: strengths 0.5, 1.5)")
+    ap.add_argument("--slideredit", action="store_true",
+                    help="also time SliderEdit Apply: a random STLoRA of rank 16 on a 3-instruction prompt "
+                         "(strengths 0.5, 1.5, 0)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="write the results to this file")
     a = ap.parse_args()
@@ -202,6 +231,8 @@ def main():
             print("--knobs ignored on meta: the instruction knobs compare text tensors, which meta tensors lack")
         elif a.knobs:
             variants.update(knob_variants(base, conditioning, spec, a.seed + 3))
+        if a.slideredit and device.type != "meta":
+            variants["slideredit"] = slideredit_variant(base, conditioning, spec, a.seed + 4)
         print(f"FLUX.1 Kontext transformer, {size} size: {n_params / 1e9:.3f} B params {spec['dtype']}, "
               f"{2 * (spec['latent'] // 2) ** 2} image + {spec['text']} text tokens, on {device}")
         print(f"kontinuous_patched_model (projector run, once per strength): {patch_ms:.1f} ms")

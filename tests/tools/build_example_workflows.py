@@ -128,6 +128,23 @@ WORKFLOWS = {
               "`instruction_index` (here 2: *turn the car red*) from 0 (suppressed) to 1.5 (exaggerated), the "
               "other lines keep their strengths.\n\n"
               "Change the lines, the strengths, and which line the sweep varies.\n\n" + MODELS)),
+    "slideredit_sliders_sweep": dict(
+        prompt={**base_edit(multi_encode("make the sky stormy\nturn the car red")),
+                "11": {"class_type": "SliderEditLoader", "inputs": {"weights": "slideredit_stlora.safetensors"}},
+                "12": {"class_type": "SliderEditApply",
+                       "inputs": {"model": ["1", 0], "slideredit_weights": ["11", 0], "conditioning": ["9", 0],
+                                  "strengths": "1, 0.5"}},
+                **sweep_tail("12", {"start": 0.0, "end": 1.5, "count": 7, "spacing": "linear",
+                                    "instruction_index": 1}, "slideredit_sweep")},
+        note=("## SliderEdit: one trained slider per sub-instruction\n\n"
+              "Write the edit one sub-instruction per line in **Kontext Multi-Instruction Encode**. **SliderEdit "
+              "Apply** holds one strength per line (`1, 0.5`: *turn the car red* at half strength): 1 = as written, "
+              "0 = suppressed, > 1 = exaggerated; the STLoRA acts only on that line's tokens. The sweep varies line "
+              "1 (*make the sky stormy*) from 0 to 1.5 while line 2 keeps 0.5; scrub it in **Kontext Sweep "
+              "Preview**.\n\n"
+              "Change the lines, the strengths (one per line, −1 … 3) and which line the sweep varies.\n\n"
+              + MODELS + "- `models/kontext_sliders/`: a SliderEdit adapter (our `.safetensors`, the authors' "
+              "`selective_lora.pt`, or a GSTLoRA `pytorch_lora_weights.safetensors`)\n")),
     "kontext_instruction_guidance": dict(
         prompt={**base_edit(multi_encode("make the sky stormy\nturn the car red\nadd snow on the roof")),
                 "12": {"class_type": "KontextInstructionGuidance",
