@@ -272,20 +272,20 @@ def instruction_env(prompt: str) -> dict:
 
 # ---------------------------------------------------------------- diffusers tiny Flux
 
-def diffusers_seeded(seed: int):
+def diffusers_seeded(seed: int, pooled_dim: int = POOLED_DIM):
     """diffusers' FluxTransformer2DModel at the tiny size with seeded random weights."""
     from diffusers import FluxTransformer2DModel
     model = FluxTransformer2DModel(patch_size=1, in_channels=4 * LATENT_CHANNELS, num_layers=DEPTH,
                                    num_single_layers=DEPTH_SINGLE, attention_head_dim=HIDDEN // HEADS,
                                    num_attention_heads=HEADS, joint_attention_dim=CONTEXT_DIM,
-                                   pooled_projection_dim=POOLED_DIM, guidance_embeds=True, axes_dims_rope=AXES)
+                                   pooled_projection_dim=pooled_dim, guidance_embeds=True, axes_dims_rope=AXES)
     return seeded_(model, seed)
 
 
 def diffusers_tiny(bfl_sd: dict[str, torch.Tensor]):
     """The tiny diffusers model holding the same weights as ``bfl_sd`` (BFL / ComfyUI names)."""
     from kontext_sliders.core.flux_keys import bfl_to_diffusers
-    model = diffusers_seeded(0)
+    model = diffusers_seeded(0, pooled_dim=bfl_sd["vector_in.in_layer.weight"].shape[1])
     model.load_state_dict(bfl_to_diffusers(bfl_sd), strict=True)
     return model.eval()
 
