@@ -280,13 +280,18 @@ class PackRuntime:
                 out[block] = (attention, mlp)
         return out
 
-    def _matching_entry(self, knob: InstructionKnob, chunk_context: torch.Tensor):
+    def _matching_entry(self, knob: InstructionKnob, chunk_context: torch.Tensor, repeats: bool = False):
+        """The knob's conditioning entry whose text this chunk carries, or None. With ``repeats``, also a text
+        repeated k times along the sequence (ComfyUI's batching repeats the shorter of cond / uncond up to
+        their least common multiple): then (entry, k), else (entry, 1)."""
         for entry in knob.entries:
-            if entry.context.shape[1:] != chunk_context.shape[1:]:
+            length, width = entry.context.shape[1:]
+            k = chunk_context.shape[1] // length
+            if chunk_context.shape[2] != width or chunk_context.shape[1] != k * length or not (k == 1 or repeats):
                 continue
             expected = self._on(entry.context, chunk_context.device, chunk_context.dtype)
-            if torch.equal(chunk_context, expected.expand_as(chunk_context)):
-                return entry
+            if torch.equal(chunk_context, expected.repeat(1, k, 1).expand_as(chunk_context)):
+                return (entry, k) if repeats else entry
         return None
 
     def _warn_unmatched(self, knob: InstructionKnob):
@@ -320,12 +325,14 @@ class PackRuntime:
             for j, tag in enumerate(cond_or_uncond):
                 if tag != 0:
                     continue  # the adapter reaches the positive prompt's instruction tokens only
-                entry = self._matching_entry(knob, context[j * chunk:(j + 1) * chunk])
-                if entry is None:
+                found = self._matching_entry(knob, context[j * chunk:(j + 1) * chunk], repeats=True)
+                if found is None:
                     continue
-                matched = True
+                (entry, copies), matched = found, True
+                length = context.shape[1] // copies
                 for r, strengths in enumerate(items_for_chunk(knob.rows, chunk, knob.display)):
-                    rows[j * chunk + r] = self._token_scales(entry.spans, strengths, context.shape[1])
+                    # each copy of a repeated prompt has its instructions' tokens at the same offsets
+                    rows[j * chunk + r] = self._token_scales(entry.spans, strengths, length).repeat(copies)
             if 0 in cond_or_uncond and not matched:
                 self._warn_unmatched(knob)
             if rows.any():

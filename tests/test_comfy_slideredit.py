@@ -218,3 +218,20 @@ def test_bad_input_is_a_clear_error_and_patches_nothing(env, tmp_path_factory):
     with pytest.raises(ValueError, match="hidden size 64, this model has 32"):
         slideredit_model(env["patcher"], wide, env["conditioning"], "1, 0, 1")
     assert installed_runtime(env["patcher"]).knobs == ()  # the input model is never touched
+
+
+def test_a_positive_prompt_repeated_to_the_negatives_length_keeps_its_sliders(env):
+    """cond and uncond of lengths L and 2L: ComfyUI repeats the positive text twice to batch them; each copy's
+    instruction tokens get the adapter, and the result equals the positive run alone."""
+    length = env["conditioning"][0][0].shape[1]
+    g = torch.Generator().manual_seed(3)
+    negative = env["edit"]([[torch.randn(1, 2 * length, F.CONTEXT_DIM, generator=g),
+                             {"pooled_output": torch.randn(1, F.TINY_CLIP_L_POOLED, generator=g)}]])
+    model = apply(env, "0.2, 1, 2")
+    _, rows = F.comfy_predict(model, env["positive"], env["x"], SIGMA, negative=negative, cfg=2.0)
+    _, plain = F.comfy_predict(env["patcher"], env["positive"], env["x"], SIGMA, negative=negative, cfg=2.0)
+    assert torch.equal(rows["uncond"], plain["uncond"])
+    # the positive row alone (no batching with the longer negative) gives the same conditional velocity
+    alone, _ = F.comfy_predict(model, env["positive"], env["x"], SIGMA)
+    torch.testing.assert_close(rows["cond"], alone, rtol=0, atol=1e-5)
+    assert not torch.allclose(rows["cond"], plain["cond"])
