@@ -100,3 +100,26 @@ def test_gstlora_per_item_strengths_in_one_batch_agree(setup):
     got = comfy_velocity(s, swept)
     assert (got - want).abs().max().item() <= TOLERANCE
     assert (want[0] - want[1]).abs().max().item() > 100 * TOLERANCE
+
+
+@pytest.mark.parametrize("strengths", [(1.0, 0.0, 1.0), (0.5, 1.5, 2.0)])
+def test_training_free_sliders_diffusers_hooks_and_comfy_node_agree(setup, strengths):
+    """The demo compares the trained sliders with KontextInstructionSliders through this diffusers twin."""
+    from kontext_sliders.nodes.knob_nodes import instruction_sliders_model
+    from kontext_sliders.trainer.model import kontext_velocity
+    from kontext_sliders.trainer.toward_pad_hook import TowardPadHooks
+    s = setup
+    transformer = F.diffusers_tiny(s["bfl"])
+    hooks = TowardPadHooks(transformer)
+    b = s["x"].shape[0]
+    args = (s["x"], s["reference"].expand(b, -1, -1, -1), torch.full((b,), SIGMA), s["context"].expand(b, -1, -1),
+            s["pooled"].expand(b, -1), 3.5)
+    with torch.no_grad():
+        plain = kontext_velocity(transformer, *args)
+        hooks.set(s["spans"], [strengths] * b)
+        want = kontext_velocity(transformer, *args)
+    hooks.remove()
+    got = comfy_velocity(s, instruction_sliders_model(s["patcher"], s["positive"],
+                                                      ", ".join(map(str, strengths))))
+    assert (got - want).abs().max().item() <= TOLERANCE
+    assert (want - plain).abs().max().item() > 10 * TOLERANCE  # a weak knob on this tiny model, but a real one
