@@ -89,24 +89,37 @@ class KontextSliderModel(nn.Module):
     def forward(self, noisy: torch.Tensor, source: torch.Tensor, strength: torch.Tensor, sigma: torch.Tensor,
                 context: torch.Tensor | None = None, pooled: torch.Tensor | None = None,
                 instructions: list[str] | None = None, keep: torch.Tensor | None = None) -> torch.Tensor:
-        b, _, h, w = noisy.shape
         context, pooled = self.text(instructions, context, pooled)
-        dtype = next(self.transformer.parameters()).dtype
-        tokens = torch.cat([pack(noisy), pack(source)], dim=1).to(dtype)
-        ids = torch.cat([image_ids(h, w, 0, noisy.device), image_ids(*source.shape[-2:], 1, noisy.device)])
         # kept set until the next forward: gradient checkpointing re-runs the hooked modules in backward
         self.hooks.offsets = self.offsets(strength, pooled, keep)
-        guidance = (torch.full((b,), self.guidance, device=noisy.device)
-                    if self.transformer.config.guidance_embeds else None)
-        out = self.transformer(hidden_states=tokens, encoder_hidden_states=context.to(dtype),
-                               pooled_projections=pooled.to(dtype), timestep=sigma.to(dtype),
-                               img_ids=ids, txt_ids=torch.zeros(context.shape[1], 3, device=noisy.device),
-                               guidance=guidance, return_dict=False)[0]
-        return unpack(out[:, : (h // 2) * (w // 2)].float(), h, w)
+        return kontext_velocity(self.transformer, noisy, source, sigma, context, pooled, self.guidance)
+
+
+def kontext_velocity(transformer, noisy: torch.Tensor, source: torch.Tensor, sigma: torch.Tensor,
+                     context: torch.Tensor, pooled: torch.Tensor, guidance: float) -> torch.Tensor:
+    """One Kontext transformer call as FluxKontextPipeline makes it; the velocity of the noisy target [B, C, H, W].
+
+    Target tokens first, then the clean source's; ids (0, y, x) / (1, y, x); text ids zero; the guidance
+    embedding (when the model has one) at ``guidance``; fp32 out.
+    """
+    b, _, h, w = noisy.shape
+    dtype = next(transformer.parameters()).dtype
+    tokens = torch.cat([pack(noisy), pack(source)], dim=1).to(dtype)
+    ids = torch.cat([image_ids(h, w, 0, noisy.device), image_ids(*source.shape[-2:], 1, noisy.device)])
+    g = torch.full((b,), guidance, device=noisy.device) if transformer.config.guidance_embeds else None
+    out = transformer(hidden_states=tokens, encoder_hidden_states=context.to(dtype),
+                      pooled_projections=pooled.to(dtype), timestep=sigma.to(dtype),
+                      img_ids=ids, txt_ids=torch.zeros(context.shape[1], 3, device=noisy.device),
+                      guidance=g, return_dict=False)[0]
+    return unpack(out[:, : (h // 2) * (w // 2)].float(), h, w)
 
 
 def build_transformer(config: TrainConfig, dtype: torch.dtype = torch.float32):
-    """The FLUX transformer: pretrained (frozen, LoRA added) or from scratch (everything trainable)."""
+    """The FLUX transformer: pretrained (frozen, LoRA added) or from scratch (everything trainable).
+
+    SliderEdit (``method: slideredit``) keeps the base frozen either way (it is its own teacher) and adds
+    no peft LoRA: its adapter is ``slideredit_model.SliderEditAdapter``.
+    """
     from diffusers import FluxTransformer2DModel
     m = config.model
     if (m.pretrained is None) == (m.scratch is None):
@@ -114,10 +127,12 @@ def build_transformer(config: TrainConfig, dtype: torch.dtype = torch.float32):
                          "and model.scratch (a FluxTransformer2DModel config for a model trained from scratch)")
     if m.pretrained is not None:
         transformer = FluxTransformer2DModel.from_pretrained(m.pretrained, subfolder="transformer", torch_dtype=dtype)
-        transformer.requires_grad_(False)
     else:
         transformer = FluxTransformer2DModel(**m.scratch)
-    if config.lora.enabled:
+    kontinuous = config.method == "kontinuous"
+    if m.pretrained is not None or not kontinuous:
+        transformer.requires_grad_(False)
+    if kontinuous and config.lora.enabled:
         from peft import LoraConfig
         transformer.add_adapter(LoraConfig(r=config.lora.rank, lora_alpha=config.lora.alpha,
                                            init_lora_weights=config.lora.init, target_modules=list(config.lora.targets)))
