@@ -372,11 +372,16 @@ def test_trajectory_folders_read_as_samples_and_bad_samples_are_counted(edits, t
 
 # ---------------------------------------------------------------- the FLUX text path (a tiny real T5 tokenizer)
 
-def test_flux_text_spans_are_the_lines_t5_ids_without_the_end_token(tmp_path):
+@pytest.fixture(scope="module")
+def kontext(tmp_path_factory):
     pytest.importorskip("transformers")
     from test_trainer_flux_pipeline import build_tiny_kontext
+    return build_tiny_kontext(tmp_path_factory.mktemp("kontext"))
+
+
+def test_flux_text_spans_are_the_lines_t5_ids_without_the_end_token(kontext):
     from kontext_sliders.trainer.features import FluxTextEncoder
-    encoder = FluxTextEncoder(str(build_tiny_kontext(tmp_path / "kontext")), torch.device("cpu"), torch.float32)
+    encoder = FluxTextEncoder(str(kontext), torch.device("cpu"), torch.float32)
     lines = ["make the sky stormy", "turn the car red", "sky"]
     features = encoder.encode_lines(lines)
     assert torch.equal(features["context"], encoder.encode("make the sky stormy turn the car red sky")["context"])
@@ -388,3 +393,24 @@ def test_flux_text_spans_are_the_lines_t5_ids_without_the_end_token(tmp_path):
     # letter-level T5 pieces: line 1 = 16 ids, line 2 = 13; "sky" is found at its first occurrence (in line 1)
     assert spans == [(0, 16), (16, 29), (7, 10)]
     assert ids[-1] == tokenizer.eos_token_id and all(end < len(ids) for _, end in spans)  # </s> never in a span
+
+
+
+def test_train_on_the_pretrained_folder_vae_and_t5_path(kontext, edits, tmp_path):
+    """FLUX's VAE latents, T5 + CLIP features with T5 spans, a frozen pretrained base, gradient checkpointing."""
+    from diffusers import FluxTransformer2DModel
+    from safetensors.torch import load_file
+    from kontext_sliders.trainer.checkpoint import latest_checkpoint
+    from kontext_sliders.trainer.config import config_from_dict
+    from kontext_sliders.trainer.loop import train
+    raw = slideredit_config(edits, tmp_path / "run", max_steps=2, checkpoint_every=2)
+    raw["model"] = {"pretrained": str(kontext), "gradient_checkpointing": True}
+    raw["data"].update(text_encoder="flux", pixel_space=False)
+    result = train(config_from_dict(raw))
+    assert result.steps == 2 and result.skipped == {} and result.last_loss > 0
+    trained = load_file(latest_checkpoint(tmp_path / "run") / "trainable.safetensors")
+    base = FluxTransformer2DModel.from_pretrained(kontext, subfolder="transformer")
+    assert len(trained) == 2 * 6 * base.config.num_layers  # STLoRA: six text-stream Linears per double block
+    assert all(trained[k].abs().max() > 0 for k in trained if k.endswith(".B"))  # every B learnt from zero
+    strips = sorted(p.name for p in (tmp_path / "run" / "validation" / "step-00000002").glob("*.png"))
+    assert strips == ["sample0-line1.png", "sample0-line2.png"]
