@@ -385,3 +385,18 @@ def check_strength(value: float, what: str) -> float:
         raise ValueError(f"{what}: {value!r} is outside the accepted range {low:g} ... {high:g} "
                          f"(1 = as written, 0 = suppressed, >1 = exaggerated)")
     return float(value)
+
+
+def first_token_span(prompt_ids: Sequence[int], line_ids: Sequence[int]) -> tuple[int, int] | None:
+    """[start, end) of the first occurrence of ``line_ids`` in ``prompt_ids``, or None (also for empty ``line_ids``).
+
+    How the authors locate a sub-instruction: ``line_ids`` are its T5 ids without the closing ``</s>``.
+    """
+    n = len(line_ids)
+    if n == 0:
+        return None
+    line = list(line_ids)
+    for start in range(len(prompt_ids) - n + 1):
+        if list(prompt_ids[start:start + n]) == line:
+            return start, start + n
+    return None

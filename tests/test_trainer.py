@@ -90,8 +90,9 @@ def test_bad_config_is_a_clear_error(tmp_path):
         load_config(None, ["optim.lr=fast"])
     with pytest.raises(ConfigError, match="must look like section.key=value"):
         load_config(None, ["max_steps=3"])
-    with pytest.raises(ConfigError, match="method 'slideredit' is not one this trainer implements; available: kontinuous"):
-        load_config(None, ["method=slideredit"])
+    with pytest.raises(ConfigError, match="method 'numerikontrol' is not one this trainer implements; "
+                                          "available: kontinuous, slideredit"):
+        load_config(None, ["method=numerikontrol"])
     assert load_config(None, ["method=kontinuous"]).method == "kontinuous" == load_config().method
     (tmp_path / "x.yaml").write_text("run: [oops\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
@@ -156,21 +157,29 @@ def test_the_step_rows_are_a_pure_function_of_seed_and_step(data, tmp_path):
 
 # ---------------------------------------------------------------- fault tolerance
 
-def test_sigkill_mid_step_then_resume_equals_an_uninterrupted_run(data, tmp_path):
+def killed_then_resumed(straight: Path, killed: Path, kill_at: int, saved: int) -> tuple[dict, dict]:
+    """Run ``straight`` through; run ``killed`` with SIGKILL in the middle of step ``kill_at`` (the last checkpoint
+    at ``saved``), then ``--resume latest``. Returns both runs' last trainable tensors."""
     from safetensors.torch import load_file
-    straight = write_config(tmp_path / "straight.yaml", tiny_config(data, tmp_path / "straight"))
-    killed = write_config(tmp_path / "killed.yaml", tiny_config(data, tmp_path / "killed"))
+    config = yaml.safe_load(straight.read_text())
     r = cli("train", "--config", str(straight))
     assert r.returncode == 0, r.stderr[-2000:]
-    r = cli("train", "--config", str(killed), "--set", "run.kill_at_step=5")
-    assert r.returncode == -9, (r.returncode, r.stderr[-2000:])  # SIGKILL, in the middle of step 5
-    assert [s for s, _ in list_checkpoints(tmp_path / "killed")] == [3]  # nothing of steps 4-5 was kept
+    r = cli("train", "--config", str(killed), "--set", f"run.kill_at_step={kill_at}")
+    assert r.returncode == -9, (r.returncode, r.stderr[-2000:])  # SIGKILL, in the middle of the step
+    out = Path(yaml.safe_load(killed.read_text())["run"]["output_dir"])
+    assert [s for s, _ in list_checkpoints(out)] == [saved]  # nothing after the last checkpoint was kept
     r = cli("train", "--config", str(killed), "--resume", "latest")
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "resumed from" in r.stderr and "at step 3" in r.stderr
-    a = load_file(latest_checkpoint(tmp_path / "straight") / "trainable.safetensors")
-    b = load_file(latest_checkpoint(tmp_path / "killed") / "trainable.safetensors")
+    assert "resumed from" in r.stderr and f"at step {saved}" in r.stderr
+    a = load_file(latest_checkpoint(config["run"]["output_dir"]) / "trainable.safetensors")
+    b = load_file(latest_checkpoint(out) / "trainable.safetensors")
     assert a.keys() == b.keys()
+    return a, b
+
+
+def test_sigkill_mid_step_then_resume_equals_an_uninterrupted_run(data, tmp_path):
+    a, b = killed_then_resumed(write_config(tmp_path / "straight.yaml", tiny_config(data, tmp_path / "straight")),
+                               write_config(tmp_path / "killed.yaml", tiny_config(data, tmp_path / "killed")), 5, 3)
     for k in a:
         assert torch.equal(a[k], b[k]), k
 
@@ -200,10 +209,8 @@ def test_bad_samples_are_skipped_and_counted(data, tmp_path):
 
 # ---------------------------------------------------------------- multi-process
 
-def test_two_process_run_keeps_identical_weights_on_both_ranks(data, tmp_path):
+def launch_two_processes(config: Path) -> None:
     """accelerate launch, 2 processes, gloo on the CPU; the trainer hashes every rank's weights at the end."""
-    from safetensors.torch import load_file
-    config = write_config(tmp_path / "ddp.yaml", tiny_config(data, tmp_path / "ddp", batch_size=1))
     launcher = Path(sys.executable).parent / "accelerate"
     r = subprocess.run([str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                         "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "kontext_sliders.trainer",
@@ -211,6 +218,11 @@ def test_two_process_run_keeps_identical_weights_on_both_ranks(data, tmp_path):
                        env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
     assert r.returncode == 0, r.stderr[-3000:]
     assert "trainable weights identical on 2 ranks" in r.stderr
+
+
+def test_two_process_run_keeps_identical_weights_on_both_ranks(data, tmp_path):
+    from safetensors.torch import load_file
+    launch_two_processes(write_config(tmp_path / "ddp.yaml", tiny_config(data, tmp_path / "ddp", batch_size=1)))
     # 2 ranks x batch 1 see the same global rows as 1 process x batch 2: the same weights, to float tolerance
     single = write_config(tmp_path / "single.yaml", tiny_config(data, tmp_path / "single", batch_size=2))
     assert cli("train", "--config", str(single)).returncode == 0

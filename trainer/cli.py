@@ -66,8 +66,9 @@ def _export(args) -> int:
                          "(pass run.output_dir of a training run, or one of its checkpoints/checkpoint-N)")
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     weights = export_checkpoint(path, args.out, args.official_dir, dtype)
-    print(f"exported projector {weights.projector_config} + LoRA ({len(weights.lora_state) // 2} modules) to "
-          + ", ".join(str(p) for p in (args.out, args.official_dir) if p))
+    what = (weights.describe() if hasattr(weights, "describe") else
+            f"projector {weights.projector_config} + LoRA ({len(weights.lora_state) // 2} modules)")
+    print(f"exported {what} to " + ", ".join(str(p) for p in (args.out, args.official_dir) if p))
     return 0
 
 
@@ -85,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     cat.add_cat_arguments(command(synth_sub, "cat", "ground-truth low-level edits (kornia) on photos"))
     official.add_filter_arguments(command(synth_sub, "filter", "read and filter the official dataset"))
 
-    train = command(sub, "train", "train a Kontinuous Kontext slider")
+    train = command(sub, "train", "train a slider (Kontinuous Kontext, or SliderEdit with method: slideredit)")
     train.add_argument("--config", required=True, metavar="FILE",
                        help="a .yaml or .toml run config (every field and default: trainer/config.py)")
     train.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -96,9 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     export = command(sub, "export", "write the weights the ComfyUI loader reads")
     export.add_argument("checkpoint", help="a checkpoint folder or a run's output folder (its newest checkpoint)")
     export.add_argument("--out", required=True, metavar="FILE.safetensors",
-                        help="the single .safetensors file KontinuousKontextLoader reads")
+                        help="the single .safetensors file the loader node reads (Kontinuous or SliderEdit, "
+                             "after the run's method)")
     export.add_argument("--official-dir", metavar="DIR",
-                        help="also write the official layout (slider_projector.pth + LoRA) into this folder")
+                        help="also write the official layout into this folder (Kontinuous: slider_projector.pth "
+                             "+ LoRA; SliderEdit: the authors' selective_lora.safetensors or "
+                             "pytorch_lora_weights.safetensors)")
     export.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
                         help="precision of the written tensors (default: %(default)s)")
 

@@ -59,7 +59,11 @@ class DataSection:
     cache_dir: str | None = None  # default: <output_dir>/cache
     text_encoder: str = "flux"  # "flux": CLIP-L + T5 of `model.pretrained`; "learned": one embedding per instruction
     pixel_space: bool = False  # the demo: images are the latents (no VAE)
-    learned_text_tokens: int = 4
+    learned_text_tokens: int = 4  # slideredit: tokens per sub-instruction
+    # method slideredit: folders in the SliderEdit edit format (``edits.json``: an image + its sub-instruction
+    # lines; trainer/data/edits.py). Trajectory folders listed in ``trajectories`` count too: each trajectory
+    # is one sample (its source image; its instruction split at newlines into sub-instructions).
+    edits: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -99,7 +103,57 @@ class RunSection:
             raise ConfigError(f"run.mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
 
 
-METHODS = ("kontinuous",)  # what `method` may name; SliderEdit and NumeriKontrol training come later
+@dataclass
+class SliderEditSection:
+    """``method: slideredit``: one shared low-rank adapter, trained self-supervised (PPS / SPPS) to cancel
+    sub-instructions; scaled by 1 - strength at inference (trainer/slideredit.py)."""
+    variant: str = "stlora"  # "stlora": text-stream LoRA on chosen tokens; "gstlora": all tokens, both streams
+    loss: str | None = None  # "pps" | "spps"; null: pps for stlora, spps for gstlora (as the authors train them)
+    rank: int = 16
+    alpha: float | None = None  # null: alpha = rank (scale 1, the authors')
+    targets: list[str] | None = None  # diffusers Linear suffixes; null: the authors' per variant
+    init: str = "authors"  # "authors" (stlora: kaiming-uniform A; gstlora: gaussian A) | "kaiming" | "gaussian"
+    neutral_prompt: str = "keep the image the same"  # the teacher's prompt in SPPS (the authors' GSTLoRA)
+    guidance: float = 3.5  # the guidance embedding's value in training (the authors'); model.guidance is Kontinuous's
+    max_lines: int = 3  # samples with more sub-instructions are skipped (PPS encodes all 2^K - 1 kept subsets)
+    batch_teacher: bool = True  # teacher + student in one forward of 2B rows; false: two forwards (less memory)
+
+    def __post_init__(self):
+        from ..core.slideredit import VARIANTS
+        if self.variant not in VARIANTS:
+            raise ConfigError(f"slideredit.variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
+        if self.loss is None:
+            self.loss = "pps" if self.variant == "stlora" else "spps"
+        if self.loss not in ("pps", "spps"):
+            raise ConfigError(f"slideredit.loss must be pps or spps, got {self.loss!r}")
+        if self.variant == "gstlora" and self.loss == "pps":
+            raise ConfigError("slideredit.loss pps needs variant stlora: a GSTLoRA has one slider for the whole "
+                              "prompt, so it cannot suppress some sub-instructions only; use loss: spps")
+        if self.rank <= 0:
+            raise ConfigError(f"slideredit.rank must be a positive integer, got {self.rank!r}")
+        if self.alpha is not None and (isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float))
+                                       or not self.alpha > 0):
+            raise ConfigError(f"slideredit.alpha must be a positive number or null, got {self.alpha!r}")
+        if self.targets is not None:
+            if not isinstance(self.targets, list) or not all(isinstance(t, str) for t in self.targets):
+                raise ConfigError(f"slideredit.targets must be a list of module suffixes or null, got {self.targets!r}")
+            from .slideredit_model import check_targets
+            try:
+                check_targets(self.variant, self.targets)
+            except ValueError as e:
+                raise ConfigError(f"slideredit.targets: {e}") from None
+        if self.init not in ("authors", "kaiming", "gaussian"):
+            raise ConfigError(f"slideredit.init must be authors, kaiming or gaussian, got {self.init!r}")
+        if not isinstance(self.neutral_prompt, str):
+            raise ConfigError(f"slideredit.neutral_prompt must be text, got {self.neutral_prompt!r}")
+        if not 1 <= self.max_lines <= 8:
+            raise ConfigError(f"slideredit.max_lines must be 1 ... 8 (PPS encodes 2^K - 1 prompts per sample), "
+                              f"got {self.max_lines!r}")
+        if not isinstance(self.batch_teacher, bool):
+            raise ConfigError(f"slideredit.batch_teacher must be true or false, got {self.batch_teacher!r}")
+
+
+METHODS = ("kontinuous", "slideredit")  # what `method` may name; NumeriKontrol training comes later
 
 
 @dataclass
@@ -111,6 +165,7 @@ class TrainConfig:
     data: DataSection = field(default_factory=DataSection)
     optim: OptimSection = field(default_factory=OptimSection)
     run: RunSection = field(default_factory=RunSection)
+    slideredit: SliderEditSection = field(default_factory=SliderEditSection)
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self)))  # tuples -> lists, plain types only
@@ -210,12 +265,17 @@ def check_ready_to_train(config: TrainConfig) -> None:
                           "and model.scratch (a FluxTransformer2DModel config, for a model trained from scratch)")
     if d.text_encoder == "flux" and m.pretrained is None:
         raise ConfigError("data.text_encoder 'flux' needs model.pretrained (or use data.text_encoder: learned)")
-    if not d.trajectories:
+    if config.method == "slideredit":
+        if not d.edits and not d.trajectories:
+            raise ConfigError("data.edits and data.trajectories are empty: list folders of SliderEdit samples "
+                              "(edits.json: an image + sub-instruction lines) or trajectory folders to train on")
+    elif not d.trajectories:
         raise ConfigError("data.trajectories is empty: list the trajectory folders to train on "
                           "(made by `synth cat` or `synth filter --out`)")
-    missing = [t for t in d.trajectories if not Path(t).is_dir()]
-    if missing:
-        raise ConfigError(f"data.trajectories: no such folder {', '.join(map(str, missing))}")
+    for key in ("trajectories", "edits"):
+        missing = [t for t in getattr(d, key) if not Path(t).is_dir()]
+        if missing:
+            raise ConfigError(f"data.{key}: no such folder {', '.join(map(str, missing))}")
 
 
 def save_resolved_config(config: TrainConfig, path: str | Path) -> None:

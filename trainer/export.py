@@ -15,6 +15,7 @@ import yaml
 
 from ..core.formats import KontinuousWeights, save_official_folder, save_single_file
 from ..core.projector import ProjectorConfig
+from ..core.slideredit import SliderEditWeights, save_authors_layout, save_slideredit
 from .checkpoint import latest_checkpoint, load_checkpoint
 
 LORA_KEY = re.compile(r"^transformer\.(?P<module>.+)\.(?P<half>lora_[AB])\.(?:[^.]+\.)?weight$")
@@ -35,8 +36,13 @@ def weights_from_trainable(trainable: dict[str, torch.Tensor], lora_alpha: float
 
 
 def export_checkpoint(checkpoint: str | Path, out_file: str | Path | None = None,
-                      official_dir: str | Path | None = None, dtype: torch.dtype = torch.float32) -> KontinuousWeights:
-    """``checkpoint``: a checkpoint folder, or a run's output folder (its newest checkpoint)."""
+                      official_dir: str | Path | None = None,
+                      dtype: torch.dtype = torch.float32) -> KontinuousWeights | SliderEditWeights:
+    """``checkpoint``: a checkpoint folder, or a run's output folder (its newest checkpoint).
+
+    A SliderEdit run (``method: slideredit``) goes to our single file (``core.slideredit.save_slideredit``)
+    and, with ``official_dir``, the authors' layout (``save_authors_layout``: ``selective_lora.safetensors``
+    for an STLoRA, ``pytorch_lora_weights.safetensors`` for a GSTLoRA)."""
     path = Path(checkpoint)
     if not (path / "trainable.safetensors").is_file():
         found = latest_checkpoint(path)
@@ -45,10 +51,16 @@ def export_checkpoint(checkpoint: str | Path, out_file: str | Path | None = None
         path = found
     trainable, _ = load_checkpoint(path)
     config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8"))
-    alpha = float(config["lora"]["alpha"]) if config["lora"]["enabled"] else None
-    weights = weights_from_trainable(trainable, alpha, dtype)
+    if config.get("method") == "slideredit":
+        from .slideredit import weights_from_trainable as slideredit_weights
+        weights, save_ours, save_official = (slideredit_weights(trainable, config, dtype), save_slideredit,
+                                             save_authors_layout)
+    else:
+        alpha = float(config["lora"]["alpha"]) if config["lora"]["enabled"] else None
+        weights, save_ours, save_official = (weights_from_trainable(trainable, alpha, dtype), save_single_file,
+                                             save_official_folder)
     if out_file:
-        save_single_file(weights, out_file)
+        save_ours(weights, out_file)
     if official_dir:
-        save_official_folder(weights, official_dir)
+        save_official(weights, official_dir)
     return weights

@@ -14,6 +14,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -21,6 +22,8 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from ..core.atomic import atomic_write
+from ..core.instructions import joined_prompt
+from ..core.slideredit import first_token_span
 from .data.trajectories import Trajectory, TrajectoryFormatError, read_manifest
 
 log = logging.getLogger("kontext_sliders.trainer")
@@ -98,18 +101,70 @@ class FluxTextEncoder:
         self.id = f"flux-text:{pretrained}"
         self._pipe = None
 
-    @torch.no_grad()
-    def encode(self, text: str) -> dict[str, torch.Tensor]:
+    @property
+    def pipe(self):
         if self._pipe is None:
             from diffusers import FluxKontextPipeline
             self._pipe = FluxKontextPipeline.from_pretrained(self.pretrained, transformer=None, vae=None,
                                                              torch_dtype=self.dtype).to(self.device)
-        context, pooled, _ = self._pipe.encode_prompt(prompt=text, prompt_2=None, device=self.device,
-                                                      max_sequence_length=512)
+        return self._pipe
+
+    @torch.no_grad()
+    def encode(self, text: str) -> dict[str, torch.Tensor]:
+        context, pooled, _ = self.pipe.encode_prompt(prompt=text, prompt_2=None, device=self.device,
+                                                     max_sequence_length=512)
         return {"context": context[0].float().cpu(), "pooled": pooled[0].float().cpu()}
+
+    def encode_lines(self, lines: Sequence[str]) -> dict[str, torch.Tensor]:
+        """``encode`` of the joined prompt + ``spans`` [K, 2]: each line's T5 tokens in it, found as the
+        SliderEdit authors find them (the line's T5 ids without the closing </s>, first occurrence)."""
+        prompt = joined_prompt(lines)
+        ids = self.pipe.tokenizer_2(prompt).input_ids
+        spans = []
+        for line in lines:
+            span = first_token_span(ids, self.pipe.tokenizer_2(line).input_ids[:-1])
+            if span is None or span[1] > 512:
+                raise ValueError(f"sub-instruction {line!r} is not found in the first 512 T5 tokens of {prompt!r}")
+            spans.append(span)
+        return {**self.encode(prompt), "spans": torch.tensor(spans, dtype=torch.int64).reshape(-1, 2)}
 
     def release(self):
         self._pipe = None
+
+
+class LineTextEncoder:
+    """SliderEdit's offline text encoder (``data.text_encoder: learned``): per sub-instruction, not per prompt.
+
+    Each line owns ``tokens`` vectors and a pooled vector, fixed and seeded from the line's text (the base is
+    frozen in SliderEdit, text encoder included: nothing of it trains). A prompt is its lines' tokens end to
+    end, one end token, then pad tokens up to ``tokens * max_lines + 1``; so line i's span is exactly
+    [i * tokens, (i + 1) * tokens). Its pooled vector is the mean of its lines' (zeros for the empty prompt).
+    """
+
+    def __init__(self, tokens: int, max_lines: int, context_dim: int, pooled_dim: int):
+        self.tokens, self.max_lines, self.context_dim, self.pooled_dim = tokens, max_lines, context_dim, pooled_dim
+        self.length = tokens * max_lines + 1
+        self.id = f"learned-lines:{tokens}:{max_lines}:{context_dim}:{pooled_dim}"
+
+    def _vectors(self, name: str, rows: int, dim: int) -> torch.Tensor:
+        seed = int.from_bytes(hashlib.sha256(f"{self.id}\0{name}".encode()).digest()[:8], "little") >> 1
+        return torch.randn(rows, dim, generator=torch.Generator().manual_seed(seed)) * 0.5
+
+    def encode_lines(self, lines: Sequence[str]) -> dict[str, torch.Tensor]:
+        if len(lines) > self.max_lines:
+            raise ValueError(f"{len(lines)} sub-instructions, more than max_lines = {self.max_lines}")
+        parts = [self._vectors("line:" + line, self.tokens, self.context_dim) for line in lines]
+        pads = self.length - 1 - self.tokens * len(lines)
+        context = torch.cat(parts + [self._vectors("<end>", 1, self.context_dim),
+                                     self._vectors("<pad>", 1, self.context_dim).expand(pads, -1)])
+        pooled = (torch.stack([self._vectors("pooled:" + line, 1, self.pooled_dim)[0] for line in lines]).mean(0)
+                  if lines else torch.zeros(self.pooled_dim))
+        spans = torch.tensor([(i * self.tokens, (i + 1) * self.tokens) for i in range(len(lines))],
+                             dtype=torch.int64).reshape(-1, 2)
+        return {"context": context, "pooled": pooled, "spans": spans}
+
+    def release(self):
+        pass
 
 
 class FeatureCache:

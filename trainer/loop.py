@@ -1,6 +1,10 @@
-"""The training loop: flow matching on (source, strength, target) pairs, under accelerate.
+"""The training loop under accelerate, one for every method (``method:`` in the config).
 
-Determinism, which is what makes resume exact: the rows of step k (which trajectory, which frame,
+A method (``KontinuousMethod`` here: flow matching on (source, strength, target) pairs;
+``slideredit.SliderEditMethod``: PPS / SPPS self-distillation) supplies the data rows, model and loss;
+the loop owns the rest: accelerate, optimizer, checkpoints, resume, logging, validation calls.
+
+Determinism, which is what makes resume exact: the rows of step k (e.g. which trajectory, which frame,
 noise, sigma, slider dropout) are a pure function of (seed, k, global row), so the data order is
 the step counter and a checkpoint only needs weights, optimizer, scheduler and the step. A resumed
 run therefore computes the very same steps an uninterrupted one would.
@@ -52,18 +56,19 @@ def rows_for_step(seed: int, step: int, global_batch: int, dataset: CachedDatase
     return rows
 
 
-def make_codecs(config: TrainConfig, device: torch.device):
+def make_codecs(config: TrainConfig, device: torch.device, text: bool = True):
+    """(image codec, FLUX text encoder or None); ``text=False``: the caller makes its own text encoder."""
     d = config.data
+    if d.text_encoder not in ("flux", "learned"):
+        raise ValueError(f"data.text_encoder must be 'flux' or 'learned', got {d.text_encoder!r}")
     if d.pixel_space:
         codec = PixelCodec(d.resolution)
     else:
         codec = FluxVaeCodec(config.model.pretrained, d.resolution, device, torch.bfloat16)
-    text = None
-    if d.text_encoder == "flux":
-        text = FluxTextEncoder(config.model.pretrained, device, torch.bfloat16)
-    elif d.text_encoder != "learned":
-        raise ValueError(f"data.text_encoder must be 'flux' or 'learned', got {d.text_encoder!r}")
-    return codec, text
+    encoder = None
+    if text and d.text_encoder == "flux":
+        encoder = FluxTextEncoder(config.model.pretrained, device, torch.bfloat16)
+    return codec, encoder
 
 
 class Batches:
@@ -138,6 +143,81 @@ class TrainResult:
     losses: list[float] | None = None  # (this session's steps) the loss of every step, for plots
 
 
+class Method:
+    """What a method gives the one loop of ``train``: ``prepare`` (encode the data into the feature cache,
+    set ``dataset``, ``cache``, ``codec``; called on the main process first), ``build_model``, ``rows`` (a
+    step's global batch, a pure function of (seed, step)), ``load`` (this process's rows as tensors),
+    ``loss``, ``validate`` and the ``skipped`` counter of unusable samples (``dataset.skipped``)."""
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.dataset = self.cache = self.codec = None
+
+    @property
+    def skipped(self):
+        return self.dataset.skipped
+
+    def prepare(self, cache: FeatureCache, device: torch.device, progress: bool) -> None:
+        raise NotImplementedError
+
+    def build_model(self) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def rows(self, seed: int, step: int, global_batch: int) -> list:
+        raise NotImplementedError
+
+    def load(self, rows: list, device: torch.device) -> dict:
+        raise NotImplementedError
+
+    def loss(self, model, batch: dict) -> torch.Tensor:
+        raise NotImplementedError
+
+    def validate(self, model, prefix: Path) -> None:
+        raise NotImplementedError
+
+
+class KontinuousMethod(Method):
+    """``method: kontinuous``: flow matching on trajectory frames, strength projector (+ LoRA)."""
+
+    def prepare(self, cache: FeatureCache, device: torch.device, progress: bool) -> None:
+        config = self.config
+        self.cache = cache
+        self.codec, text_encoder = make_codecs(config, device)
+        self.dataset = cache_trajectories(config.data.trajectories, cache, self.codec, text_encoder,
+                                          progress=progress)
+        if text_encoder is not None:
+            text_encoder.release()  # the transformer trains without the text encoders in memory
+        self.codec.release()
+        if not self.dataset.trajectories:
+            raise ValueError(f"no usable trajectories in {config.data.trajectories} "
+                             f"(skipped: {dict(self.dataset.skipped)})")
+        log.info("%d trajectories, %d instructions; skipped: %s", len(self.dataset.trajectories),
+                 len(self.dataset.instructions), dict(self.dataset.skipped) or "none")
+        self.batches = Batches(self.dataset, cache, config.data.text_encoder == "learned")
+
+    def build_model(self) -> KontextSliderModel:
+        return build_model(self.config, self.dataset.instructions)
+
+    def rows(self, seed: int, step: int, global_batch: int) -> list[Row]:
+        return rows_for_step(seed, step, global_batch, self.dataset, self.config.projector.slider_dropout)
+
+    def load(self, rows: list[Row], device: torch.device) -> dict:
+        return self.batches.load(rows, device)
+
+    def loss(self, model, batch: dict) -> torch.Tensor:
+        return flow_matching_loss(model, batch)
+
+    def validate(self, model, prefix: Path) -> None:
+        render_validation(model, self.dataset, self.cache, self.codec, self.config, prefix)
+
+
+def make_method(config: TrainConfig):
+    if config.method == "slideredit":
+        from .slideredit import SliderEditMethod
+        return SliderEditMethod(config)
+    return KontinuousMethod(config)
+
+
 def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
@@ -152,20 +232,12 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
         out.mkdir(parents=True, exist_ok=True)
         save_resolved_config(config, out / "config.yaml")
     cache = FeatureCache(config.data.cache_dir or out / "cache")
+    method = make_method(config)
     with accelerator.main_process_first():  # rank 0 encodes, the others find the cache filled
-        codec, text_encoder = make_codecs(config, accelerator.device)
-        dataset = cache_trajectories(config.data.trajectories, cache, codec, text_encoder,
-                                     progress=main and run.progress)
-        if text_encoder is not None:
-            text_encoder.release()  # the transformer trains without the text encoders in memory
-        codec.release()
-    if not dataset.trajectories:
-        raise ValueError(f"no usable trajectories in {config.data.trajectories} (skipped: {dict(dataset.skipped)})")
-    log.info("%d trajectories, %d instructions; skipped: %s", len(dataset.trajectories), len(dataset.instructions),
-             dict(dataset.skipped) or "none")
+        method.prepare(cache, accelerator.device, progress=main and run.progress)
 
-    torch.manual_seed(run.seed)  # model init (scratch weights, LoRA gaussian A, projector): same on every rank
-    model = build_model(config, dataset.instructions).to(accelerator.device)
+    torch.manual_seed(run.seed)  # model init (scratch weights, LoRA A, projector): same on every rank
+    model = method.build_model().to(accelerator.device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer, scheduler = make_optimizer(config, params)
     start = 0
@@ -183,8 +255,7 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
             start = int(state["step"])
             log.info("resumed from %s at step %d", path, start)
     ddp_model, optimizer = accelerator.prepare(model, optimizer)
-    unwrapped: KontextSliderModel = accelerator.unwrap_model(ddp_model)
-    batches = Batches(dataset, cache, config.data.text_encoder == "learned")
+    unwrapped = accelerator.unwrap_model(ddp_model)
     writer = _tensorboard(out) if (main and run.tensorboard) else None
     config_text = yaml.safe_dump(config.to_dict(), sort_keys=False)
     bar = _progress(start, run.max_steps) if (main and run.progress) else None
@@ -195,11 +266,11 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
         torch.cuda.reset_peak_memory_stats()
     for step in range(start, run.max_steps):
         t0 = time.perf_counter()
-        rows = rows_for_step(run.seed, step, global_batch, dataset, config.projector.slider_dropout)
+        rows = method.rows(run.seed, step, global_batch)
         mine = rows[accelerator.process_index * run.batch_size:(accelerator.process_index + 1) * run.batch_size]
         ddp_model.train()
         with accelerator.autocast():
-            loss = flow_matching_loss(ddp_model, batches.load(mine, accelerator.device))
+            loss = method.loss(ddp_model, method.load(mine, accelerator.device))
         accelerator.backward(loss)
         if run.kill_at_step is not None and step + 1 == run.kill_at_step:
             os.kill(os.getpid(), signal.SIGKILL)  # fault injection (tests): dies mid-step, nothing saved
@@ -227,7 +298,7 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
                                  "scheduler": scheduler.state_dict()}, config_text, run.keep_checkpoints)
             accelerator.wait_for_everyone()
         if main and ((run.validate_every and done % run.validate_every == 0) or done == run.max_steps):
-            render_validation(unwrapped, dataset, cache, codec, config, out / "validation" / f"step-{done:08d}")
+            method.validate(unwrapped, out / "validation" / f"step-{done:08d}")
     if bar is not None:
         bar.close()
     peak = torch.cuda.max_memory_allocated() if accelerator.device.type == "cuda" else _rss()
@@ -235,7 +306,7 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
     if writer is not None:
         writer.close()
     accelerator.end_training()
-    return TrainResult(out, run.max_steps, loss_value, dict(dataset.skipped),
+    return TrainResult(out, run.max_steps, loss_value, dict(method.skipped),
                        (sum(times[1:]) / max(len(times) - 1, 1)) if times else float("nan"), peak, main, digests,
                        losses)
 

@@ -79,31 +79,45 @@ def _trajectory_from_json(d: dict, where: str) -> Trajectory:
                       d.get("unit"), dict(d.get("extra") or {}))
 
 
-def read_manifest(root: str | Path) -> list[Trajectory]:
-    """All trajectories of a folder; a clear error for a missing or malformed manifest."""
-    path = Path(root) / MANIFEST
+def read_json_manifest(path: Path, fmt: str, version: int, what: str, error=TrajectoryFormatError) -> dict:
+    """A manifest's JSON, its format and version checked; ``error`` (naming the file) for anything else."""
     if not path.is_file():
-        raise TrajectoryFormatError(f"{path} not found: a trajectory folder needs a {MANIFEST} "
-                                    f"(see trainer/data/trajectories.py or the README's data section)")
+        raise error(f"{path} not found: {what} needs a {path.name} (see the README's data section)")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise TrajectoryFormatError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise TrajectoryFormatError(f"{path}: 'format' must be {FORMAT!r}")
-    if data.get("version") != VERSION:
-        raise TrajectoryFormatError(f"{path}: version {data.get('version')!r} is not supported (this reads {VERSION})")
-    out = [_trajectory_from_json(d, f"{path} trajectory {i}") for i, d in enumerate(data.get("trajectories", []))]
-    ids = [t.id for t in out]
+        raise error(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        raise error(f"{path}: 'format' must be {fmt!r}")
+    if data.get("version") != version:
+        raise error(f"{path}: version {data.get('version')!r} is not supported (this reads {version})")
+    return data
+
+
+def check_unique_ids(items, path: Path, what: str, error=TrajectoryFormatError) -> None:
+    ids = [t.id for t in items]
     if len(set(ids)) != len(ids):
-        raise TrajectoryFormatError(f"{path}: trajectory ids must be unique")
+        raise error(f"{path}: {what} ids must be unique")
+
+
+def write_json_manifest(path: Path, fmt: str, version: int, key: str, items: list[dict], **info) -> Path:
+    """Write (atomically) ``{"format", "version", **info, key: items}``."""
+    data = {"format": fmt, "version": version, **info, key: items}
+    text = json.dumps(data, indent=1, ensure_ascii=False)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return path
+
+
+def read_manifest(root: str | Path) -> list[Trajectory]:
+    """All trajectories of a folder; a clear error for a missing or malformed manifest."""
+    path = Path(root) / MANIFEST
+    data = read_json_manifest(path, FORMAT, VERSION, "a trajectory folder")
+    out = [_trajectory_from_json(d, f"{path} trajectory {i}") for i, d in enumerate(data.get("trajectories", []))]
+    check_unique_ids(out, path, "trajectory")
     return out
 
 
 def write_manifest(root: str | Path, trajectories: list[Trajectory], **info) -> Path:
     """Write (atomically) the manifest of ``root``; ``info`` adds top-level fields (seed, tool, ...)."""
-    path = Path(root) / MANIFEST
-    data = {"format": FORMAT, "version": VERSION, **info, "trajectories": [t.to_json() for t in trajectories]}
-    text = json.dumps(data, indent=1, ensure_ascii=False)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-    return path
+    return write_json_manifest(Path(root) / MANIFEST, FORMAT, VERSION, "trajectories",
+                               [t.to_json() for t in trajectories], **info)
