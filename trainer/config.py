@@ -153,7 +153,9 @@ class SliderEditSection:
             raise ConfigError(f"slideredit.batch_teacher must be true or false, got {self.batch_teacher!r}")
 
 
-METHODS = ("kontinuous", "slideredit")  # what `method` may name; NumeriKontrol training comes later
+# what `method` may name; NumeriKontrol training comes later. "editor": a plain instruction editor trained on
+# ground-truth edits (edits.json with targets), e.g. the demo's base model for SliderEdit
+METHODS = ("kontinuous", "slideredit", "editor")
 
 
 @dataclass
@@ -265,7 +267,10 @@ def check_ready_to_train(config: TrainConfig) -> None:
                           "and model.scratch (a FluxTransformer2DModel config, for a model trained from scratch)")
     if d.text_encoder == "flux" and m.pretrained is None:
         raise ConfigError("data.text_encoder 'flux' needs model.pretrained (or use data.text_encoder: learned)")
-    if config.method == "slideredit":
+    if config.method == "editor" and not d.edits:
+        raise ConfigError("data.edits is empty: list folders of edits with targets (edits.json entries with "
+                          "\"target\": the ground-truth image) to train the editor on")
+    if config.method in ("slideredit", "editor"):
         if not d.edits and not d.trajectories:
             raise ConfigError("data.edits and data.trajectories are empty: list folders of SliderEdit samples "
                               "(edits.json: an image + sub-instruction lines) or trajectory folders to train on")

@@ -298,16 +298,25 @@ class DemoResult:
         return all(e.targets_met() is not False for e in self.evaluations)
 
 
-def run_demo(s: DemoSettings) -> DemoResult:
-    """The whole demo with ``s.threads`` torch threads (the caller's setting is restored afterwards)."""
-    if s.threads < 1:
-        raise ValueError(f"threads must be at least 1, got {s.threads}")
+def with_threads(threads: int, run: Callable[[], object]):
+    """``run()`` with ``threads`` torch threads (the caller's setting is restored afterwards)."""
+    if threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
     previous = torch.get_num_threads()
-    torch.set_num_threads(s.threads)
+    torch.set_num_threads(threads)
     try:
-        return _run_demo(s)
+        return run()
     finally:
         torch.set_num_threads(previous)
+
+
+def run_demo(s: DemoSettings) -> DemoResult:
+    """The whole demo with ``s.threads`` torch threads."""
+    return with_threads(s.threads, lambda: _run_demo(s))
+
+
+def timing_line(seconds: dict[str, float]) -> str:
+    return f"demo: {sum(seconds.values()):.0f} s in all ({', '.join(f'{k} {v:.0f} s' for k, v in seconds.items())})"
 
 
 def _run_demo(s: DemoSettings) -> DemoResult:
@@ -369,14 +378,24 @@ def _run_demo(s: DemoSettings) -> DemoResult:
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     d = DemoSettings(Path("."))
+    from .slideredit_demo import SliderEditDemoSettings
+    e = SliderEditDemoSettings(Path("."))
+    parser.add_argument("--method", choices=["kontinuous", "slideredit"], default="kontinuous",
+                        help="which method the demo trains and measures (default: %(default)s): a Kontinuous "
+                             "strength slider, or SliderEdit per-instruction sliders (a tiny base editor, then an "
+                             "STLoRA trained with PPS on it; report_slideredit.md)")
     parser.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder (default: %(default)s)")
-    parser.add_argument("--tasks", default=d.tasks, help=f"CAT tasks, 1 or more (default: %(default)s; known: "
-                                                         f"{', '.join(cat.TASKS)})")
-    parser.add_argument("--ranges", default=d.ranges,
-                        help="value ranges start:end per task, used for the tasks chosen (default: %(default)s)")
+    parser.add_argument("--tasks", help=f"CAT tasks (default: {d.tasks}; slideredit: exactly two, {e.tasks}; known: "
+                                        f"{', '.join(cat.TASKS)})")
+    parser.add_argument("--ranges", help=f"value ranges start:end per task, used for the tasks chosen (default: "
+                                         f"{d.ranges}; slideredit: {e.ranges})")
     parser.add_argument("--held-out", default=",".join(d.held_out),
                         help="scikit-image photos kept out of training (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=d.steps, help="training steps (default: %(default)s)")
+    parser.add_argument("--editor-steps", type=int, default=e.editor_steps,
+                        help="slideredit: steps of the base editor (default: %(default)s)")
+    parser.add_argument("--slider-steps", type=int, default=e.slider_steps,
+                        help="slideredit: steps of the STLoRA (default: %(default)s)")
     parser.add_argument("--resolution", type=int, default=d.resolution,
                         help="image side in pixels (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=d.seed,
@@ -385,7 +404,9 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                         help="torch threads (default: %(default)s; more spin waiting for a core that another busy "
                              "process holds, several times slower; on an idle 2-core machine 2 are ~25%% faster)")
     parser.add_argument("--require-targets", action="store_true",
-                        help="exit with status 1 when a task misses its target (exposure: PSNR >= 25 dB, |r| >= 0.95)")
+                        help="exit with status 1 when a target is missed (kontinuous: exposure PSNR >= 25 dB, "
+                             "|r| >= 0.95; slideredit: PPS loss drop >= 10x, and per line monotonic, suppression "
+                             ">= 5, decoupling <= 0.2)")
     return parser
 
 
@@ -396,9 +417,12 @@ def run_demo_command(args: argparse.Namespace) -> int:
     if args.threads < 1:
         print(f"demo: error: --threads must be at least 1, got {args.threads}", file=sys.stderr)
         return 2
-    settings = DemoSettings(args.out, tasks=args.tasks, ranges=args.ranges,
-                            held_out=tuple(n.strip() for n in args.held_out.split(",") if n.strip()),
-                            steps=args.steps, resolution=args.resolution, seed=args.seed, threads=args.threads)
+    common = dict(held_out=tuple(n.strip() for n in args.held_out.split(",") if n.strip()),
+                  resolution=args.resolution, seed=args.seed, threads=args.threads)
+    common.update({k: v for k, v in (("tasks", args.tasks), ("ranges", args.ranges)) if v is not None})
+    if args.method == "slideredit":
+        return _run_slideredit_command(args, common)
+    settings = DemoSettings(args.out, steps=args.steps, **common)
     try:
         result = run_demo(settings)
     except ValueError as e:
@@ -409,7 +433,25 @@ def run_demo_command(args: argparse.Namespace) -> int:
         print(f"{e.task}: held-out PSNR {e.psnr_held_out:.2f} dB (no edit: {e.psnr_no_edit_held_out:.2f} dB), "
               f"linearity |r| {e.abs_r_held_out:.3f}, triangle deficit {e.triangle_deficit_model:.3f} "
               f"(exact frames: {e.triangle_deficit_truth:.3f}) - {met}")
-    total = sum(result.seconds.values())
-    print(f"demo: {total:.0f} s in all ({', '.join(f'{k} {v:.0f} s' for k, v in result.seconds.items())}); "
+    print(f"{timing_line(result.seconds)}; report: {result.report}")
+    return 1 if args.require_targets and not result.targets_met() else 0
+
+
+def _run_slideredit_command(args: argparse.Namespace, common: dict) -> int:
+    from .slideredit_demo import SliderEditDemoSettings, run_slideredit_demo
+    settings = SliderEditDemoSettings(args.out, editor_steps=args.editor_steps, slider_steps=args.slider_steps,
+                                      **common)
+    try:
+        result = run_slideredit_demo(settings)
+    except ValueError as e:
+        print(f"demo: error: {e}", file=sys.stderr)
+        return 2
+    print(f"PPS loss {result.loss_start:.3g} -> {result.loss_end:.3g} ({result.loss_drop:.1f}x lower)")
+    for name, rows in (("STLoRA", result.stlora), ("training-free", result.training_free)):
+        for r in rows:
+            print(f"{name} line {r['line'] + 1} ({r['task']}): range {r['movement']:.2f} of the task's, "
+                  f"monotonic {'yes' if r['monotonic'] else 'no'}, decoupling {r['decoupling']:.3f}, "
+                  f"suppression {r['suppression']:.2f}")
+    print(f"{timing_line(result.seconds)}; targets {'met' if result.targets_met() else 'MISSED'}; "
           f"report: {result.report}")
     return 1 if args.require_targets and not result.targets_met() else 0

@@ -51,6 +51,12 @@ def export_checkpoint(checkpoint: str | Path, out_file: str | Path | None = None
         path = found
     trainable, _ = load_checkpoint(path)
     config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8"))
+    if config.get("method") == "editor":
+        from .editor import export_editor
+        if not out_file:
+            raise ValueError("an editor run exports to a folder: give --out DIR (its transformer goes to DIR/transformer)")
+        export_editor(trainable, config, out_file)
+        return None
     if config.get("method") == "slideredit":
         from .slideredit import weights_from_trainable as slideredit_weights
         weights, save_ours, save_official = (slideredit_weights(trainable, config, dtype), save_slideredit,

@@ -215,6 +215,9 @@ def make_method(config: TrainConfig):
     if config.method == "slideredit":
         from .slideredit import SliderEditMethod
         return SliderEditMethod(config)
+    if config.method == "editor":
+        from .editor import EditorMethod
+        return EditorMethod(config)
     return KontinuousMethod(config)
 
 

@@ -129,10 +129,11 @@ def build_transformer(config: TrainConfig, dtype: torch.dtype = torch.float32):
         transformer = FluxTransformer2DModel.from_pretrained(m.pretrained, subfolder="transformer", torch_dtype=dtype)
     else:
         transformer = FluxTransformer2DModel(**m.scratch)
-    kontinuous = config.method == "kontinuous"
-    if m.pretrained is not None or not kontinuous:
+    peft_lora = config.method in ("kontinuous", "editor")  # SliderEdit brings its own adapter
+    if m.pretrained is not None or not peft_lora:
         transformer.requires_grad_(False)
-    if kontinuous and config.lora.enabled:
+    # a scratch editor trains every weight; a scratch Kontinuous run keeps its LoRA as configured (as before)
+    if peft_lora and config.lora.enabled and (m.pretrained is not None or config.method == "kontinuous"):
         from peft import LoraConfig
         transformer.add_adapter(LoraConfig(r=config.lora.rank, lora_alpha=config.lora.alpha,
                                            init_lora_weights=config.lora.init, target_modules=list(config.lora.targets)))

@@ -46,6 +46,7 @@ class CachedEdit:
     lines: tuple[str, ...]
     full: str  # text cache key of the full prompt: context, pooled, spans [K, 2]
     kept: dict[tuple[int, ...], str] = field(default_factory=dict)  # PPS: kept line indices -> text cache key
+    target: str | None = None  # image cache key of the ground-truth edit (``method: editor``)
 
 
 @dataclass
@@ -93,9 +94,13 @@ def text_encoder_for(config: TrainConfig, device: torch.device):
                            tc.get("joint_attention_dim", 4096), tc.get("pooled_projection_dim", 768))
 
 
-def cache_edits(roots: list[str], cache: FeatureCache, codec, text_encoder, loss: str, neutral_prompt: str,
-                max_lines: int, progress: bool = False) -> EditDataset:
-    """Encode what is not cached yet; return the samples as cache keys. Bad samples are counted, never fatal."""
+def cache_edits(roots: list[str], cache: FeatureCache, codec, text_encoder, loss: str | None, neutral_prompt: str,
+                max_lines: int, progress: bool = False, targets: bool = False) -> EditDataset:
+    """Encode what is not cached yet; return the samples as cache keys. Bad samples are counted, never fatal.
+
+    ``loss`` "pps" also caches every kept-lines prompt; ``targets`` (the plain editor): each sample's
+    ground-truth image too, and samples without one are skipped (samples without lines are kept only then).
+    """
     skipped: Counter = Counter()
     items = []
     for root in roots:
@@ -117,11 +122,18 @@ def cache_edits(roots: list[str], cache: FeatureCache, codec, text_encoder, loss
     samples = []
     for root, sample in items:
         lines = sample.instructions
+        if targets and sample.target is None:
+            skipped["sample without a target image"] += 1
+            continue
+        if not (lines or targets):
+            skipped["sample without sub-instructions"] += 1
+            continue
         if len(lines) > max_lines:
             skipped["sample with more sub-instructions than slideredit.max_lines"] += 1
             continue
         source = _cached_image(root / sample.image, cache, codec, skipped)
-        if source is None:
+        target = _cached_image(root / sample.target, cache, codec, skipped) if targets else None
+        if source is None or (targets and target is None):
             skipped["sample without a readable image"] += 1
             continue
         try:
@@ -135,7 +147,7 @@ def cache_edits(roots: list[str], cache: FeatureCache, codec, text_encoder, loss
             log.warning("sample %s: %s; skipped", sample.id, e)
             skipped["sample whose sub-instruction tokens were not found"] += 1
             continue
-        samples.append(CachedEdit(sample.id, source, tuple(lines), full, kept))
+        samples.append(CachedEdit(sample.id, source, tuple(lines), full, kept, target))
     for key, count in skipped.items():
         log.warning("skipped %d: %s", count, key)
     return EditDataset(samples, text([neutral_prompt] if neutral_prompt else []), skipped)

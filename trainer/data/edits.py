@@ -1,4 +1,5 @@
-"""The SliderEdit sample format: a source image and its multi-instruction prompt, no target images.
+"""The edit sample format: a source image and its multi-instruction prompt (SliderEdit: no target images;
+the plain editor, ``method: editor``: a ground-truth target image too).
 
 A folder holds images anywhere below it and one ``edits.json``:
 
@@ -8,6 +9,8 @@ A folder holds images anywhere below it and one ``edits.json``:
         "image": "street/1.png",               # relative to the folder
         "instructions": ["make the sky stormy", "turn the car red"]}]}
 
+An edit may name a ``"target"`` image (the exact result: what ``method: editor`` trains on); an edit with a
+target may have no instructions (``[]``: the empty prompt, whose target is then the source itself).
 ``instructions`` are the sub-instructions, one slider each; the prompt the model sees is
 ``core.instructions.joined_prompt`` of them (joined with single spaces, as the nodes join the lines).
 A trajectory folder (``manifest.json``, trajectories.py) reads as samples too: each trajectory's
@@ -35,6 +38,7 @@ class EditSample:
     id: str
     image: str
     instructions: tuple[str, ...]
+    target: str | None = None
 
 
 def _sample_from_json(d, where: str) -> EditSample:
@@ -43,12 +47,15 @@ def _sample_from_json(d, where: str) -> EditSample:
     for key in ("id", "image", "instructions"):
         if key not in d:
             raise EditFormatError(f"{where}: missing field {key!r}")
-    lines = d["instructions"]
-    if not isinstance(lines, list) or not lines or not all(isinstance(x, str) and x.strip() for x in lines):
-        raise EditFormatError(f"{where}: 'instructions' must be a non-empty list of non-empty texts")
+    lines, target = d["instructions"], d.get("target")
+    if target is not None and not (isinstance(target, str) and target.strip()):
+        raise EditFormatError(f"{where}: 'target' must be an image path relative to the folder")
+    if not isinstance(lines, list) or not (lines or target) or not all(isinstance(x, str) and x.strip() for x in lines):
+        raise EditFormatError(f"{where}: 'instructions' must be a list of non-empty texts (non-empty unless the "
+                              f"edit names a target)")
     if any("\n" in x for x in lines):
         raise EditFormatError(f"{where}: a sub-instruction holds a line break; give each its own list entry")
-    return EditSample(str(d["id"]), str(d["image"]), tuple(x.strip() for x in lines))
+    return EditSample(str(d["id"]), str(d["image"]), tuple(x.strip() for x in lines), target)
 
 
 def read_edits(root: str | Path) -> list[EditSample]:
@@ -66,4 +73,5 @@ def read_edits(root: str | Path) -> list[EditSample]:
 
 def write_edits(root: str | Path, samples: list[EditSample], **info) -> Path:
     return write_json_manifest(Path(root) / EDITS, FORMAT, VERSION, "edits",
-                               [{**asdict(s), "instructions": list(s.instructions)} for s in samples], **info)
+                               [{k: v for k, v in {**asdict(s), "instructions": list(s.instructions)}.items()
+                                 if v is not None} for s in samples], **info)

@@ -1,0 +1,143 @@
+"""``method: editor``: a plain instruction editor, flow matching on (source, sub-instruction lines, target).
+
+What SliderEdit needs under it: a Kontext editor. With real weights that is FLUX.1 Kontext itself; the
+offline demo has none, so it trains a tiny one from scratch on exact edits (``edits.json`` entries with a
+``"target"``; the empty prompt's target is the source). Text as the SliderEdit run will see it (the same
+``slideredit.max_lines`` / ``data.learned_text_tokens`` give the same per-line tokens), so the editor's
+prompts are the ones the sliders are trained on. Export writes the transformer as a diffusers folder
+(``<out>/transformer``), usable as ``model.pretrained`` of a SliderEdit run.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .features import FeatureCache, to_pil
+from .loop import TRAIN_SIGMAS, Method, make_codecs
+from .model import build_transformer, kontext_velocity
+from .sampling import euler
+from .slideredit import cache_edits, text_encoder_for
+from .validation import grid
+
+log = logging.getLogger("kontext_sliders.trainer")
+
+
+class KontextEditorModel(torch.nn.Module):
+    """velocity = Kontext transformer(noisy target | clean source, text)."""
+
+    def __init__(self, transformer: torch.nn.Module, guidance: float = 3.5):
+        super().__init__()
+        self.transformer, self.guidance = transformer, guidance
+
+    def forward(self, noisy, source, sigma, context, pooled):
+        return kontext_velocity(self.transformer, noisy, source, sigma, context, pooled, self.guidance)
+
+
+@dataclass
+class EditorRow:
+    sample: int
+    sigma: float
+    noise_seed: int
+
+
+def editor_rows_for_step(seed: int, step: int, global_batch: int, samples: int) -> list[EditorRow]:
+    """The global batch of step ``step``: a pure function of (seed, step)."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    rows = []
+    for i in range(global_batch):
+        sample = int(torch.randint(samples, (1,), generator=g))
+        sigma = float(TRAIN_SIGMAS[int(torch.randint(1000, (1,), generator=g))])
+        rows.append(EditorRow(sample, sigma, seed * 1_000_003 + step * 4096 + i))
+    return rows
+
+
+class EditorMethod(Method):
+    """The editor side of ``loop.train`` (the interface: ``loop.Method``)."""
+
+    def prepare(self, cache: FeatureCache, device: torch.device, progress: bool) -> None:
+        config = self.config
+        self.cache = cache
+        self.codec, _ = make_codecs(config, device, text=False)
+        text_encoder = text_encoder_for(config, device)
+        self.dataset = cache_edits(list(config.data.edits), cache, self.codec, text_encoder, None, "",
+                                   config.slideredit.max_lines, progress, targets=True)
+        text_encoder.release()
+        self.codec.release()
+        if not self.dataset.samples:
+            raise ValueError(f"no usable edits with targets in {config.data.edits} "
+                             f"(skipped: {dict(self.dataset.skipped)})")
+        log.info("%d edits with targets; skipped: %s", len(self.dataset.samples), dict(self.dataset.skipped) or "none")
+
+    def build_model(self) -> KontextEditorModel:
+        return KontextEditorModel(build_transformer(self.config), self.config.slideredit.guidance)
+
+    def rows(self, seed: int, step: int, global_batch: int) -> list[EditorRow]:
+        return editor_rows_for_step(seed, step, global_batch, len(self.dataset.samples))
+
+    def load(self, rows: list[EditorRow], device: torch.device) -> dict:
+        samples = [self.dataset.samples[r.sample] for r in rows]
+        image = lambda key: self.cache.get("image", key)["latent"]  # noqa: E731
+        texts = [self.cache.get("text", s.full) for s in samples]
+        target = torch.stack([image(s.target) for s in samples])
+        batch = {"source": torch.stack([image(s.source) for s in samples]), "target": target,
+                 "noise": torch.stack([torch.randn(target.shape[1:], generator=torch.Generator().manual_seed(
+                     r.noise_seed)) for r in rows]),
+                 "sigma": torch.tensor([r.sigma for r in rows]),
+                 "context": torch.stack([t["context"] for t in texts]),
+                 "pooled": torch.stack([t["pooled"] for t in texts])}
+        return {k: v.to(device) for k, v in batch.items()}
+
+    def loss(self, model, batch: dict) -> torch.Tensor:
+        """x_sigma = (1 - sigma) target + sigma eps; velocity target eps - target; MSE in fp32."""
+        x, eps, sigma = batch["target"], batch["noise"], batch["sigma"]
+        s = sigma.view(-1, 1, 1, 1)
+        pred = model((1 - s) * x + s * eps, batch["source"], sigma, batch["context"], batch["pooled"])
+        return torch.mean((pred.float() - (eps - x).float()) ** 2)
+
+    @torch.no_grad()
+    def validate(self, model: KontextEditorModel, prefix: Path) -> list[Path]:
+        """A strip [source, edit, target] per edit of the first ``run.validation_pairs`` samples."""
+        run = self.config.run
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        prefix.mkdir(parents=True, exist_ok=True)
+        rows, captions = [], []
+        for sample in self.dataset.samples[: max(run.validation_pairs, 1)]:
+            source = self.cache.get("image", sample.source)["latent"].to(device).unsqueeze(0)
+            text = self.cache.get("text", sample.full)
+            noise = torch.randn(source.shape, generator=torch.Generator().manual_seed(run.seed)).to(device)
+            edit = euler(lambda x, sigma: model(x, source, sigma, text["context"].unsqueeze(0).to(device),
+                                                text["pooled"].unsqueeze(0).to(device)), noise, run.sample_steps)
+            target = self.cache.get("image", sample.target)["latent"].to(device).unsqueeze(0)
+            rows.append([to_pil(im) for im in self.codec.decode(torch.cat([source, edit, target]))])
+            captions.append(f"{sample.id}: {' / '.join(sample.lines) or '(empty prompt)'}")
+        self.codec.release()
+        path = prefix / "edits.png"
+        grid(rows).save(path)
+        (prefix / "captions.txt").write_text("rows: source, edit, target\n" + "\n".join(captions) + "\n",
+                                             encoding="utf-8")
+        model.train(was_training)
+        return [path]
+
+
+def export_editor(trainable: dict[str, torch.Tensor], config, out_dir: str | Path) -> Path:
+    """The trained transformer as a diffusers folder ``<out_dir>/transformer`` (a LoRA merged into it)."""
+    from .config import config_from_dict
+    config = config_from_dict(config) if isinstance(config, dict) else config
+    transformer = build_transformer(config)
+    prefix = "transformer."
+    state = {k[len(prefix):]: v for k, v in trainable.items() if k.startswith(prefix)}
+    missing = {n for n, p in transformer.named_parameters() if p.requires_grad} - set(state)
+    if missing:
+        raise ValueError(f"the checkpoint lacks trainable tensors of the editor: {sorted(missing)[:3]}")
+    transformer.load_state_dict(state, strict=False)
+    if config.lora.enabled and config.model.pretrained is not None:
+        transformer.fuse_lora()
+        transformer.unload_lora()
+    folder = Path(out_dir) / "transformer"
+    transformer.save_pretrained(str(folder))
+    return folder
