@@ -1,0 +1,255 @@
+"""NumeriKontrol core (issue 13): registry and parser."""
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+
+from kontext_sliders.core.numeric import (DEFAULT_REGISTRY, DEFAULT_REGISTRY_DATA, NumericEdit, NumericParseError,
+                                          Registry, RegistryError, parse_line)
+
+REG = DEFAULT_REGISTRY
+
+
+# ---------------------------------------------------------------- the parser
+
+VALID = [
+    ("Increase the exposure by 1.5 EV", "exposure", 1.5),
+    ("decrease the colour temperature by 800 K", "temperature", -800.0),
+    ("exposure +1.5EV", "exposure", 1.5),
+    ("rotate the hue by -30 degrees", "hue", -30.0),
+    ("Hue: +45°", "hue", 45.0),
+    ("Decrease the exposure by 1 stop", "exposure", -1.0),
+    ("lower the exposure by 0.5 stops", "exposure", -0.5),
+    ("EXPOSURE -2 ev", "exposure", -2.0),
+    ("darken the image by 1 EV", "exposure", -1.0),  # no task named: EV belongs to exposure only
+    ("+1.5 EV", "exposure", 1.5),
+    ("exposure-1EV", "exposure", -1.0),
+    ("decrease the exposure by -1 EV", "exposure", -1.0),  # wording and sign agree
+    ("Increase the exposure by 0 EV", "exposure", 0.0),
+    ("increase the exposure by 1.5 EV, please", "exposure", 1.5),
+    ("Increase the exposure by 2 EV.", "exposure", 2.0),
+    ("increase the exposure by 1.5 for the sky", "exposure", 1.5),  # no unit: the canonical one
+    ("increase the color temperature by 1,000 kelvin", "temperature", 1000.0),
+    ("make the colours warmer by 500K", "temperature", -500.0),
+    ("Temperature: -3500 K", "temperature", -3500.0),
+    ("Increase the contrast by 1.5x", "contrast", 1.5),
+    ("decrease the contrast by 2x", "contrast", 0.5),
+    ("contrast ×1.25", "contrast", 1.25),
+    ("contrast x0.5", "contrast", 0.5),
+    ("boost the saturation by 2 times", "saturation", 2.0),
+    ("reduce the colour saturation by 1.25×", "saturation", 0.8),
+    ("saturation 0.75X", "saturation", 0.75),
+    ("rotate the hue by 30°", "hue", 30.0),
+    ("shift the hue by 90 deg", "hue", 90.0),
+    ("rotate by -15 degree", "hue", -15.0),
+    ("the hue, rotated by 180 degrees", "hue", 180.0),
+    ("increase the gamma by 0.5", "gamma", 0.5),
+    ("gamma -0.25", "gamma", -0.25),
+    ("blur the image by 2 px", "blur", 2.0),
+    ("sharpen by 1.5 pixels", "blur", -1.5),
+    ("Gaussian blur +.5px", "blur", 0.5),
+    ("add noise by 0.05", "noise", 0.05),
+    ("remove noise 0.02", "noise", -0.02),
+    ("increase the vignette by 0.4", "vignette", 0.4),
+    ("vignetting -0.8", "vignette", -0.8),
+]
+
+MALFORMED = [  # (line, what the message must say)
+    ("", "empty"),
+    ("increase the exposure", "no number"),
+    ("increase the exposure by one stop", "no number"),
+    ("increase the exposure by 1.5 EV and the contrast by 2x", "2 numbers (1.5, 2)"),
+    ("exposure 1 EV 2 EV", "2 numbers"),
+    ("increase the exposure by 1,5 EV", "',5' is not a number"),
+    ("exposure 1.5.2 EV", "'.2' is not a number"),
+    ("increase the exposure by 1.5 dB", "unknown unit 'dB' for exposure"),
+    ("increase the exposure by 1.5 steps", "unknown unit 'steps'"),
+    ("increase the hue by 30 px", "unknown unit 'px' for hue in '30 px' (it is a unit of blur)"),
+    ("exposure x2", "unknown unit 'x' for exposure"),
+    ("increase the gamma by 0.5 EV", "gamma takes a plain number"),
+    ("increase the brightness by 1.5", "names no task (found '1.5')"),
+    ("increase by 2x", "fits contrast, saturation"),
+    ("increase the exposure and the contrast by 1.5", "names 2 tasks (exposure, contrast)"),
+    ("exposure +3 EV", "exposure +3 EV (from '+3 EV') is outside"),
+    ("rotate the hue by 270 degrees", "outside"),
+    ("increase the contrast by 3x", "contrast 3x (from '3x') is outside"),
+    ("decrease the contrast by 4x", "contrast 0.25x (from '4x') is outside"),
+    ("increase the exposure by -1 EV", "opposite sign"),
+    ("raise and lower the exposure by 1 EV", "both increase wording ('raise') and decrease wording ('lower')"),
+    ("increase the contrast by 0.5x", "ambiguous"),
+    ("contrast -2x", "never negative"),
+    ("contrast 0x", "factor of 0"),
+    ("contrast x2x", "two units"),
+]
+
+
+def test_at_least_forty_phrasings_a_third_malformed():
+    assert len(VALID) + len(MALFORMED) >= 40 and len(MALFORMED) * 3 >= len(VALID) + len(MALFORMED)
+
+
+@pytest.mark.parametrize("line,task,delta", VALID)
+def test_parse_valid(line, task, delta):
+    edit = parse_line(line)
+    assert edit == NumericEdit(task, pytest.approx(delta, rel=1e-12), REG.task(task).unit)
+    assert math.copysign(1, edit.delta) > 0 or edit.delta < 0  # never -0.0
+
+
+@pytest.mark.parametrize("line,message", MALFORMED)
+def test_parse_malformed(line, message):
+    with pytest.raises(NumericParseError) as info:
+        parse_line(line)
+    text = str(info.value)
+    assert message in text
+    # what is accepted: the whole registry, or the task the line named (with its units and range)
+    assert f"accepted: {REG.describe()}" in text or any(text.endswith(t.describe()) for t in REG.tasks)
+
+
+def test_error_lists_units_and_ranges():
+    with pytest.raises(NumericParseError) as info:
+        parse_line("increase the sharpness by 2")
+    text = str(info.value)
+    for fragment in ("exposure -2 ... 2 EV (units: EV, stop, stops)",
+                     "contrast factor 0.5x ... 2x (units: x, ×, times)",
+                     "hue -180 ... 180 deg (units: deg, °, degree, degrees)", "gamma -1 ... 1 (a plain number)",
+                     "temperature -3500 ... 3500 K"):
+        assert fragment in text
+
+
+@pytest.mark.parametrize("task", REG.names)
+def test_template_round_trip(task):
+    """render(delta) reads back to (task, delta) over the whole range, for every task."""
+    t = REG.task(task)
+    lo, hi = t.delta_range
+    if t.scale == "log":
+        values = [math.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * k / 40) for k in range(41)]
+    else:
+        values = [lo + (hi - lo) * k / 40 for k in range(41)]
+    values += [t.identity, lo, hi, 0.7 if t.scale == "log" else hi / 3, 1.3 if t.scale == "log" else lo / 7]
+    for delta in values:
+        line = t.render(delta)
+        assert "{" not in line and line[0].isupper()
+        edit = parse_line(line)
+        assert edit.task == task and edit.delta == pytest.approx(delta, rel=1e-12, abs=1e-12), line
+
+
+def test_rendered_wording():
+    assert REG.task("exposure").render(-1.5) == "Decrease the exposure by 1.5 EV"
+    assert REG.task("contrast").render(0.5) == "Decrease the contrast by 2x"
+    assert REG.task("saturation").render(1.5) == "Increase the saturation by 1.5x"
+    assert REG.task("temperature").render(-800) == "Decrease the colour temperature by 800 K"
+    assert REG.task("noise").render(0.00001) == "Increase the noise by 0.00001"  # no exponent
+
+
+def test_factor_deltas_and_normalisation():
+    contrast = REG.task("contrast")
+    assert contrast.identity == 1.0 and contrast.compose(1.5, parse_line("decrease the contrast by 2x").delta) == 0.75
+    assert contrast.normalise(2.0) == pytest.approx(1.0) and contrast.normalise(0.5) == pytest.approx(-1.0)
+    exposure = REG.task("exposure")
+    assert exposure.normalise(-1.0) == -0.5 and exposure.delta_between(0.5, 2.0) == 1.5
+
+
+# ---------------------------------------------------------------- the registry
+
+def test_registry_json_round_trip():
+    data = REG.to_json()
+    assert Registry.from_json(data) == REG
+    assert Registry.from_json(REG.to_json_text()) == REG
+    assert Registry.from_json(json.loads(json.dumps(DEFAULT_REGISTRY_DATA))) == REG
+    assert REG.task_id("temperature") == 5 and REG.task("hue").unit == "deg"
+
+
+def _edit(mutate):
+    data = copy.deepcopy(REG.to_json())
+    mutate(data)
+    return data
+
+
+def _task(data, name):
+    return next(t for t in data["tasks"] if t["name"] == name)
+
+
+BAD_REGISTRIES = [
+    (lambda d: d.update(format="other"), "format is 'other'"),
+    (lambda d: d.update(version=2), "version 2 is not supported"),
+    (lambda d: d.update(tasks=[]), "non-empty list"),
+    (lambda d: d["tasks"].append("exposure"), "registry task 9 is a JSON str"),
+    (lambda d: _task(d, "hue").pop("template"), "registry task 3 ('hue'): missing template"),
+    (lambda d: _task(d, "hue").update(unitz=["deg"]), "unknown field(s) unitz"),
+    (lambda d: _task(d, "blur").update(delta_range=[1, 4]), "lo <= 0 <= hi"),
+    (lambda d: _task(d, "contrast").update(delta_range=[0, 2]), "0 < lo <= 1 <= hi"),
+    (lambda d: _task(d, "gamma").update(delta_range="wide"), "two finite numbers"),
+    (lambda d: _task(d, "gamma").update(delta_range=[-1, float("nan")]), "two finite numbers"),
+    (lambda d: _task(d, "gamma").update(scale="quadratic"), "scale must be one of linear, log"),
+    (lambda d: _task(d, "saturation").update(names=["colour temperature"]), "given to both"),
+    (lambda d: _task(d, "exposure").update(template="{verb} the exposure"), "{amount}"),
+    (lambda d: _task(d, "exposure").update(template="{verb} the exposure by {amount} {unit}"), "placeholder"),
+    (lambda d: _task(d, "exposure").update(template="{verb} the exposure by {amount} px"), "does not read back"),
+    (lambda d: _task(d, "exposure").update(template="{verb} the contrast by {amount}"), "reads back as contrast"),
+    (lambda d: _task(d, "exposure").update(unit="f"), "canonical unit 'f'"),
+    (lambda d: _task(d, "exposure").update(decrease=["raise"]), "both increase and decrease"),
+    (lambda d: _task(d, "exposure").update(units="EV"), "units must be a list of strings"),
+    (lambda d: _task(d, "exposure").update(name="exposure 2"), "one word of letters"),
+]
+
+
+@pytest.mark.parametrize("mutate,message", BAD_REGISTRIES)
+def test_registry_validation(mutate, message):
+    with pytest.raises(RegistryError) as info:
+        Registry.from_json(_edit(mutate))
+    assert message in str(info.value)
+
+
+def test_registry_not_json():
+    with pytest.raises(RegistryError, match="not valid JSON"):
+        Registry.from_json("{tasks")
+    with pytest.raises(RegistryError, match="unknown task 'sharpness'; the registry has: exposure, contrast"):
+        REG.task("sharpness")
+
+
+ROTATION = {"format": "numerikontrol-registry", "version": 1, "tasks": [
+    {"name": "rotation", "unit": "deg", "units": ["deg", "°", "degrees"], "delta_range": [-90, 90],
+     "template": "{verb} the object by {amount} degrees", "names": ["object"], "increase": ["increase"],
+     "decrease": ["decrease"]}]}
+
+
+def test_custom_registry_is_what_parses():
+    reg = Registry.from_json(ROTATION)
+    assert parse_line("Rotate the object by -30 degrees", reg) == NumericEdit("rotation", -30.0, "deg")
+    assert parse_line("rotate by 45°", reg).task == "rotation"
+    with pytest.raises(NumericParseError, match=r"accepted: rotation -90 \.\.\. 90 deg"):
+        parse_line("Increase the exposure by 1 EV", reg)
+
+
+def test_default_registry_agrees_with_synth_cat():
+    """Names and order (= task ids), units, delta conventions and ranges: exactly the deltas between frames of
+    a default `synth cat` trajectory, in the way cat's operators compose."""
+    from kontext_sliders.trainer.data.cat import TASKS
+    assert REG.names == tuple(TASKS)
+    for name, cat in TASKS.items():
+        task = REG.task(name)
+        if task.units:
+            assert task.unit == cat.unit
+        else:
+            assert name in ("gamma", "noise", "vignette")
+        assert (task.scale == "log") == (cat.unit == "x")  # contrast and saturation scale distances from grey
+        values = [cat.value_at(k / 8) for k in range(9)]
+        deltas = [task.delta_between(a, b) for a in values for b in values]
+        assert (min(deltas), max(deltas)) == pytest.approx(task.delta_range, rel=1e-12)
+        for a in values:
+            for b in values:
+                assert task.compose(a, task.delta_between(a, b)) == pytest.approx(b, rel=1e-12)
+
+
+def test_multiplicative_convention_matches_cat_operators():
+    """'increase the contrast by 1.5x' from factor a is cat's operator at 1.5 a (same image)."""
+    from kontext_sliders.trainer.data.cat import TASKS
+    image = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 0.5 + 0.25
+    for name in ("contrast", "saturation"):
+        cat, task = TASKS[name], REG.task(name)
+        delta = parse_line(f"increase the {name} by 1.5x").delta
+        once = cat.operator(cat.operator(image, 1.2, 0), delta, 0)  # factor 1.2, then the delta on top
+        assert torch.allclose(once, cat.operator(image, task.compose(1.2, delta), 0), atol=1e-6)
