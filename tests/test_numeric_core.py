@@ -1,4 +1,4 @@
-"""NumeriKontrol core (issue 13): registry and parser."""
+"""NumeriKontrol core (issue 13): registry, parser, adapter, mask."""
 from __future__ import annotations
 
 import copy
@@ -8,10 +8,12 @@ import math
 import pytest
 import torch
 
-from kontext_sliders.core.numeric import (DEFAULT_REGISTRY, DEFAULT_REGISTRY_DATA, NumericEdit, NumericParseError,
-                                          Registry, RegistryError, parse_line)
+from kontext_sliders.core.numeric import (DEFAULT_REGISTRY, DEFAULT_REGISTRY_DATA, AdapterConfig, NumericAdapter,
+                                          NumericEdit, NumericParseError, Registry, RegistryError, featurize,
+                                          multi_numeric_mask, parse_line)
 
 REG = DEFAULT_REGISTRY
+TINY = AdapterConfig(encoder_width=32, embed_width=32, decoder_width=32, out_dim=16)
 
 
 # ---------------------------------------------------------------- the parser
@@ -253,3 +255,130 @@ def test_multiplicative_convention_matches_cat_operators():
         delta = parse_line(f"increase the {name} by 1.5x").delta
         once = cat.operator(cat.operator(image, 1.2, 0), delta, 0)  # factor 1.2, then the delta on top
         assert torch.allclose(once, cat.operator(image, task.compose(1.2, delta), 0), atol=1e-6)
+
+
+# ---------------------------------------------------------------- the adapter
+
+def test_adapter_default_sizes_are_the_papers():
+    adapter = NumericAdapter(REG)
+    shapes = {k: tuple(v.shape) for k, v in adapter.state_dict().items()}
+    assert shapes == {"encoder.0.weight": (256, 7), "encoder.0.bias": (256,), "encoder.2.weight": (256, 256),
+                      "encoder.2.bias": (256,), "task_embedding.weight": (9, 256), "decoder.1.weight": (256, 256),
+                      "decoder.1.bias": (256,), "decoder.3.weight": (4096, 256), "decoder.3.bias": (4096,)}
+    with pytest.raises(ValueError, match="out_dim must be a positive integer"):
+        AdapterConfig(out_dim=0)
+
+
+def test_featurize():
+    u = torch.tensor([0.0, 0.5, -1.0], dtype=torch.float64)
+    f = featurize(u, 3)
+    assert f.shape == (3, 7) and torch.equal(f[:, 0], u)
+    assert torch.allclose(f[0], torch.tensor([0.0, 0, 0, 0, 1, 1, 1], dtype=torch.float64))
+    assert torch.allclose(f[1, 1:4], torch.tensor([math.sin(math.pi / 4), 1.0, 0.0], dtype=torch.float64), atol=1e-12)
+
+
+def test_adapter_normalises_per_task_like_the_registry():
+    adapter = NumericAdapter(REG, TINY)
+    ids, deltas = [], []
+    for i, t in enumerate(REG.tasks):
+        lo, hi = t.delta_range
+        for d in (lo, hi, t.identity, (lo + t.identity) / 2):
+            ids.append(i)
+            deltas.append(d)
+    u = adapter.normalise(torch.tensor(ids), torch.tensor(deltas, dtype=torch.float64))
+    assert torch.allclose(u, torch.tensor([REG.tasks[i].normalise(d) for i, d in zip(ids, deltas)],
+                                          dtype=torch.float64), atol=1e-12)
+    assert float(u.abs().max()) == pytest.approx(1.0)
+
+
+def _grid(task, n):
+    """n deltas evenly spaced in the task's signed coordinate, from one end of its range to the other."""
+    log, scale = task.normaliser()
+    lo, hi = (math.log(v) if log else v for v in task.delta_range)
+    u = torch.linspace(lo / scale, hi / scale, n, dtype=torch.float64)
+    return (u * scale).exp() if log else u * scale
+
+
+def test_adapter_is_lipschitz_in_n():
+    """Consecutive tokens on a fine grid differ by at most the network's Lipschitz bound times the step:
+    continuous in n (a jump in the featurisation or the normalisation breaks it)."""
+    torch.manual_seed(0)
+    adapter = NumericAdapter(REG, TINY).double()
+    silu = 1.0999  # SiLU's largest slope
+    net = silu ** 3 * math.prod(float(torch.linalg.matrix_norm(m.weight.detach(), 2)) for m in adapter.modules()
+                                if isinstance(m, torch.nn.Linear))
+    feat = math.sqrt(1 + sum(((math.pi / 2) * 2 ** k) ** 2 for k in range(TINY.frequencies)))
+    with torch.no_grad():
+        for i, task in enumerate(REG.tasks):
+            deltas = _grid(task, 2001)
+            u = adapter.normalise(torch.full_like(deltas, i, dtype=torch.long), deltas)
+            z = adapter(torch.full((2001,), i), deltas)
+            steps = (z[1:] - z[:-1]).norm(dim=1)
+            assert bool((steps <= net * feat * (u[1:] - u[:-1]).abs() * (1 + 1e-9)).all()), task.name
+            assert float(steps.max()) < 0.02 * float((z - z[0]).norm(dim=1).max())  # no jump
+
+
+def test_adapter_interpolates_between_trained_values():
+    """Trained deltas of a 9-frame trajectory are 1/8 of the range apart (0.125 in u); the token halfway
+    between two neighbours is closer to each than they are to each other, and near their chord's middle."""
+    for seed in range(3):
+        torch.manual_seed(seed)
+        adapter = NumericAdapter(REG, TINY).double()
+        with torch.no_grad():
+            for i, task in enumerate(REG.tasks):
+                z = adapter(torch.full((33,), i), _grid(task, 33))
+                for k in range(0, 31, 2):
+                    a, m, b = z[k], z[k + 1], z[k + 2]
+                    span = float((a - b).norm())
+                    assert float((m - a).norm()) < span and float((m - b).norm()) < span
+                    assert float((m - (a + b) / 2).norm()) < 0.4 * span, (seed, task.name, k)
+
+
+def test_tasks_separate_equal_numbers_and_tokens_follow_edits():
+    torch.manual_seed(0)
+    adapter = NumericAdapter(REG, TINY)
+    edits = [parse_line("increase the gamma by 0.5"), parse_line("increase the vignette by 0.5"),
+             parse_line("Increase the exposure by 1.5 EV")]
+    tokens = adapter.tokens(edits)
+    assert tokens.shape == (3, 16)
+    assert not torch.allclose(tokens[0], tokens[1])
+    ids = torch.tensor([REG.task_id(e.task) for e in edits])
+    assert torch.equal(tokens, adapter(ids, torch.tensor([0.5, 0.5, 1.5])))
+    far = adapter(torch.tensor([0]), torch.tensor([8.0]))  # past the range: extrapolates, finite
+    assert bool(torch.isfinite(far).all())
+    half = NumericAdapter(REG, TINY).to(torch.bfloat16)(ids, torch.tensor([0.5, 0.5, 1.5]))
+    assert half.dtype == torch.bfloat16
+
+
+# ---------------------------------------------------------------- the multi-numeric mask
+
+def test_mask_layout():
+    mask = multi_numeric_mask(3, 4, 5)
+    assert mask.shape == (12, 12) and mask.dtype == torch.bool
+    blocked = {(i, j) for i in range(12) for j in range(12) if not mask[i, j]}
+    assert blocked == {(i, j) for i in range(3) for j in range(3) if i != j}
+    additive = multi_numeric_mask(3, 4, 5, additive=True, dtype=torch.float16)
+    assert additive.dtype == torch.float16 and bool((additive == 0).eq(mask).all())
+    assert bool(torch.isinf(additive[0, 1])) and float(additive[0, 1]) < 0
+    assert bool(multi_numeric_mask(1, 2, 2).all()) and multi_numeric_mask(0, 0, 0).shape == (0, 0)
+    with pytest.raises(ValueError, match="numeric must be a token count"):
+        multi_numeric_mask(-1, 2, 2)
+
+
+def test_mask_keeps_numeric_tokens_independent():
+    """Through attention with the mask, numeric token 0's output does not depend on numeric token 1 (it does
+    without the mask); text and image outputs still do."""
+    g = torch.Generator().manual_seed(0)
+    m, text, image, d = 2, 3, 4, 8
+    q, k, v = (torch.randn(1, 1, m + text + image, d, generator=g) for _ in range(3))
+    k2, v2 = k.clone(), v.clone()
+    k2[..., 1, :] += 1.0
+    v2[..., 1, :] -= 2.0
+    mask = multi_numeric_mask(m, text, image)
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    out, out2 = sdpa(q, k, v, attn_mask=mask), sdpa(q, k2, v2, attn_mask=mask)
+    assert torch.equal(out[..., 0, :], out2[..., 0, :])
+    assert not torch.allclose(out[..., m:, :], out2[..., m:, :])
+    assert not torch.allclose(sdpa(q, k, v)[..., 0, :], sdpa(q, k2, v2)[..., 0, :])
+    additive = sdpa(q, k, v, attn_mask=multi_numeric_mask(m, text, image, additive=True))
+    assert torch.allclose(additive, out, atol=1e-6)
