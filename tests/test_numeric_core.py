@@ -1,20 +1,24 @@
-"""NumeriKontrol core (issue 13): registry, parser, adapter, mask."""
+"""NumeriKontrol core (issue 13): registry, parser, adapter, mask, weight header and the parse command."""
 from __future__ import annotations
 
 import copy
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
+from kontext_sliders.core.formats import METADATA_KEY, WeightsFormatError
 from kontext_sliders.core.numeric import (DEFAULT_REGISTRY, DEFAULT_REGISTRY_DATA, AdapterConfig, NumericAdapter,
                                           NumericEdit, NumericParseError, Registry, RegistryError, featurize,
-                                          multi_numeric_mask, parse_line)
+                                          multi_numeric_mask, numeric_metadata, parse_line, read_numeric_header)
+from kontext_sliders.core.numeric.__main__ import main as cli_main
 
 REG = DEFAULT_REGISTRY
 TINY = AdapterConfig(encoder_width=32, embed_width=32, decoder_width=32, out_dim=16)
-
 
 # ---------------------------------------------------------------- the parser
 
@@ -382,3 +386,112 @@ def test_mask_keeps_numeric_tokens_independent():
     assert not torch.allclose(sdpa(q, k, v)[..., 0, :], sdpa(q, k2, v2)[..., 0, :])
     additive = sdpa(q, k, v, attn_mask=multi_numeric_mask(m, text, image, additive=True))
     assert torch.allclose(additive, out, atol=1e-6)
+
+
+# ---------------------------------------------------------------- the weight header
+
+def _weights(path, registry=REG, config=TINY, metadata=None):
+    state = {f"numeric_adapter.{k}": v.contiguous() for k, v in NumericAdapter(registry, config).state_dict().items()}
+    save_file(state, str(path), metadata=metadata or numeric_metadata(registry, config))
+    return path
+
+
+def test_weight_header_round_trip(tmp_path):
+    reg = Registry.from_json(ROTATION)
+    header = read_numeric_header(_weights(tmp_path / "n.safetensors", reg))
+    assert header.registry == reg and header.adapter == TINY
+
+
+def _header(**change):
+    info = json.loads(numeric_metadata(REG, TINY)[METADATA_KEY])
+    info.update(change)
+    return {"format": "pt", METADATA_KEY: json.dumps(info)}
+
+
+BAD_FILES = [
+    ("missing", "does not exist"),
+    ("garbage", "is not a readable safetensors file"),
+    ("empty", "is not a readable safetensors file"),
+    ("no header", "has no 'kontext_sliders' header"),
+    ("other format", "is a 'kontinuous-kontext' file, not a NumeriKontrol weight file"),
+    ("not json", "is not valid JSON"),
+    ("version", "has version 7"),
+    ("bad registry", "unusable task registry (registry task 0 ('exposure'): delta_range"),
+    ("bad adapter", "unusable adapter config (adapter config has unknown field(s) width"),
+]
+
+
+def _bad_file(tmp_path, kind):
+    path = tmp_path / "bad.safetensors"
+    registry = copy.deepcopy(REG.to_json())
+    registry["tasks"][0]["delta_range"] = [3, 4]
+    metadata = {"no header": {"format": "pt"},
+                "other format": {"format": "pt", METADATA_KEY: json.dumps({"format": "kontinuous-kontext"})},
+                "not json": {"format": "pt", METADATA_KEY: "{oops"},
+                "version": _header(version=7), "bad registry": _header(registry=registry),
+                "bad adapter": _header(adapter={"width": 3})}.get(kind)
+    if metadata:
+        _weights(path, metadata=metadata)
+    elif kind == "garbage":
+        path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header at all")
+    elif kind == "empty":
+        path.write_bytes(b"")
+    return path
+
+
+@pytest.mark.parametrize("kind,message", BAD_FILES)
+def test_weight_header_errors(tmp_path, kind, message):
+    with pytest.raises(WeightsFormatError) as info:
+        read_numeric_header(_bad_file(tmp_path, kind))
+    assert message in str(info.value)
+
+
+# ---------------------------------------------------------------- the parse command
+
+def _lines(text):
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_cli_default_registry(capsys):
+    assert cli_main(["parse", "Increase the exposure by 1.5 EV", "Hue: +45°"]) == 0
+    out = capsys.readouterr().out
+    assert _lines(out) == [{"line": "Increase the exposure by 1.5 EV", "task": "exposure", "delta": 1.5, "unit": "EV"},
+                           {"line": "Hue: +45°", "task": "hue", "delta": 45.0, "unit": "deg"}]
+
+
+def test_cli_failed_line_exits_2(capsys):
+    assert cli_main(["parse", "exposure +1EV", "exposure +3 EV", "contrast x2"]) == 2
+    rows = _lines(capsys.readouterr().out)
+    assert [("error" in r) for r in rows] == [False, True, False] and rows[1]["line"] == "exposure +3 EV"
+    assert "outside the accepted range" in rows[1]["error"]
+
+
+def test_cli_weights_registry(tmp_path, capsys):
+    path = _weights(tmp_path / "rot.safetensors", Registry.from_json(ROTATION))
+    assert cli_main(["parse", "rotate the object by 30 degrees", "--weights", str(path)]) == 0
+    assert _lines(capsys.readouterr().out)[0]["task"] == "rotation"
+    assert cli_main(["parse", "Increase the exposure by 1.5 EV", "--weights", str(path)]) == 2
+    assert "accepted: rotation" in _lines(capsys.readouterr().out)[0]["error"]
+
+
+@pytest.mark.parametrize("kind", ["missing", "garbage", "bad registry"])
+def test_cli_unusable_weights_is_one_line(tmp_path, capsys, kind):
+    assert cli_main(["parse", "exposure +1EV", "--weights", str(_bad_file(tmp_path, kind))]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1 and "error:" in err
+
+
+def test_cli_as_a_module(tmp_path):
+    cmd = [sys.executable, "-m", "kontext_sliders.core.numeric", "parse"]
+    bad = subprocess.run(cmd + ["decrease the colour temperature by 800 K", "exposure by 1.5 dB"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2, bad.stderr
+    rows = _lines(bad.stdout)
+    assert rows[0] == {"line": "decrease the colour temperature by 800 K", "task": "temperature", "delta": -800.0,
+                       "unit": "K"}
+    assert "unknown unit 'dB'" in rows[1]["error"]
+    weights = str(_weights(tmp_path / "n.safetensors"))
+    good = subprocess.run(cmd + ["--weights", weights, "rotate the hue by -30 degrees"],
+                          capture_output=True, text=True, timeout=120)
+    assert good.returncode == 0 and _lines(good.stdout) == [
+        {"line": "rotate the hue by -30 degrees", "task": "hue", "delta": -30.0, "unit": "deg"}]
