@@ -1,7 +1,7 @@
 """NumeriKontrol core: numbers with units as edit strengths (issue 13). Pure Python/torch, no ComfyUI.
 
 * ``registry``: the tasks as data (names, units, delta ranges, wording, templates), JSON round trip;
-  ``DEFAULT_REGISTRY`` = the ``synth cat`` tasks.
+  ``defaults.DEFAULT_REGISTRY`` = the ``synth cat`` tasks.
 * ``parser``: one line of text -> ``NumericEdit(task, delta, unit)``; the grammar is in its docstring.
 * ``adapter``: ``NumericAdapter`` (z = D(E(n) + emb(task))) and ``multi_numeric_mask``.
 * ``weights``: the weight file's header layout (the registry travels with the weights).
