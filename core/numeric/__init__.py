@@ -1,0 +1,20 @@
+"""NumeriKontrol core: numbers with units as edit strengths (issue 13). Pure Python/torch, no ComfyUI.
+
+* ``registry``: the tasks as data (names, units, delta ranges, wording, templates), JSON round trip;
+  ``defaults.DEFAULT_REGISTRY`` = the ``synth cat`` tasks.
+* ``parser``: one line of text -> ``NumericEdit(task, delta, unit)``; the grammar is in its docstring.
+* ``adapter``: ``NumericAdapter`` (z = D(E(n) + emb(task))) and ``multi_numeric_mask``.
+* ``weights``: the weight file's header layout (the registry travels with the weights).
+
+Command line: ``python -m kontext_sliders.core.numeric parse LINE [LINE ...] [--weights FILE]``.
+"""
+from .adapter import AdapterConfig, NumericAdapter, featurize, multi_numeric_mask
+from .parser import NumericEdit, NumericParseError, parse_line
+from .defaults import DEFAULT_REGISTRY, DEFAULT_REGISTRY_DATA
+from .registry import NumericTask, Registry, RegistryError
+from .weights import ADAPTER_PREFIX, FORMAT_NAME, NumericHeader, numeric_metadata, read_numeric_header
+
+__all__ = ["ADAPTER_PREFIX", "AdapterConfig", "DEFAULT_REGISTRY", "DEFAULT_REGISTRY_DATA", "FORMAT_NAME",
+           "NumericAdapter", "NumericEdit", "NumericHeader", "NumericParseError", "NumericTask", "Registry",
+           "RegistryError", "featurize", "multi_numeric_mask", "numeric_metadata", "parse_line",
+           "read_numeric_header"]
