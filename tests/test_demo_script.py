@@ -99,3 +99,11 @@ def test_a_complete_venv_is_reused_and_the_demo_status_comes_back(tmp_path):
     third = run_script(tmp_path, nvidia_smi="exit 9\n", dry=False, KS_TORCH="torch==2.12.1")
     assert third.returncode == 1 and "setting up" in third.stdout
     assert any("torch==2.12.1" in c for c in log.read_text().splitlines())
+
+
+def test_the_slideredit_demo_is_one_option_away_and_its_report_is_named(tmp_path):
+    r = run_script(tmp_path, "--method", "slideredit", nvidia_smi="exit 9\n")
+    assert r.returncode == 0, r.stderr
+    assert commands(r)[-1].endswith("demo --out demo_output --require-targets --method slideredit")
+    assert "running the slideredit demo" in r.stdout
+    assert f"report: {tmp_path}/demo_output/report_slideredit.md" in r.stdout

@@ -55,15 +55,21 @@ else
 fi
 
 out=demo_output  # where the report lands: the last --out given wins, as in argparse
+method=kontinuous
 previous=""
 for arg in "$@"; do
-  case $arg in --out=*) out=${arg#--out=} ;; esac
+  case $arg in --out=*) out=${arg#--out=} ;; --method=*) method=${arg#--method=} ;; esac
   if [ "$previous" = "--out" ]; then out=$arg; fi
+  if [ "$previous" = "--method" ]; then method=$arg; fi
   previous=$arg
 done
 case $out in /*) ;; *) out="$PWD/$out" ;; esac
-echo "== running the demo (about 5 minutes on 2 CPU cores)"
+echo "== running the $method demo (about 5 minutes on 2 CPU cores)"
 status=0
 run "$venv/bin/kontext-sliders" demo --out demo_output --require-targets "$@" || status=$?
-echo "== report: $out/report.md (numbers: $out/metrics.json, images: $out/contact_sheet.png, $out/sweep.gif)"
+if [ "$method" = slideredit ]; then
+  echo "== report: $out/report_slideredit.md (numbers: $out/metrics_slideredit.json, images: $out/sweep_*.png)"
+else
+  echo "== report: $out/report.md (numbers: $out/metrics.json, images: $out/contact_sheet.png, $out/sweep.gif)"
+fi
 exit "$status"
