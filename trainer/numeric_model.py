@@ -36,7 +36,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..core.numeric import NumericAdapter, multi_numeric_mask
+from ..core.numeric import NumericAdapter, NumericWeights, multi_numeric_mask
 from .model import kontext_velocity
 
 # the paper's "all W_Q, W_K and W_V": both streams of the double blocks, the single blocks' by suffix match
@@ -82,6 +82,21 @@ class NumericModel(nn.Module):
             raise ValueError(f"the numeric adapter makes {adapter.config.out_dim}-wide tokens, but this transformer's "
                              f"text input (context_embedder) takes {width}")
         self.transformer, self.adapter, self.guidance = transformer, adapter, guidance
+
+    @classmethod
+    def from_weights(cls, transformer: nn.Module, weights: NumericWeights, guidance: float = 1.0) -> "NumericModel":
+        """The model a weight file describes, on ``transformer`` (a plain ``FluxTransformer2DModel``): its adapter
+        (fp32), its LoRA added with peft on exactly the file's modules at the file's rank and alpha. Frozen, eval."""
+        adapter = weights.build_adapter()
+        modules = weights.lora_modules()
+        if modules:
+            add_numeric_lora(transformer, weights.lora_rank, weights.lora_alpha, targets=sorted(modules), init=False)
+            with torch.no_grad():
+                for path, (a, b) in modules.items():
+                    module = transformer.get_submodule(path)
+                    module.lora_A["default"].weight.copy_(a)
+                    module.lora_B["default"].weight.copy_(b)
+        return cls(transformer, adapter, guidance).requires_grad_(False).eval()
 
     def tokens(self, edits: Edits, device: torch.device) -> torch.Tensor:
         """[rows, m, T5 width]: the adapter's tokens of rows with m edits each."""
