@@ -390,3 +390,25 @@ def test_weight_file_errors_are_one_clear_line(exported, tmp_path):
         with pytest.raises(WeightsFormatError, match=message) as e:
             load_numeric_weights(bad)
         assert "\n" not in str(e.value) and bad.name in str(e.value)
+
+
+def test_train_on_the_pretrained_folder_vae_and_t5_path(cat_data, tmp_path):
+    """FLUX's VAE latents, T5 + CLIP features of the rendered instructions, a frozen pretrained base, gradient
+    checkpointing (the numeric tokens go through the recompute too)."""
+    pytest.importorskip("transformers")
+    from safetensors.torch import load_file
+    from test_trainer_flux_pipeline import build_tiny_kontext
+    from kontext_sliders.trainer.checkpoint import latest_checkpoint
+    from kontext_sliders.trainer.config import config_from_dict
+    from kontext_sliders.trainer.loop import train
+    kontext = build_tiny_kontext(tmp_path / "kontext")
+    raw = numeric_config(cat_data, tmp_path / "run", max_steps=2)
+    raw["model"] = {"pretrained": str(kontext), "gradient_checkpointing": True}
+    raw["data"].update(text_encoder="flux", pixel_space=False)
+    result = train(config_from_dict(raw))
+    assert result.steps == 2 and result.skipped == {} and result.last_loss > 0
+    trained = load_file(latest_checkpoint(tmp_path / "run") / "trainable.safetensors")
+    lora = [k for k in trained if "lora_" in k]
+    assert len(lora) == 2 * (6 + 3)  # 1 double block (Q/K/V of both streams) + 1 single block (joint Q/K/V)
+    assert all(trained[k].abs().max() > 0 for k in lora if "lora_B" in k)
+    assert (tmp_path / "run" / "validation" / "step-00000002" / "numeric.png").is_file()
