@@ -38,13 +38,10 @@ class WeightsFormatError(ValueError):
     """A weight file that cannot be used; the message says what was found and what to do."""
 
 
-@dataclass
-class KontinuousWeights:
-    projector_config: ProjectorConfig
-    projector_state: dict[str, torch.Tensor]
-    lora_state: dict[str, torch.Tensor] = field(default_factory=dict)  # diffusers keys
-    lora_alpha: float | None = None  # None: alpha = rank (scale 1), as peft does without metadata
-    source: str = ""
+class LoraInfo:
+    """``lora_rank`` and ``lora_scale`` of a weights object with ``lora_state`` (diffusers keys) and ``lora_alpha``."""
+    lora_state: dict[str, torch.Tensor]
+    lora_alpha: float | None
 
     @property
     def lora_rank(self) -> int | None:
@@ -57,6 +54,15 @@ class KontinuousWeights:
         if rank is None or self.lora_alpha is None:
             return 1.0
         return self.lora_alpha / rank
+
+
+@dataclass
+class KontinuousWeights(LoraInfo):
+    projector_config: ProjectorConfig
+    projector_state: dict[str, torch.Tensor]
+    lora_state: dict[str, torch.Tensor] = field(default_factory=dict)  # diffusers keys
+    lora_alpha: float | None = None  # None: alpha = rank (scale 1), as peft does without metadata
+    source: str = ""
 
     def build_projector(self, dtype: torch.dtype = torch.float32) -> SliderProjector:
         """The projector in ``dtype`` (fp32 = official inference: bf16 files are upcast)."""

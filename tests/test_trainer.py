@@ -58,6 +58,17 @@ def data(tmp_path):
     return brightness_trajectories(d)
 
 
+def prepared_method(raw: dict, cache: Path):
+    """(the method of a raw config with its data prepared into the feature cache ``cache``, its model at seed 0)."""
+    from kontext_sliders.trainer.config import config_from_dict
+    from kontext_sliders.trainer.features import FeatureCache
+    from kontext_sliders.trainer.loop import make_method
+    method = make_method(config_from_dict(raw))
+    method.prepare(FeatureCache(cache), torch.device("cpu"), progress=False)
+    torch.manual_seed(0)
+    return method, method.build_model()
+
+
 def write_config(path: Path, config: dict) -> Path:
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     return path

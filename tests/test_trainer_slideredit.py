@@ -152,15 +152,10 @@ def slideredit_config(edits, out, variant: str = "stlora", **run) -> dict:
 
 
 def prepared(edits, tmp_path, variant="stlora", **slideredit):
-    from kontext_sliders.trainer.config import config_from_dict
-    from kontext_sliders.trainer.features import FeatureCache
-    from kontext_sliders.trainer.slideredit import SliderEditMethod
+    from test_trainer import prepared_method
     raw = slideredit_config(edits, tmp_path / "out", variant)
     raw["slideredit"].update(slideredit)
-    method = SliderEditMethod(config_from_dict(raw))
-    method.prepare(FeatureCache(tmp_path / "cache"), torch.device("cpu"), progress=False)
-    torch.manual_seed(0)
-    return method, method.build_model()
+    return prepared_method(raw, tmp_path / "cache")
 
 
 def test_pps_rows_spans_and_teacher_prompts(edits, tmp_path):

@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     cat.add_cat_arguments(command(synth_sub, "cat", "ground-truth low-level edits (kornia) on photos"))
     official.add_filter_arguments(command(synth_sub, "filter", "read and filter the official dataset"))
 
-    train = command(sub, "train", "train a slider (Kontinuous Kontext, or SliderEdit with method: slideredit)")
+    train = command(sub, "train", "train a slider (Kontinuous Kontext; SliderEdit with method: slideredit; "
+                                  "NumeriKontrol with method: numeric)")
     train.add_argument("--config", required=True, metavar="FILE",
                        help="a .yaml or .toml run config (every field and default: trainer/config.py)")
     train.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -97,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     export = command(sub, "export", "write the weights the ComfyUI loader reads")
     export.add_argument("checkpoint", help="a checkpoint folder or a run's output folder (its newest checkpoint)")
     export.add_argument("--out", required=True, metavar="FILE.safetensors",
-                        help="the single .safetensors file the loader node reads (Kontinuous or SliderEdit, "
-                             "after the run's method)")
+                        help="the single .safetensors file the loader node reads (Kontinuous, SliderEdit or "
+                             "NumeriKontrol, after the run's method)")
     export.add_argument("--official-dir", metavar="DIR",
                         help="also write the official layout into this folder (Kontinuous: slider_projector.pth "
                              "+ LoRA; SliderEdit: the authors' selective_lora.safetensors or "

@@ -103,6 +103,16 @@ class RunSection:
             raise ConfigError(f"run.mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
 
 
+def check_lora_fields(where: str, rank, alpha, targets) -> None:
+    """rank > 0, alpha a positive number or null, targets a list of strings or null (a ConfigError naming the key)."""
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
+        raise ConfigError(f"{where}.rank must be a positive integer, got {rank!r}")
+    if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0):
+        raise ConfigError(f"{where}.alpha must be a positive number or null, got {alpha!r}")
+    if targets is not None and (not isinstance(targets, list) or not all(isinstance(t, str) for t in targets)):
+        raise ConfigError(f"{where}.targets must be a list of module suffixes or null, got {targets!r}")
+
+
 @dataclass
 class SliderEditSection:
     """``method: slideredit``: one shared low-rank adapter, trained self-supervised (PPS / SPPS) to cancel
@@ -129,14 +139,8 @@ class SliderEditSection:
         if self.variant == "gstlora" and self.loss == "pps":
             raise ConfigError("slideredit.loss pps needs variant stlora: a GSTLoRA has one slider for the whole "
                               "prompt, so it cannot suppress some sub-instructions only; use loss: spps")
-        if self.rank <= 0:
-            raise ConfigError(f"slideredit.rank must be a positive integer, got {self.rank!r}")
-        if self.alpha is not None and (isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float))
-                                       or not self.alpha > 0):
-            raise ConfigError(f"slideredit.alpha must be a positive number or null, got {self.alpha!r}")
+        check_lora_fields("slideredit", self.rank, self.alpha, self.targets)
         if self.targets is not None:
-            if not isinstance(self.targets, list) or not all(isinstance(t, str) for t in self.targets):
-                raise ConfigError(f"slideredit.targets must be a list of module suffixes or null, got {self.targets!r}")
             from .slideredit_model import check_targets
             try:
                 check_targets(self.variant, self.targets)
@@ -153,9 +157,58 @@ class SliderEditSection:
             raise ConfigError(f"slideredit.batch_teacher must be true or false, got {self.batch_teacher!r}")
 
 
-# what `method` may name; NumeriKontrol training comes later. "editor": a plain instruction editor trained on
-# ground-truth edits (edits.json with targets), e.g. the demo's base model for SliderEdit
-METHODS = ("kontinuous", "slideredit", "editor")
+@dataclass
+class NumericSection:
+    """``method: numeric``: NumeriKontrol, a numeric adapter (z = D(E(f(delta)) + emb(task))) whose tokens go in
+    front of the T5 tokens, and a LoRA on the attention Q/K/V (trainer/numeric.py, trainer/numeric_model.py)."""
+    # the task registry (units, ranges, templates): null = the default (the `synth cat` tasks), a path to a
+    # registry JSON file, or the registry itself; a numeric run's resolved config holds it inline, so every
+    # checkpoint carries the registry its task ids refer to
+    registry: str | dict | None = None
+    frequencies: int = 3  # sin/cos octaves of the signed coordinate (core/numeric/adapter.py)
+    encoder_width: int = 256  # the paper's 256 -> 256 -> 256 -> T5 width
+    embed_width: int = 256
+    decoder_width: int = 256
+    rank: int = 128  # the paper's LoRA rank
+    alpha: float | None = None  # null: alpha = rank (scale 1)
+    targets: list[str] | None = None  # diffusers Linear suffixes; null: Q/K/V of both streams (numeric_model.py)
+    init: str = "gaussian"  # peft's init_lora_weights: "gaussian" (A ~ N(0, 1/r)) or "default" (kaiming); B zeros
+    guidance: float = 1.0  # the guidance embedding's value in training (the paper: "CFG 1.0")
+    max_edits: int = 3  # data.text_encoder learned: room for this many sub-instructions in a prompt
+
+    def __post_init__(self):
+        for key in ("frequencies", "encoder_width", "embed_width", "decoder_width", "max_edits"):
+            value, least = getattr(self, key), 0 if key == "frequencies" else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ConfigError(f"numeric.{key} must be an integer >= {least}, got {value!r}")
+        check_lora_fields("numeric", self.rank, self.alpha, self.targets)
+        if self.targets is not None:
+            bad = [t for t in self.targets if t not in OFFICIAL_LORA_TARGETS]
+            if bad or not self.targets:
+                raise ConfigError(f"numeric.targets: cannot target {', '.join(map(repr, bad)) or 'nothing'}; "
+                                  f"allowed: {', '.join(OFFICIAL_LORA_TARGETS)}")
+        if self.init not in ("gaussian", "default"):
+            raise ConfigError(f"numeric.init must be gaussian or default, got {self.init!r}")
+        if isinstance(self.registry, str):
+            path = Path(self.registry)
+            if not path.is_file():
+                raise ConfigError(f"numeric.registry: no such file {path}")
+            self.registry = path.read_text(encoding="utf-8")  # parsed (and its errors named) below
+        if self.registry is not None:
+            from ..core.numeric import Registry, RegistryError
+            try:
+                self.registry = Registry.from_json(self.registry).to_json()
+            except RegistryError as e:
+                raise ConfigError(f"numeric.registry: {e}") from None
+
+    def task_registry(self):
+        from ..core.numeric import DEFAULT_REGISTRY, Registry
+        return DEFAULT_REGISTRY if self.registry is None else Registry.from_json(self.registry)
+
+
+# what `method` may name. "editor": a plain instruction editor trained on ground-truth edits (edits.json with
+# targets), e.g. the demo's base model for SliderEdit; "numeric": NumeriKontrol
+METHODS = ("kontinuous", "slideredit", "editor", "numeric")
 
 
 @dataclass
@@ -168,6 +221,7 @@ class TrainConfig:
     optim: OptimSection = field(default_factory=OptimSection)
     run: RunSection = field(default_factory=RunSection)
     slideredit: SliderEditSection = field(default_factory=SliderEditSection)
+    numeric: NumericSection = field(default_factory=NumericSection)
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self)))  # tuples -> lists, plain types only
@@ -212,8 +266,11 @@ def config_from_dict(data: dict) -> TrainConfig:
     if method not in METHODS:
         raise ConfigError(f"method {method!r} is not one this trainer implements; available: {', '.join(METHODS)}")
     defaults = TrainConfig()
-    return TrainConfig(method=method, **{name: _section_from_dict(type(getattr(defaults, name)), data.get(name, {}),
-                                                                  name) for name in sections})
+    config = TrainConfig(method=method, **{name: _section_from_dict(type(getattr(defaults, name)),
+                                                                    data.get(name, {}), name) for name in sections})
+    if method == "numeric" and config.numeric.registry is None:  # the registry travels with the run
+        config.numeric.registry = config.numeric.task_registry().to_json()
+    return config
 
 
 def _one_line(e: Exception) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .features import FeatureCache, to_pil
-from .loop import TRAIN_SIGMAS, Method, make_codecs
+from .loop import TRAIN_SIGMAS, Method, flow_matching, make_codecs, seeded_noise
 from .model import build_transformer, kontext_velocity
 from .sampling import euler
 from .slideredit import cache_edits, text_encoder_for
@@ -83,8 +83,7 @@ class EditorMethod(Method):
         texts = [self.cache.get("text", s.full) for s in samples]
         target = torch.stack([image(s.target) for s in samples])
         batch = {"source": torch.stack([image(s.source) for s in samples]), "target": target,
-                 "noise": torch.stack([torch.randn(target.shape[1:], generator=torch.Generator().manual_seed(
-                     r.noise_seed)) for r in rows]),
+                 "noise": seeded_noise(target.shape[1:], [r.noise_seed for r in rows]),
                  "sigma": torch.tensor([r.sigma for r in rows]),
                  "context": torch.stack([t["context"] for t in texts]),
                  "pooled": torch.stack([t["pooled"] for t in texts])}
@@ -92,10 +91,8 @@ class EditorMethod(Method):
 
     def loss(self, model, batch: dict) -> torch.Tensor:
         """x_sigma = (1 - sigma) target + sigma eps; velocity target eps - target; MSE in fp32."""
-        x, eps, sigma = batch["target"], batch["noise"], batch["sigma"]
-        s = sigma.view(-1, 1, 1, 1)
-        pred = model((1 - s) * x + s * eps, batch["source"], sigma, batch["context"], batch["pooled"])
-        return torch.mean((pred.float() - (eps - x).float()) ** 2)
+        return flow_matching(batch, lambda noisy: model(noisy, batch["source"], batch["sigma"], batch["context"],
+                                                        batch["pooled"]))
 
     @torch.no_grad()
     def validate(self, model: KontextEditorModel, prefix: Path) -> list[Path]:

@@ -21,16 +21,22 @@ from .checkpoint import latest_checkpoint, load_checkpoint
 LORA_KEY = re.compile(r"^transformer\.(?P<module>.+)\.(?P<half>lora_[AB])\.(?:[^.]+\.)?weight$")
 
 
-def weights_from_trainable(trainable: dict[str, torch.Tensor], lora_alpha: float | None,
-                           dtype: torch.dtype = torch.float32) -> KontinuousWeights:
-    projector = {k[len("projector."):]: v.to(dtype) for k, v in trainable.items() if k.startswith("projector.")}
-    if not projector:
-        raise ValueError("the checkpoint holds no projector tensors (projector.*)")
+def lora_from_trainable(trainable: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> dict:
+    """peft's ``transformer.<module>.lora_A.default.weight`` -> diffusers' ``transformer.<module>.lora_A.weight``."""
     lora = {}
     for key, value in trainable.items():
         m = LORA_KEY.match(key)
         if m:
             lora[f"transformer.{m['module']}.{m['half']}.weight"] = value.to(dtype)
+    return lora
+
+
+def weights_from_trainable(trainable: dict[str, torch.Tensor], lora_alpha: float | None,
+                           dtype: torch.dtype = torch.float32) -> KontinuousWeights:
+    projector = {k[len("projector."):]: v.to(dtype) for k, v in trainable.items() if k.startswith("projector.")}
+    if not projector:
+        raise ValueError("the checkpoint holds no projector tensors (projector.*)")
+    lora = lora_from_trainable(trainable, dtype)
     return KontinuousWeights(ProjectorConfig.from_state_dict(projector), projector, lora,
                              lora_alpha if lora else None)
 
@@ -39,6 +45,9 @@ def export_checkpoint(checkpoint: str | Path, out_file: str | Path | None = None
                       official_dir: str | Path | None = None,
                       dtype: torch.dtype = torch.float32) -> KontinuousWeights | SliderEditWeights:
     """``checkpoint``: a checkpoint folder, or a run's output folder (its newest checkpoint).
+
+    A NumeriKontrol run (``method: numeric``) goes to one NumeriKontrol file (``core.numeric.save_numeric_weights``:
+    adapter + LoRA + the registry).
 
     A SliderEdit run (``method: slideredit``) goes to our single file (``core.slideredit.save_slideredit``)
     and, with ``official_dir``, the authors' layout (``save_authors_layout``: ``selective_lora.safetensors``
@@ -57,6 +66,15 @@ def export_checkpoint(checkpoint: str | Path, out_file: str | Path | None = None
             raise ValueError("an editor run exports to a folder: give --out DIR (its transformer goes to DIR/transformer)")
         export_editor(trainable, config, out_file)
         return None
+    if config.get("method") == "numeric":
+        if official_dir:
+            raise ValueError("a numeric run has no official layout (there is no released code): give --out FILE only")
+        from ..core.numeric import save_numeric_weights
+        from .numeric import numeric_weights_from_trainable
+        weights = numeric_weights_from_trainable(trainable, config, dtype)
+        if out_file:
+            save_numeric_weights(weights, out_file)
+        return weights
     if config.get("method") == "slideredit":
         from .slideredit import weights_from_trainable as slideredit_weights
         weights, save_ours, save_official = (slideredit_weights(trainable, config, dtype), save_slideredit,

@@ -199,6 +199,7 @@ class CachedTrajectory:
     source: str  # image cache key
     frames: list[tuple[str, float]]  # (image cache key, strength)
     task: str | None = None
+    values: list[float | None] = field(default_factory=list)  # each frame's physical value (None: not given)
 
 
 @dataclass
@@ -233,11 +234,12 @@ def cache_trajectories(roots: list[str], cache: FeatureCache, codec, text_encode
         if source is None:
             skipped["trajectory without a readable source"] += 1
             continue
-        frames = []
+        frames, values = [], []
         for frame in traj.frames:
             key = _cached_image(root / frame.path, cache, codec, skipped)
             if key is not None:
                 frames.append((key, frame.strength))
+                values.append(frame.value)
         if len(frames) < 2:
             skipped["trajectory with fewer than 2 readable frames"] += 1
             continue
@@ -246,7 +248,7 @@ def cache_trajectories(roots: list[str], cache: FeatureCache, codec, text_encode
             continue
         if traj.instruction not in texts:
             texts[traj.instruction] = _cached_text(traj.instruction, cache, text_encoder)
-        out.append(CachedTrajectory(traj.id, traj.instruction, source, frames, traj.task))
+        out.append(CachedTrajectory(traj.id, traj.instruction, source, frames, traj.task, values))
     for key, count in skipped.items():
         log.warning("skipped %d: %s", count, key)
     return CachedDataset(out, texts, skipped)
@@ -262,6 +264,14 @@ def _cached_image(path: Path, cache: FeatureCache, codec, skipped: Counter) -> s
         log.warning("unreadable image %s (%s): skipped", path, e)
         skipped["unreadable image"] += 1
         return None
+
+
+def cached_lines(lines: Sequence[str], cache: FeatureCache, text_encoder) -> str:
+    """The text cache key of a prompt made of ``lines`` (``text_encoder.encode_lines``), encoded if not cached yet."""
+    key = cache.key("\n".join(lines), text_encoder.id, "lines")
+    if cache.get("text", key) is None:
+        cache.put("text", key, text_encoder.encode_lines(list(lines)))
+    return key
 
 
 def _cached_text(text: str, cache: FeatureCache, text_encoder) -> str:

@@ -71,6 +71,11 @@ def make_codecs(config: TrainConfig, device: torch.device, text: bool = True):
     return codec, encoder
 
 
+def seeded_noise(shape, seeds: list[int]) -> torch.Tensor:
+    """[len(seeds), *shape]: row i's noise drawn from its own generator seeded ``seeds[i]``."""
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
+
+
 class Batches:
     """Reads a step's rows from the feature cache."""
 
@@ -81,8 +86,7 @@ class Batches:
         trajs = [self.dataset.trajectories[r.trajectory] for r in rows]
         source = torch.stack([self.cache.get("image", t.source)["latent"] for t in trajs])
         target = torch.stack([self.cache.get("image", t.frames[r.frame][0])["latent"] for t, r in zip(trajs, rows)])
-        noise = torch.stack([torch.randn(target.shape[1:], generator=torch.Generator().manual_seed(r.noise_seed))
-                             for r in rows])
+        noise = seeded_noise(target.shape[1:], [r.noise_seed for r in rows])
         batch = {
             "source": source.to(device), "target": target.to(device), "noise": noise.to(device),
             "strength": torch.tensor([t.frames[r.frame][1] for t, r in zip(trajs, rows)], device=device),
@@ -97,14 +101,20 @@ class Batches:
         return batch
 
 
-def flow_matching_loss(model, batch: dict) -> torch.Tensor:
-    """x_sigma = (1 - sigma) x + sigma eps; target eps - x; MSE over all latent elements in fp32."""
+def flow_matching(batch: dict, velocity) -> torch.Tensor:
+    """x_sigma = (1 - sigma) x + sigma eps (x = ``batch["target"]``); target eps - x; MSE over all latent elements
+    in fp32. ``velocity(noisy)`` is the model's prediction for the batch's rows."""
     x, eps, sigma = batch["target"], batch["noise"], batch["sigma"]
     s = sigma.view(-1, 1, 1, 1)
-    noisy = (1 - s) * x + s * eps
-    pred = model(noisy, batch["source"], batch["strength"], sigma, context=batch.get("context"),
-                 pooled=batch.get("pooled"), instructions=batch["instructions"], keep=batch["keep"])
+    pred = velocity((1 - s) * x + s * eps)
     return torch.mean((pred.float() - (eps - x).float()) ** 2)
+
+
+def flow_matching_loss(model, batch: dict) -> torch.Tensor:
+    """``flow_matching`` of a Kontinuous model at the rows' strengths."""
+    return flow_matching(batch, lambda noisy: model(
+        noisy, batch["source"], batch["strength"], batch["sigma"], context=batch.get("context"),
+        pooled=batch.get("pooled"), instructions=batch["instructions"], keep=batch["keep"]))
 
 
 def make_optimizer(config: TrainConfig, params: list[torch.nn.Parameter]):
@@ -218,6 +228,9 @@ def make_method(config: TrainConfig):
     if config.method == "editor":
         from .editor import EditorMethod
         return EditorMethod(config)
+    if config.method == "numeric":
+        from .numeric import NumericMethod
+        return NumericMethod(config)
     return KontinuousMethod(config)
 
 

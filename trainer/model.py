@@ -96,11 +96,14 @@ class KontextSliderModel(nn.Module):
 
 
 def kontext_velocity(transformer, noisy: torch.Tensor, source: torch.Tensor, sigma: torch.Tensor,
-                     context: torch.Tensor, pooled: torch.Tensor, guidance: float) -> torch.Tensor:
+                     context: torch.Tensor, pooled: torch.Tensor, guidance: float,
+                     attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """One Kontext transformer call as FluxKontextPipeline makes it; the velocity of the noisy target [B, C, H, W].
 
     Target tokens first, then the clean source's; ids (0, y, x) / (1, y, x); text ids zero; the guidance
-    embedding (when the model has one) at ``guidance``; fp32 out.
+    embedding (when the model has one) at ``guidance``; fp32 out. ``attention_mask`` (optional, boolean, True =
+    may attend, [B or 1, 1, S, S] over the joint sequence [text; target; source]) goes to every block's
+    attention through ``joint_attention_kwargs``; None passes no kwargs at all (the plain call).
     """
     b, _, h, w = noisy.shape
     dtype = next(transformer.parameters()).dtype
@@ -110,7 +113,8 @@ def kontext_velocity(transformer, noisy: torch.Tensor, source: torch.Tensor, sig
     out = transformer(hidden_states=tokens, encoder_hidden_states=context.to(dtype),
                       pooled_projections=pooled.to(dtype), timestep=sigma.to(dtype),
                       img_ids=ids, txt_ids=torch.zeros(context.shape[1], 3, device=noisy.device),
-                      guidance=g, return_dict=False)[0]
+                      guidance=g, return_dict=False,
+                      joint_attention_kwargs=None if attention_mask is None else {"attention_mask": attention_mask})[0]
     return unpack(out[:, : (h // 2) * (w // 2)].float(), h, w)
 
 

@@ -29,8 +29,8 @@ from ..core.slideredit import SliderEditWeights, stlora_token_scales
 from .config import TrainConfig
 from .data.edits import EditFormatError, read_edits
 from .data.trajectories import TrajectoryFormatError
-from .features import FeatureCache, FluxTextEncoder, LineTextEncoder, _cached_image, to_pil
-from .loop import TRAIN_SIGMAS, Method, make_codecs
+from .features import FeatureCache, FluxTextEncoder, LineTextEncoder, _cached_image, cached_lines, to_pil
+from .loop import TRAIN_SIGMAS, Method, make_codecs, seeded_noise
 from .model import build_transformer
 from .sampling import euler
 from .slideredit_model import SliderEditAdapter, SliderEditModel
@@ -81,8 +81,9 @@ def edit_rows_for_step(seed: int, step: int, global_batch: int, line_counts: lis
     return rows
 
 
-def text_encoder_for(config: TrainConfig, device: torch.device):
-    """FLUX's CLIP-L + T5 (``flux``), or the per-line offline encoder (``learned``), sized for the transformer."""
+def text_encoder_for(config: TrainConfig, device: torch.device, max_lines: int | None = None):
+    """FLUX's CLIP-L + T5 (``flux``), or the per-line offline encoder (``learned``), sized for the transformer,
+    with room for ``max_lines`` lines (default ``slideredit.max_lines``)."""
     if config.data.text_encoder == "flux":
         return FluxTextEncoder(config.model.pretrained, device, torch.bfloat16)
     if config.model.scratch is not None:
@@ -90,7 +91,7 @@ def text_encoder_for(config: TrainConfig, device: torch.device):
     else:
         from diffusers import FluxTransformer2DModel
         tc = FluxTransformer2DModel.load_config(config.model.pretrained, subfolder="transformer")
-    return LineTextEncoder(config.data.learned_text_tokens, config.slideredit.max_lines,
+    return LineTextEncoder(config.data.learned_text_tokens, max_lines or config.slideredit.max_lines,
                            tc.get("joint_attention_dim", 4096), tc.get("pooled_projection_dim", 768))
 
 
@@ -111,10 +112,7 @@ def cache_edits(roots: list[str], cache: FeatureCache, codec, text_encoder, loss
             skipped["unreadable manifest"] += 1
 
     def text(lines) -> str:
-        key = cache.key("\n".join(lines), text_encoder.id, "lines")
-        if cache.get("text", key) is None:
-            cache.put("text", key, text_encoder.encode_lines(list(lines)))
-        return key
+        return cached_lines(lines, cache, text_encoder)
 
     if progress:
         from tqdm.auto import tqdm
@@ -208,8 +206,7 @@ class SliderEditMethod(Method):
         sc = self.config.slideredit
         samples = [self.dataset.samples[r.sample] for r in rows]
         source = torch.stack([self.cache.get("image", s.source)["latent"] for s in samples])
-        noise = torch.stack([torch.randn(source.shape[1:], generator=torch.Generator().manual_seed(r.noise_seed))
-                             for r in rows])
+        noise = seeded_noise(source.shape[1:], [r.noise_seed for r in rows])
         full = [self._text(s.full) for s in samples]
         teacher = [self._text(s.kept[tuple(i for i in range(len(s.lines)) if i not in r.suppressed)])
                    if sc.loss == "pps" else self._text(self.dataset.neutral) for s, r in zip(samples, rows)]
