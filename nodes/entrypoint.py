@@ -7,6 +7,7 @@ from .instruction_encode import KontextMultiInstructionEncode
 from .knob_nodes import KontextInstructionGuidance, KontextInstructionSliders, KontextModulationStrength
 from .kontinuous_nodes import KontinuousKontextApply, KontinuousKontextLoader
 from .model_folder import register_model_folder
+from .numeric_nodes import NumeriKontrolEdit, NumeriKontrolLoader
 from .slideredit_nodes import SliderEditApply, SliderEditLoader
 from .sweep_nodes import KontextStrengthSweep
 from .sweep_output import KontextSaveSweep, KontextSweepPreview
@@ -14,8 +15,8 @@ from .sweep_sampler import KontextSweepSampler
 
 NODES: list[type[io.ComfyNode]] = [KontinuousKontextLoader, KontinuousKontextApply, KontextMultiInstructionEncode,
                                    KontextModulationStrength, KontextInstructionSliders, KontextInstructionGuidance,
-                                   SliderEditLoader, SliderEditApply, KontextStrengthSweep, KontextSweepSampler,
-                                   KontextSweepPreview, KontextSaveSweep]
+                                   SliderEditLoader, SliderEditApply, NumeriKontrolLoader, NumeriKontrolEdit,
+                                   KontextStrengthSweep, KontextSweepSampler, KontextSweepPreview, KontextSaveSweep]
 
 
 class KontextSlidersExtension(ComfyExtension):

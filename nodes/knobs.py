@@ -166,3 +166,51 @@ class SliderEditKnob:
     def describe(self, instruction_index: int = 0) -> str:
         line = self.lines[instruction_index] if 0 <= instruction_index < len(self.lines) else "?"
         return f"{self.display} ({self.variant.upper()}), slider {instruction_index + 1} ({line!r})"
+
+
+@dataclass(frozen=True)
+class PromptEntry:
+    """A positive prompt a knob acts on, identified by its text sequence [1, L, D] (as the runtime matches)."""
+    context: torch.Tensor
+
+
+@dataclass(frozen=True)
+class NumericKnob:
+    """NumeriKontrol numeric tokens for one prompt: ``tokens`` [items, m, T5 width] (fp32, CPU), put in front of
+    that prompt's text sequence; ``rows``: per item, one delta per line (in the line's task unit).
+
+    ``make_tokens(rows)`` runs the numeric adapter (once per sweep value); ``ranges`` is each line's accepted
+    delta range (the task's, from the weights' registry). The instruction text carries the number too, so a
+    sweep also gives each item its own encoded text: ``make_texts(rows)`` -> (contexts [items, L, D],
+    pooled [items, P]); ``texts`` is None for the single setting (the prompt the sampler gets)."""
+    entries: tuple  # PromptEntry of the encoded instruction prompt
+    lines: tuple[str, ...]  # the canonical instruction per edit (the template, rendered)
+    rows: tuple[tuple[float, ...], ...]
+    tokens: torch.Tensor
+    ranges: tuple[tuple[float, float], ...]
+    make_tokens: Callable[[tuple[tuple[float, ...], ...]], torch.Tensor] = field(compare=False)
+    make_texts: Callable | None = field(default=None, compare=False)
+    texts: tuple[torch.Tensor, torch.Tensor] | None = None
+    units: tuple[str, ...] = ()
+    display: str = "NumeriKontrol Edit"
+
+    @property
+    def is_neutral(self) -> bool:
+        return False  # the tokens are part of what the model was trained to read, at any value
+
+    def swept(self, values: Sequence[float], instruction_index: int = 0) -> "NumericKnob":
+        if not 0 <= instruction_index < len(self.lines):
+            raise ValueError(f"{self.display}: the sweep's instruction_index {instruction_index + 1} is not an edit "
+                             f"line; there are {len(self.lines)} ({'; '.join(repr(x) for x in self.lines)})")
+        low, high = self.ranges[instruction_index]
+        values = _checked(values, (low, high), f"{self.display} ({self.lines[instruction_index]!r}, "
+                                               f"{self.units[instruction_index] if self.units else ''})")
+        base = self.rows[0]
+        rows = tuple(base[:instruction_index] + (v,) + base[instruction_index + 1:] for v in values)
+        texts = self.make_texts(rows) if self.make_texts is not None else None
+        return dataclasses.replace(self, rows=rows, tokens=self.make_tokens(rows), texts=texts)
+
+    def describe(self, instruction_index: int = 0) -> str:
+        line = self.lines[instruction_index] if 0 <= instruction_index < len(self.lines) else "?"
+        unit = self.units[instruction_index] if 0 <= instruction_index < len(self.units) else ""
+        return f"{self.display}, edit {instruction_index + 1} ({line!r}; value in {unit})"

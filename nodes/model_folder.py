@@ -13,8 +13,10 @@ FOLDER_NAME = "kontext_sliders"
 _EXTENSIONS = {".safetensors", ".pth", ".pt"}
 # per loader: (files that make their folder one entry, other file suffixes listed, header formats not listed)
 _KINDS = {
-    "kontinuous": ((OFFICIAL_PROJECTOR,), (OFFICIAL_LORA,), (".safetensors",), ("slideredit",)),
-    "slideredit": ((AUTHORS_STLORA, AUTHORS_STLORA_SAFETENSORS), (), (".safetensors", ".pt"), ("kontinuous-kontext",)),
+    "kontinuous": ((OFFICIAL_PROJECTOR,), (OFFICIAL_LORA,), (".safetensors",), ("slideredit", "numerikontrol")),
+    "slideredit": ((AUTHORS_STLORA, AUTHORS_STLORA_SAFETENSORS), (), (".safetensors", ".pt"),
+                   ("kontinuous-kontext", "numerikontrol")),
+    "numeric": ((), (), (".safetensors",), ("kontinuous-kontext", "slideredit", None)),
 }
 
 

@@ -32,7 +32,7 @@ from ..core.instructions import combine_instruction_guidance, lerp_toward_pad, t
 from ..core.offsets import offsets_for_rows
 from ..core.projector import split_offsets
 from ..core.slideredit import add_lora_delta, stlora_token_scales
-from .knobs import InstructionKnob, KontinuousKnob, ModulationKnob, SliderEditKnob, items_for_chunk
+from .knobs import InstructionKnob, KontinuousKnob, ModulationKnob, NumericKnob, SliderEditKnob, items_for_chunk
 
 ATTACHMENT_KEY = "kontext_sliders.runtime"
 WRAPPER_KEY = "kontext_sliders.runtime"
@@ -177,6 +177,24 @@ def lora_linear_patch(module: torch.nn.Module, adapters: tuple, slot: CallSlot):
     return lora_forward
 
 
+def numeric_mask_override(numeric: int, previous=None):
+    """An ``optimized_attention_override`` adding NumeriKontrol's multi-numeric mask: over the joint sequence
+    (text first, the ``numeric`` tokens at its front), numeric token i may not attend to numeric token j != i;
+    all else is open. Another override already in place runs with the mask added."""
+
+    def attention(func, q, k, v, heads, *args, mask=None, **kwargs):
+        n = q.shape[2] if kwargs.get("skip_reshape") else q.shape[1]
+        blocked = torch.zeros(n, n, dtype=q.dtype, device=q.device)
+        blocked[:numeric, :numeric] = float("-inf")
+        blocked[:numeric, :numeric].fill_diagonal_(0.0)
+        mask = blocked if mask is None else mask + blocked
+        if previous is not None:
+            return previous(func, q, k, v, heads, *args, mask=mask, **kwargs)
+        return func(q, k, v, heads, *args, mask=mask, **kwargs)
+
+    return attention
+
+
 # ---------------------------------------------------------------- the runtime
 
 def take_rows(value, index: torch.Tensor, batch: int):
@@ -198,6 +216,7 @@ class _ChunkJob:
     context: torch.Tensor | None = None  # replacement text sequence [1, L, D]
     pooled: torch.Tensor | None = None  # replacement pooled vector [1, D]
     pad_plan: tuple | None = None  # (index [chunk, L], weight [chunk, L]) toward-pad plan per row
+    numeric: int = 0  # NumeriKontrol tokens in front of ``context`` (then [chunk, m + L, D], one per row)
     output: torch.Tensor | None = None
 
 
@@ -236,6 +255,10 @@ class PackRuntime:
     @property
     def slideredit(self) -> tuple[SliderEditKnob, ...]:
         return self._active(SliderEditKnob)
+
+    @property
+    def numeric(self) -> tuple[NumericKnob, ...]:
+        return self._active(NumericKnob)
 
     def block_multipliers(self, index: int) -> tuple[float | None, float | None]:
         """(attention, mlp) multipliers of double block ``index`` for single-setting knobs; None where none scales."""
@@ -349,7 +372,7 @@ class PackRuntime:
             for job in jobs:
                 mine = rows[job.source * chunk:(job.source + 1) * chunk]
                 if rows.shape[1] > 1:  # per token
-                    mine = torch.zeros(chunk, length) if job.pooled is not None else torch.nn.functional.pad(
+                    mine = torch.zeros(chunk, length) if job.pooled is not None and not job.numeric else torch.nn.functional.pad(
                         mine, (0, length - mine.shape[1]))
                 parts.append(mine)
             out[key] = torch.cat(parts)
@@ -370,6 +393,22 @@ class PackRuntime:
             if tag != 0 or context is None:
                 continue  # per-instruction knobs act on the positive prompt only
             chunk_context = context[j * chunk:(j + 1) * chunk]
+            for knob in self.numeric:
+                if self._matching_entry(knob, chunk_context) is None:
+                    continue
+                matched.add(id(knob))
+                if job.numeric:
+                    raise ValueError("two NumeriKontrol Edit nodes act on the same prompt; put all numeric edits "
+                                     "of one prompt into one node (one line each)")
+                items_for_chunk(tuple(range(knob.tokens.shape[0])), chunk, knob.display)  # 1 or chunk items
+                tokens = self._on(knob.tokens, chunk_context.device, chunk_context.dtype)  # [items, m, T5 width]
+                rows_tokens = tokens.expand(chunk, -1, -1)
+                text = chunk_context
+                if knob.texts is not None:  # a sweep: each item's instruction text carries its own number
+                    text = self._on(knob.texts[0], chunk_context.device, chunk_context.dtype).expand(chunk, -1, -1)
+                    job.pooled = knob.texts[1]
+                job.context = torch.cat([rows_tokens, text], dim=1)
+                job.numeric = rows_tokens.shape[1]
             rows = None  # per row of the chunk: one strength per line
             for knob in self.sliders:
                 entry = self._matching_entry(knob, chunk_context)
@@ -380,6 +419,10 @@ class PackRuntime:
                                                            for r, m in zip(rows, mine))
                     spans, padded_context = entry.slider_target()
             if rows is not None and any(s != 1.0 for row in rows for s in row):
+                if job.numeric:
+                    raise ValueError("Kontext Instruction Sliders and NumeriKontrol Edit act on the same prompt; "
+                                     "the numeric tokens in front of it would move the sliders' token positions. "
+                                     "Use one of them on a prompt")
                 plans = [self._toward_pad_plan(spans, row) for row in rows]
                 job.pad_plan = (torch.stack([p[0] for p in plans]), torch.stack([p[1] for p in plans]))
                 job.context = padded_context  # None unless the prompt left no pad token in the sequence
@@ -396,7 +439,7 @@ class PackRuntime:
                         extra.append(loo)
                         guided.setdefault(j, []).append((strengths, loo))
         if 0 in cond_or_uncond and context is not None:
-            for knob in self.sliders + self.guidance:
+            for knob in self.sliders + self.guidance + self.numeric:
                 if id(knob) not in matched:
                     self._warn_unmatched(knob)
         return jobs, extra, guided
@@ -413,14 +456,14 @@ class PackRuntime:
         offsets = self._offset_rows(batch, cond_or_uncond, x.device) if self.offset_sources else None
         multipliers = self._multiplier_rows(cond_or_uncond, chunk, x.device) if self.multipliers else None
         jobs, extra, guided = self._plan_jobs(context, cond_or_uncond, chunk) if (
-            self.sliders or self.guidance) else ([], [], {})
+            self.sliders or self.guidance or self.numeric) else ([], [], {})
         lora_rows = self._lora_rows(context, cond_or_uncond, chunk) if self.slideredit else {}
-        if (self.sliders or self.guidance) and len(args) < 5:
+        if (self.sliders or self.guidance or self.numeric) and len(args) < 5:
             raise RuntimeError("unexpected apply_model call layout: the per-instruction knobs need the text "
                                "sequence and transformer_options as positional arguments")
         previous = self.slot.state()
         try:
-            if not extra and not any(job.pad_plan for job in jobs):
+            if not extra and not any(job.pad_plan or job.numeric for job in jobs):
                 # the common case: one forward on the batch as it came
                 self.slot.set(offsets, multipliers=multipliers, lora_scales=lora_rows or None)
                 return executor(x, *args, **kwargs)
@@ -440,11 +483,11 @@ class PackRuntime:
         batch = x.shape[0]
         context = args[2]
         groups: dict = {}
-        for job in jobs:
+        for job in jobs:  # one forward per (text length, numeric tokens): each group's mask is one
             length = (job.context if job.context is not None else context).shape[1]
-            groups.setdefault(length, []).append(job)
+            groups.setdefault((length, job.numeric), []).append(job)
         uuids = transformer_options.get("uuids")
-        for length, group in groups.items():
+        for (length, numeric), group in groups.items():
             rows = torch.cat([torch.arange(j.source * chunk, (j.source + 1) * chunk) for j in group])
             g_x = x.index_select(0, rows.to(x.device))
             g_args = [take_rows(a, rows, batch) for a in args[:4]] + [None] + list(args[5:])
@@ -452,20 +495,23 @@ class PackRuntime:
             g_context = g_args[2]
             if any(j.context is not None for j in group):
                 g_context = torch.cat([
-                    (self._on(j.context, context.device, context.dtype).expand(chunk, -1, -1)
-                     if j.context is not None else context[j.source * chunk:(j.source + 1) * chunk])
+                    (j.context if j.numeric else self._on(j.context, context.device, context.dtype).expand(chunk, -1, -1))
+                    if j.context is not None else context[j.source * chunk:(j.source + 1) * chunk]
                     for j in group])
                 g_args[2] = g_context
                 if "y" in g_kwargs and g_kwargs["y"] is not None:
                     y = kwargs["y"]
                     g_kwargs["y"] = torch.cat([
-                        (self._on(j.pooled, y.device, y.dtype).reshape(1, -1)[:, :y.shape[-1]].expand(chunk, -1)
-                         if j.pooled is not None else y[j.source * chunk:(j.source + 1) * chunk])
+                        (self._on(j.pooled, y.device, y.dtype).reshape(-1, j.pooled.shape[-1])[:, :y.shape[-1]]
+                         .expand(chunk, -1) if j.pooled is not None else y[j.source * chunk:(j.source + 1) * chunk])
                         for j in group])
             options = dict(transformer_options)
             options["cond_or_uncond"] = [j.tag for j in group]
             if uuids is not None and len(uuids) * chunk == batch:
                 options["uuids"] = [uuids[j.source] for j in group]
+            if numeric > 1:  # numeric tokens of different edits do not attend to each other
+                options["optimized_attention_override"] = numeric_mask_override(
+                    numeric, options.get("optimized_attention_override"))
             g_args[4] = options
             pad_index = pad_weight = None
             if any(j.pad_plan for j in group):
@@ -534,7 +580,7 @@ def patched_clone(patcher, **changes):
         del model.object_patches[key]  # the clone's dict: an earlier runtime's patches go (others' stay)
     model.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY)
     if not (runtime.offset_sources or runtime.multipliers or runtime.sliders or runtime.guidance
-            or runtime.slideredit):
+            or runtime.slideredit or runtime.numeric):
         return model
     if runtime.offset_sources or runtime.multipliers:
         for i, block in enumerate(blocks):
@@ -563,9 +609,9 @@ def patched_clone(patcher, **changes):
 
 KNOB_CHOICES = {"last": None, "Kontinuous Kontext Apply": KontinuousKnob, "Kontext Modulation Strength": ModulationKnob,
                 "Kontext Instruction Sliders": "sliders", "Kontext Instruction Guidance": "guidance",
-                "SliderEdit Apply": SliderEditKnob}
+                "SliderEdit Apply": SliderEditKnob, "NumeriKontrol Edit": NumericKnob}
 SLIDER_NODES = ("Kontinuous Kontext Apply", "Kontext Modulation Strength", "Kontext Instruction Sliders",
-                "Kontext Instruction Guidance", "SliderEdit Apply")
+                "Kontext Instruction Guidance", "SliderEdit Apply", "NumeriKontrol Edit")
 
 
 def sweep_target(patcher, which: str = "last") -> int:

@@ -1,0 +1,151 @@
+"""NumeriKontrol nodes: numbers with units as edit strengths ("increase the exposure by 1.5 EV")."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from comfy_api.latest import io
+
+from ..core.instructions import joined_prompt, split_instructions
+from ..core.numeric import DEFAULT_REGISTRY, NumericAdapter, NumericEdit, NumericParseError, parse_line
+from ..core.numeric.weights import NumericWeights, load_numeric_weights
+from .instruction_encode import encode
+from .knobs import NumericKnob, PromptEntry
+from .lora import add_diffusers_lora
+from .model_folder import list_weight_entries, resolve_weight_entry
+from .runtime import flux_double_blocks, installed_runtime, patched_clone
+
+CATEGORY = "Kontext Sliders"
+NumericWeightsType = io.Custom("NUMERIC_WEIGHTS")
+DISPLAY_NAME = "NumeriKontrol Edit"
+
+
+@dataclass
+class LoadedNumeric:
+    """What travels on a NUMERIC_WEIGHTS wire: the file's content and its adapter (fp32, CPU)."""
+    weights: NumericWeights
+    adapter: NumericAdapter
+    name: str
+
+
+def load_for_nodes(path: str, name: str) -> LoadedNumeric:
+    weights = load_numeric_weights(path)
+    return LoadedNumeric(weights, weights.build_adapter(torch.float32).eval().requires_grad_(False), name)
+
+
+def parse_edits(text: str, loaded: LoadedNumeric) -> list[NumericEdit]:
+    """One numeric instruction per line, in the canonical order (the registry's): the prompt and the tokens
+    then do not depend on the order the lines were written in."""
+    registry = loaded.weights.registry
+    edits = []
+    for i, line in enumerate(split_instructions(text)):
+        try:
+            edits.append(parse_line(line, registry))
+        except NumericParseError as e:
+            raise ValueError(f"{DISPLAY_NAME}, line {i + 1}: {e}") from None
+    seen: dict[str, int] = {}
+    for i, edit in enumerate(edits):
+        if edit.task in seen:
+            raise ValueError(f"{DISPLAY_NAME}: lines {seen[edit.task] + 1} and {i + 1} both edit {edit.task}; give "
+                             f"each task one line (its deltas do not add up in general)")
+        seen[edit.task] = i
+    return sorted(edits, key=lambda e: registry.task_id(e.task))
+
+
+def numeric_model(model, loaded: LoadedNumeric, clip, edits_text: str):
+    """(patched clone, CONDITIONING of the edits' instructions) for the numeric edits in ``edits_text``."""
+    flux_double_blocks(model)  # a clear error for non-Flux models first
+    width = int(model.get_model_object("diffusion_model").txt_in.weight.shape[1])
+    config = loaded.weights.adapter_config
+    if config.out_dim != width:
+        raise ValueError(f"{loaded.name} makes numeric tokens of width {config.out_dim} (the T5 width it was "
+                         f"trained for), but this model's text input takes {width}; use weights trained for it")
+    edits = parse_edits(edits_text, loaded)
+    registry = loaded.weights.registry
+    tasks = [registry.task(e.task) for e in edits]
+    lines = tuple(t.render(e.delta) for t, e in zip(tasks, edits))
+    if clip is None:
+        raise RuntimeError("clip input is invalid: None (connect a FLUX text encoder)")
+    conditioning = encode(clip, joined_prompt(lines))
+    if conditioning[0][0].shape[-1] != width:
+        raise ValueError(f"the text encoder makes {conditioning[0][0].shape[-1]}-wide T5 tokens, the model and "
+                         f"{loaded.name} use {width}; connect the FLUX text encoder pair of this model")
+    ids = [registry.task_id(t.name) for t in tasks]
+
+    @torch.no_grad()
+    def make_tokens(rows: tuple[tuple[float, ...], ...]) -> torch.Tensor:  # once per value, never per step
+        task_ids = torch.tensor(ids * len(rows), dtype=torch.long)
+        deltas = torch.tensor([d for row in rows for d in row], dtype=torch.float64)
+        return loaded.adapter(task_ids, deltas).view(len(rows), len(ids), -1).float()
+
+    encoded = {joined_prompt(lines): conditioning[0]}
+
+    def make_texts(rows: tuple[tuple[float, ...], ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each sweep item's instruction text (its numbers rendered), encoded once per distinct text."""
+        out = []
+        for row in rows:
+            prompt = joined_prompt([t.render(d) for t, d in zip(tasks, row)])
+            if prompt not in encoded:
+                encoded[prompt] = encode(clip, prompt)[0]
+            out.append(encoded[prompt])
+        if len({c.shape for c, _ in out}) > 1:
+            raise ValueError(f"{DISPLAY_NAME}: the swept instructions encode to texts of different lengths "
+                             f"({sorted({c.shape[1] for c, _ in out})} tokens); sweep a narrower range")
+        return torch.cat([c for c, _ in out]), torch.cat([e["pooled_output"].reshape(1, -1) for _, e in out])
+
+    rows = (tuple(e.delta for e in edits),)
+    knob = NumericKnob(tuple(PromptEntry(c[0]) for c in conditioning), lines, rows, make_tokens(rows),
+                       tuple(tuple(t.delta_range) for t in tasks), make_tokens, make_texts,
+                       units=tuple(t.unit for t in tasks))
+    patched = patched_clone(model, knobs=installed_runtime(model).knobs + (knob,))
+    w = loaded.weights
+    add_diffusers_lora(patched, w.lora_state, w.lora_alpha, 1.0, loaded.name)
+    logging.info("NumeriKontrol: %s; %s", loaded.name, "; ".join(f"{e.task} {e.delta:+g} {e.unit}" for e in edits))
+    return patched, conditioning
+
+
+class NumeriKontrolLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="NumeriKontrolLoader",
+            display_name="NumeriKontrol Loader",
+            category=CATEGORY,
+            description="Loads NumeriKontrol weights (numeric adapter + task embeddings + LoRA + the task registry "
+                        "they were trained with) from models/kontext_sliders/.",
+            inputs=[io.Combo.Input("weights", options=list_weight_entries("numeric"),
+                                   tooltip="a NumeriKontrol .safetensors file (written by kontext-sliders export)")],
+            outputs=[NumericWeightsType.Output(display_name="numeric_weights")],
+        )
+
+    @classmethod
+    def execute(cls, weights) -> io.NodeOutput:
+        return io.NodeOutput(load_for_nodes(resolve_weight_entry(weights), weights))
+
+
+class NumeriKontrolEdit(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="NumeriKontrolEdit",
+            display_name=DISPLAY_NAME,
+            category=CATEGORY,
+            description="Edits given as numbers with units, one per line ('increase the exposure by 1.5 EV', "
+                        "'hue: -30°'): each becomes a numeric token in front of the text; several at once, in any "
+                        "order. Outputs the patched model and the instruction conditioning for the sampler.",
+            inputs=[
+                io.Model.Input("model"),
+                io.Clip.Input("clip"),
+                NumericWeightsType.Input("numeric_weights"),
+                io.String.Input("edits", multiline=True, default="increase the exposure by 1 EV",
+                                tooltip="one numeric edit per line; the tasks the loaded weights know (the default "
+                                        "registry's shown here, units and delta ranges):\n"
+                                        + DEFAULT_REGISTRY.describe()),
+            ],
+            outputs=[io.Model.Output(), io.Conditioning.Output()],
+        )
+
+    @classmethod
+    def execute(cls, model, clip, numeric_weights, edits) -> io.NodeOutput:
+        return io.NodeOutput(*numeric_model(model, numeric_weights, clip, edits))

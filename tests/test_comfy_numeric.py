@@ -1,0 +1,179 @@
+"""NumeriKontrol on ComfyUI's own Flux: tokens, mask, order independence, sweeps, errors, and agreement with the
+trainer's diffusers injection."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import ks_fixtures as F
+
+pytestmark = pytest.mark.comfyui
+
+SIGMA = 0.6
+TWO = "increase the exposure by 1 EV\nrotate the hue by -30 degrees"
+TWO_SWAPPED = "hue: -30°\nexposure +1EV"
+
+
+def numeric_weights(seed: int = 0, out_dim: int = F.CONTEXT_DIM, hidden: int = F.HIDDEN, rank: int = 4,
+                    registry=None):
+    """A NumeriKontrol weight file's content at the tiny size: seeded adapter + a LoRA on Q/K/V of both streams."""
+    from kontext_sliders.core.numeric import DEFAULT_REGISTRY, AdapterConfig, NumericAdapter
+    from kontext_sliders.core.numeric.weights import NumericWeights
+    registry = registry or DEFAULT_REGISTRY
+    config = AdapterConfig(encoder_width=16, embed_width=16, decoder_width=16, out_dim=out_dim)
+    adapter = F.seeded_(NumericAdapter(registry, config), seed, std=0.5)
+    g = torch.Generator().manual_seed(seed + 1)
+    lora = {}
+    for module in [f"transformer_blocks.{i}.attn.{m}" for i in range(F.DEPTH)
+                   for m in ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj")] + [
+            f"single_transformer_blocks.{i}.attn.{m}" for i in range(F.DEPTH_SINGLE) for m in ("to_q", "to_k", "to_v")]:
+        lora[f"transformer.{module}.lora_A.weight"] = torch.randn(rank, hidden, generator=g) * 0.2
+        lora[f"transformer.{module}.lora_B.weight"] = torch.randn(hidden, rank, generator=g) * 0.2
+    return NumericWeights(registry, config, {k: v.clone() for k, v in adapter.state_dict().items()}, lora, 8.0,
+                          source="tiny")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    F.import_comfyui()
+    from kontext_sliders.core.numeric.weights import save_numeric_weights
+    from kontext_sliders.nodes.numeric_nodes import load_for_nodes
+    path = tmp_path_factory.mktemp("numeric") / "numeric.safetensors"
+    save_numeric_weights(numeric_weights(), path)
+    bfl = F.tiny_bfl_state_dict(seed=0, pooled_dim=F.TINY_CLIP_L_POOLED)
+    g = torch.Generator().manual_seed(4)
+    return dict(clip=F.tiny_flux_clip(seed=3), bfl=bfl, patcher=F.comfy_patcher(bfl), loaded=load_for_nodes(str(path), "t"),
+                x=torch.randn(2, 16, 8, 8, generator=g), reference=torch.randn(1, 16, 8, 8, generator=g))
+
+
+def edit(env, text, model=None):
+    from kontext_sliders.nodes.numeric_nodes import numeric_model
+    return numeric_model(model or env["patcher"], env["loaded"], env["clip"], text)
+
+
+def positive(env, conditioning, patcher=None):
+    return F.conditioning(conditioning[0][0], conditioning[0][1]["pooled_output"], env["reference"],
+                          patcher or env["patcher"], guidance=3.5)
+
+
+@torch.no_grad()
+def predict(model, cond, x, **kwargs):
+    return F.comfy_predict(model, cond, x, SIGMA, **kwargs)[0]
+
+
+@torch.no_grad()
+def diffusers_velocity(env, conditioning, edits):
+    from kontext_sliders.trainer.numeric_model import NumericModel
+    model = NumericModel.from_weights(F.diffusers_tiny(env["bfl"]), env["loaded"].weights, guidance=3.5)
+    b = env["x"].shape[0]
+    return model(env["x"], env["reference"].expand(b, -1, -1, -1), torch.full((b,), SIGMA),
+                 conditioning[0][0].expand(b, -1, -1), conditioning[0][1]["pooled_output"].expand(b, -1),
+                 [edits] * b)
+
+
+@pytest.mark.parametrize("text,edits", [("increase the exposure by 1 EV", [("exposure", 1.0)]),
+                                        (TWO, [("exposure", 1.0), ("hue", -30.0)]),
+                                        ("decrease the saturation by 2x\nblur +1.5 px\nexposure -0.5 EV",
+                                         [("exposure", -0.5), ("saturation", 0.5), ("blur", 1.5)])])
+def test_comfy_node_and_diffusers_injection_agree(env, text, edits):
+    """Tokens in front of the T5 sequence before the text projection, zero text ids, the mask for 2+ edits,
+    the LoRA on Q/K/V: max |delta| <= 1e-4 (fp32)."""
+    from kontext_sliders.core.numeric import DEFAULT_REGISTRY
+    model, conditioning = edit(env, text)
+    got = predict(model, positive(env, conditioning), env["x"])
+    want = diffusers_velocity(env, conditioning, [(DEFAULT_REGISTRY.task_id(t), d) for t, d in edits])
+    assert (got - want).abs().max().item() <= 1e-4
+    plain = predict(env["patcher"], positive(env, conditioning), env["x"])
+    assert (got - plain).abs().max().item() > 1e-2
+
+
+def test_line_order_does_not_matter_bit_for_bit(env):
+    model_a, cond_a = edit(env, TWO)
+    model_b, cond_b = edit(env, TWO_SWAPPED)
+    assert torch.equal(cond_a[0][0], cond_b[0][0])  # one canonical prompt
+    assert torch.equal(predict(model_a, positive(env, cond_a), env["x"]),
+                       predict(model_b, positive(env, cond_b), env["x"]))
+
+
+def test_the_mask_keeps_numeric_tokens_of_different_edits_apart_and_one_edit_has_none(env, monkeypatch):
+    """With 2 edits the attention override is installed and blocks exactly numeric i -> numeric j != i; with one
+    edit ComfyUI's attention runs with no override at all."""
+    import comfy.ldm.flux.math
+    seen = []
+    original = comfy.ldm.flux.math.optimized_attention
+
+    def recording(q, k, v, heads, *args, transformer_options={}, **kwargs):
+        seen.append(transformer_options.get("optimized_attention_override"))
+        return original(q, k, v, heads, *args, transformer_options=transformer_options, **kwargs)
+
+    monkeypatch.setattr(comfy.ldm.flux.math, "optimized_attention", recording)
+    model, cond = edit(env, "increase the exposure by 1 EV")
+    predict(model, positive(env, cond), env["x"])
+    assert seen and all(o is None for o in seen)
+    seen.clear()
+    model, cond = edit(env, TWO)
+    predict(model, positive(env, cond), env["x"])
+    assert seen and all(o is not None for o in seen)
+    captured = {}
+
+    def func(q, k, v, heads, *args, mask=None, **kwargs):
+        captured["mask"] = mask
+        return q
+    seen[0](func, torch.zeros(1, 2, 6, 4), None, None, 2, skip_reshape=True)
+    mask = captured["mask"]
+    assert mask.shape == (6, 6) and torch.isinf(mask[0, 1]) and torch.isinf(mask[1, 0])
+    assert mask[0, 0] == 0 and mask[1, 1] == 0 and not torch.isinf(mask[2:]).any() and not torch.isinf(mask[:, 2:]).any()
+
+
+def test_negative_rows_are_untouched_and_a_sweep_matches_single_runs(env):
+    import nodes
+
+    from kontext_sliders.nodes.runtime import installed_runtime, swept_clone
+    model, cond = edit(env, TWO)
+    neg = positive(env, nodes.CLIPTextEncode().encode(env["clip"], "blurry")[0])
+    _, rows = F.comfy_predict(model, positive(env, cond), env["x"], SIGMA, negative=neg, cfg=2.0)
+    _, plain = F.comfy_predict(env["patcher"], positive(env, cond), env["x"], SIGMA, negative=neg, cfg=2.0)
+    # the uncond rows see the LoRA (part of the model) but no numeric tokens: as the model with the LoRA alone
+    lora_only = env["patcher"].clone()
+    from kontext_sliders.nodes.lora import add_diffusers_lora
+    w = env["loaded"].weights
+    add_diffusers_lora(lora_only, w.lora_state, w.lora_alpha, 1.0, "t")
+    _, with_lora = F.comfy_predict(lora_only, positive(env, cond), env["x"], SIGMA, negative=neg, cfg=2.0)
+    torch.testing.assert_close(rows["uncond"], with_lora["uncond"], rtol=0, atol=1e-6)
+    assert not torch.allclose(rows["cond"], plain["cond"])
+
+    x = env["x"][:1].expand(3, -1, -1, -1)
+    swept = swept_clone(model, len(installed_runtime(model).knobs) - 1, [-1.0, 0.5, 2.0], instruction_index=0)
+    got = predict(swept, positive(env, cond), x)
+    for i, ev in enumerate((-1.0, 0.5, 2.0)):
+        single, single_cond = edit(env, f"exposure {ev:+g} EV\nrotate the hue by -30 degrees")
+        torch.testing.assert_close(got[i:i + 1], predict(single, positive(env, single_cond), x[:1]), rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="outside its accepted range"):
+        swept_clone(model, len(installed_runtime(model).knobs) - 1, [5.0], instruction_index=0)
+
+
+def test_bad_input_is_a_clear_error_and_patches_nothing(env, tmp_path):
+    from kontext_sliders.core.numeric import DEFAULT_REGISTRY, Registry
+    from kontext_sliders.core.numeric.weights import save_numeric_weights
+    from kontext_sliders.nodes.numeric_nodes import load_for_nodes, numeric_model
+    from kontext_sliders.nodes.runtime import installed_runtime
+    for text, message in (("increase the exposure by 1 parsec", "line 1: .*unknown unit 'parsec'"),
+                          ("exposure +1 EV\nexposure +0.5 EV", "both edit exposure"),
+                          ("exposure +9 EV", "outside"),
+                          ("make it nicer", "line 1")):
+        with pytest.raises(ValueError, match=message):
+            edit(env, text)
+    narrow = Registry((DEFAULT_REGISTRY.task("exposure"),))  # weights that know one task only
+    save_numeric_weights(numeric_weights(registry=narrow), tmp_path / "narrow.safetensors")
+    only_exposure = load_for_nodes(str(tmp_path / "narrow.safetensors"), "narrow")
+    with pytest.raises(ValueError, match="hue"):
+        numeric_model(env["patcher"], only_exposure, env["clip"], "rotate the hue by 30 degrees")
+    save_numeric_weights(numeric_weights(out_dim=16), tmp_path / "wide.safetensors")
+    with pytest.raises(ValueError, match="width 16 .* takes 32"):
+        numeric_model(env["patcher"], load_for_nodes(str(tmp_path / "wide.safetensors"), "w"), env["clip"],
+                      "exposure +1 EV")
+    save_numeric_weights(numeric_weights(hidden=64), tmp_path / "hidden.safetensors")
+    with pytest.raises(ValueError, match="hidden size"):
+        numeric_model(env["patcher"], load_for_nodes(str(tmp_path / "hidden.safetensors"), "h"), env["clip"],
+                      "exposure +1 EV")
+    assert installed_runtime(env["patcher"]).knobs == () and not env["patcher"].patches
