@@ -164,6 +164,38 @@ def slideredit_variant(base, conditioning, spec: dict, seed: int, rank: int = 16
     return slideredit_model(base, LoadedSliderEdit(weights, "bench"), cond, strengths)
 
 
+def numeric_variant(base, conditioning, spec: dict, seed: int, rank: int = 128, edits: int = 3):
+    """NumeriKontrol Edit with 3 numeric edits (3 tokens in front of the text, the multi-numeric mask) and a
+    random rank-128 LoRA on the attention Q/K/V (merged by weight patches: no per-step cost of its own)."""
+    from kontext_sliders.core.numeric import DEFAULT_REGISTRY, AdapterConfig, NumericAdapter
+    from kontext_sliders.core.numeric.weights import NumericWeights
+    from kontext_sliders.nodes.numeric_nodes import LoadedNumeric, numeric_model
+    h, width = spec["model"]["hidden_size"], spec["model"]["context_in_dim"]
+    torch.manual_seed(seed)
+    adapter = NumericAdapter(DEFAULT_REGISTRY, AdapterConfig(out_dim=width)).eval()
+    g = torch.Generator().manual_seed(seed)
+    lora = {}
+    modules = [f"transformer_blocks.{i}.attn.{m}" for i in range(spec["model"]["depth"])
+               for m in ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj")]
+    modules += [f"single_transformer_blocks.{i}.attn.{m}" for i in range(spec["model"]["depth_single_blocks"])
+                for m in ("to_q", "to_k", "to_v")]
+    for module in modules:
+        lora[f"transformer.{module}.lora_A.weight"] = torch.randn(rank, h, generator=g) * 0.001
+        lora[f"transformer.{module}.lora_B.weight"] = torch.randn(h, rank, generator=g) * 0.001
+    weights = NumericWeights(DEFAULT_REGISTRY, adapter.config, adapter.state_dict(), lora, float(rank))
+
+    class FixedText:  # the encoded instruction is the bench's random context: no text encoder needed
+        def tokenize(self, text, **kwargs):
+            return text
+
+        def encode_from_tokens_scheduled(self, tokens):
+            return [[conditioning[0][0], dict(conditioning[0][1])]]
+
+    lines = ["exposure +1 EV", "hue -30 deg", "blur +1 px"][:edits]
+    model, cond = numeric_model(base, LoadedNumeric(weights, adapter, "bench"), FixedText(), "\n".join(lines))
+    return model
+
+
 def model_call(patcher, inp: dict):
     # Through model_base.apply_model, as a sampling step calls it: its APPLY_MODEL wrappers (where the
     # Kontinuous patch picks each row's offset) run there, outside the diffusion model.
@@ -185,6 +217,9 @@ def main():
     ap.add_argument("--slideredit", action="store_true",
                     help="also time SliderEdit Apply: a random STLoRA of rank 16 on a 3-instruction prompt "
                          "(strengths 0.5, 1.5, 0)")
+    ap.add_argument("--numeric", type=int, nargs="?", const=3, default=0, metavar="EDITS",
+                    help="also time NumeriKontrol Edit: EDITS numeric edits (default 3: tokens + the mask, which "
+                         "1 edit does not need) and a rank-128 LoRA")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="write the results to this file")
     a = ap.parse_args()
@@ -233,6 +268,8 @@ def main():
             variants.update(knob_variants(base, conditioning, spec, a.seed + 3))
         if a.slideredit and device.type != "meta":
             variants["slideredit"] = slideredit_variant(base, conditioning, spec, a.seed + 4)
+        if a.numeric and device.type != "meta":
+            variants["numeric"] = numeric_variant(base, conditioning, spec, a.seed + 5, edits=a.numeric)
         print(f"FLUX.1 Kontext transformer, {size} size: {n_params / 1e9:.3f} B params {spec['dtype']}, "
               f"{2 * (spec['latent'] // 2) ** 2} image + {spec['text']} text tokens, on {device}")
         print(f"kontinuous_patched_model (projector run, once per strength): {patch_ms:.1f} ms")
