@@ -147,6 +147,25 @@ def slideredit_weights(variant: str = "stlora", **kwargs):
     return SliderEditWeights(variant, modules, source=f"tiny-{variant}")
 
 
+def numeric_weights(seed: int = 0, out_dim: int = CONTEXT_DIM, hidden: int = HIDDEN, rank: int = 4,
+                    registry=None):
+    """A NumeriKontrol weight file's content at the tiny size: seeded adapter + a LoRA on Q/K/V of both streams."""
+    from kontext_sliders.core.numeric import DEFAULT_REGISTRY, AdapterConfig, NumericAdapter
+    from kontext_sliders.core.numeric.weights import NumericWeights
+    registry = registry or DEFAULT_REGISTRY
+    config = AdapterConfig(encoder_width=16, embed_width=16, decoder_width=16, out_dim=out_dim)
+    adapter = seeded_(NumericAdapter(registry, config), seed, std=0.5)
+    g = torch.Generator().manual_seed(seed + 1)
+    lora = {}
+    for module in [f"transformer_blocks.{i}.attn.{m}" for i in range(DEPTH)
+                   for m in ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj")] + [
+            f"single_transformer_blocks.{i}.attn.{m}" for i in range(DEPTH_SINGLE) for m in ("to_q", "to_k", "to_v")]:
+        lora[f"transformer.{module}.lora_A.weight"] = torch.randn(rank, hidden, generator=g) * 0.2
+        lora[f"transformer.{module}.lora_B.weight"] = torch.randn(hidden, rank, generator=g) * 0.2
+    return NumericWeights(registry, config, {k: v.clone() for k, v in adapter.state_dict().items()}, lora, 8.0,
+                          source="tiny")
+
+
 # ---------------------------------------------------------------- ComfyUI tiny Flux
 
 def comfy_unet_config(hidden: int = HIDDEN, pooled_dim: int = POOLED_DIM) -> dict:

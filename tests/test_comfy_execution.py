@@ -42,6 +42,8 @@ def comfy_graph(tmp_path_factory):
     save_slideredit(F.slideredit_weights("stlora"), models / "stlora.safetensors")
     (models / "authors").mkdir()
     torch.save(F.slideredit_state("stlora"), models / "authors" / "selective_lora.pt")
+    from kontext_sliders.core.numeric.weights import save_numeric_weights
+    save_numeric_weights(F.numeric_weights(), models / "numeric.safetensors")
     for module in (F.PACK_DIR, TEST_NODES):  # ComfyUI's own custom-node loader
         assert asyncio.run(nodes.load_custom_node(str(module))), f"ComfyUI could not load {module}"
     for extra in ("nodes_edit_model.py", "nodes_flux.py"):  # ReferenceLatent, FluxGuidance (built-in extras)
@@ -291,3 +293,58 @@ def test_slideredit_sweep_of_one_sub_instruction_through_the_sweep_sampler(comfy
         single["4"]["inputs"]["batch"] = 1
         assert run_prompt(single)[0]
         assert torch.allclose(frames[k], captured()["knob"][0], atol=2e-5)
+
+
+# ---------------------------------------------------------------- NumeriKontrol in a real graph
+
+STUDIO = "increase the exposure by 0.5 EV\nrotate the hue by 20 degrees\ndecrease the saturation by 1.5x"
+
+
+def numeric_graph(edits=STUDIO):
+    graph = knob_graph("KontextModulationStrength")
+    graph["12"] = {"class_type": "NumeriKontrolLoader", "inputs": {"weights": "numeric.safetensors"}}
+    graph["7"] = {"class_type": "NumeriKontrolEdit", "inputs": {"model": ["1", 0], "clip": ["2", 0],
+                                                                "numeric_weights": ["12", 0], "edits": edits}}
+    graph["5"]["inputs"]["conditioning"] = ["7", 1]  # the edit's instructions feed the sampler
+    graph["4"]["inputs"]["batch"] = 1
+    return graph
+
+
+def test_numerikontrol_loader_edit_sampler_and_a_sweep_of_one_value(comfy_graph):
+    nodes, _ = comfy_graph
+    from comfy_extras.nodes_edit_model import ReferenceLatent
+    from comfy_extras.nodes_flux import FluxGuidance
+
+    from kontext_sliders.nodes.numeric_nodes import load_for_nodes, numeric_model
+    options = nodes.NODE_CLASS_MAPPINGS["NumeriKontrolLoader"].INPUT_TYPES()["required"]["weights"][1]["options"]
+    assert options == ["numeric.safetensors"]  # the Kontinuous and SliderEdit files are for their own loaders
+    ok, messages = run_prompt(numeric_graph())
+    assert ok, messages
+    out = captured()
+    import folder_paths
+    path = folder_paths.get_full_path("kontext_sliders", "numeric.safetensors")
+    model = F.comfy_patcher(F.tiny_bfl_state_dict(0, pooled_dim=F.TINY_CLIP_L_POOLED))
+    latent = nodes.NODE_CLASS_MAPPINGS["KSTestLatent"]().build(1, 1)[0]
+    patched, cond = numeric_model(model, load_for_nodes(path, "t"), F.tiny_flux_clip(3), STUDIO)
+    cond = FluxGuidance.execute(ReferenceLatent.execute(cond, latent)[0], 2.5)[0]
+    expected = nodes.common_ksampler(patched, 7, 2, 1.0, "euler", "simple", cond, cond, latent)[0]["samples"]
+    assert torch.equal(out["knob"], expected)
+
+    sweep = numeric_graph()
+    sweep["13"] = {"class_type": "KontextStrengthSweep",
+                   "inputs": {"start": -1.0, "end": 1.0, "count": 3, "spacing": "linear", "instruction_index": 1}}
+    sweep["8"] = {"class_type": "KontextSweepSampler",
+                  "inputs": {"model": ["7", 0], "positive": ["6", 0], "negative": ["6", 0], "latent_image": ["4", 0],
+                             "sweep": ["13", 0], "seed": 7, "steps": 2, "cfg": 1.0, "sampler_name": "euler",
+                             "scheduler": "simple", "denoise": 1.0, "max_batch": 0, "knob": "NumeriKontrol Edit"}}
+    ok, messages = run_prompt(sweep)
+    assert ok, messages
+    frames = captured()["knob"]
+    assert frames.shape[0] == 3
+    for k, ev in ((0, -1.0), (2, 1.0)):  # instruction 1 in registry order: exposure
+        assert run_prompt(numeric_graph(STUDIO.replace("by 0.5 EV", f"by {ev:g} EV").replace(
+            "increase the exposure by -1 EV", "decrease the exposure by 1 EV")))[0]
+        assert torch.allclose(frames[k], captured()["knob"][0], atol=2e-5)
+    ok, messages = run_prompt(numeric_graph("increase the exposure by 3 parsecs"), {"client_id": "test"})
+    error = next(data for event, data in messages if event == "execution_error")
+    assert not ok and "unknown unit 'parsecs'" in error["exception_message"]

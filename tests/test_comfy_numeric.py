@@ -14,32 +14,13 @@ TWO = "increase the exposure by 1 EV\nrotate the hue by -30 degrees"
 TWO_SWAPPED = "hue: -30°\nexposure +1EV"
 
 
-def numeric_weights(seed: int = 0, out_dim: int = F.CONTEXT_DIM, hidden: int = F.HIDDEN, rank: int = 4,
-                    registry=None):
-    """A NumeriKontrol weight file's content at the tiny size: seeded adapter + a LoRA on Q/K/V of both streams."""
-    from kontext_sliders.core.numeric import DEFAULT_REGISTRY, AdapterConfig, NumericAdapter
-    from kontext_sliders.core.numeric.weights import NumericWeights
-    registry = registry or DEFAULT_REGISTRY
-    config = AdapterConfig(encoder_width=16, embed_width=16, decoder_width=16, out_dim=out_dim)
-    adapter = F.seeded_(NumericAdapter(registry, config), seed, std=0.5)
-    g = torch.Generator().manual_seed(seed + 1)
-    lora = {}
-    for module in [f"transformer_blocks.{i}.attn.{m}" for i in range(F.DEPTH)
-                   for m in ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj")] + [
-            f"single_transformer_blocks.{i}.attn.{m}" for i in range(F.DEPTH_SINGLE) for m in ("to_q", "to_k", "to_v")]:
-        lora[f"transformer.{module}.lora_A.weight"] = torch.randn(rank, hidden, generator=g) * 0.2
-        lora[f"transformer.{module}.lora_B.weight"] = torch.randn(hidden, rank, generator=g) * 0.2
-    return NumericWeights(registry, config, {k: v.clone() for k, v in adapter.state_dict().items()}, lora, 8.0,
-                          source="tiny")
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     F.import_comfyui()
     from kontext_sliders.core.numeric.weights import save_numeric_weights
     from kontext_sliders.nodes.numeric_nodes import load_for_nodes
     path = tmp_path_factory.mktemp("numeric") / "numeric.safetensors"
-    save_numeric_weights(numeric_weights(), path)
+    save_F.numeric_weights(F.numeric_weights(), path)
     bfl = F.tiny_bfl_state_dict(seed=0, pooled_dim=F.TINY_CLIP_L_POOLED)
     g = torch.Generator().manual_seed(4)
     return dict(clip=F.tiny_flux_clip(seed=3), bfl=bfl, patcher=F.comfy_patcher(bfl), loaded=load_for_nodes(str(path), "t"),
@@ -164,15 +145,15 @@ def test_bad_input_is_a_clear_error_and_patches_nothing(env, tmp_path):
         with pytest.raises(ValueError, match=message):
             edit(env, text)
     narrow = Registry((DEFAULT_REGISTRY.task("exposure"),))  # weights that know one task only
-    save_numeric_weights(numeric_weights(registry=narrow), tmp_path / "narrow.safetensors")
+    save_F.numeric_weights(F.numeric_weights(registry=narrow), tmp_path / "narrow.safetensors")
     only_exposure = load_for_nodes(str(tmp_path / "narrow.safetensors"), "narrow")
     with pytest.raises(ValueError, match="hue"):
         numeric_model(env["patcher"], only_exposure, env["clip"], "rotate the hue by 30 degrees")
-    save_numeric_weights(numeric_weights(out_dim=16), tmp_path / "wide.safetensors")
+    save_F.numeric_weights(F.numeric_weights(out_dim=16), tmp_path / "wide.safetensors")
     with pytest.raises(ValueError, match="width 16 .* takes 32"):
         numeric_model(env["patcher"], load_for_nodes(str(tmp_path / "wide.safetensors"), "w"), env["clip"],
                       "exposure +1 EV")
-    save_numeric_weights(numeric_weights(hidden=64), tmp_path / "hidden.safetensors")
+    save_F.numeric_weights(F.numeric_weights(hidden=64), tmp_path / "hidden.safetensors")
     with pytest.raises(ValueError, match="hidden size"):
         numeric_model(env["patcher"], load_for_nodes(str(tmp_path / "hidden.safetensors"), "h"), env["clip"],
                       "exposure +1 EV")
