@@ -20,7 +20,7 @@ def env(tmp_path_factory):
     from kontext_sliders.core.numeric.weights import save_numeric_weights
     from kontext_sliders.nodes.numeric_nodes import load_for_nodes
     path = tmp_path_factory.mktemp("numeric") / "numeric.safetensors"
-    save_F.numeric_weights(F.numeric_weights(), path)
+    save_numeric_weights(F.numeric_weights(), path)
     bfl = F.tiny_bfl_state_dict(seed=0, pooled_dim=F.TINY_CLIP_L_POOLED)
     g = torch.Generator().manual_seed(4)
     return dict(clip=F.tiny_flux_clip(seed=3), bfl=bfl, patcher=F.comfy_patcher(bfl), loaded=load_for_nodes(str(path), "t"),
@@ -145,15 +145,15 @@ def test_bad_input_is_a_clear_error_and_patches_nothing(env, tmp_path):
         with pytest.raises(ValueError, match=message):
             edit(env, text)
     narrow = Registry((DEFAULT_REGISTRY.task("exposure"),))  # weights that know one task only
-    save_F.numeric_weights(F.numeric_weights(registry=narrow), tmp_path / "narrow.safetensors")
+    save_numeric_weights(F.numeric_weights(registry=narrow), tmp_path / "narrow.safetensors")
     only_exposure = load_for_nodes(str(tmp_path / "narrow.safetensors"), "narrow")
     with pytest.raises(ValueError, match="hue"):
         numeric_model(env["patcher"], only_exposure, env["clip"], "rotate the hue by 30 degrees")
-    save_F.numeric_weights(F.numeric_weights(out_dim=16), tmp_path / "wide.safetensors")
+    save_numeric_weights(F.numeric_weights(out_dim=16), tmp_path / "wide.safetensors")
     with pytest.raises(ValueError, match="width 16 .* takes 32"):
         numeric_model(env["patcher"], load_for_nodes(str(tmp_path / "wide.safetensors"), "w"), env["clip"],
                       "exposure +1 EV")
-    save_F.numeric_weights(F.numeric_weights(hidden=64), tmp_path / "hidden.safetensors")
+    save_numeric_weights(F.numeric_weights(hidden=64), tmp_path / "hidden.safetensors")
     with pytest.raises(ValueError, match="hidden size"):
         numeric_model(env["patcher"], load_for_nodes(str(tmp_path / "hidden.safetensors"), "h"), env["clip"],
                       "exposure +1 EV")
