@@ -145,6 +145,25 @@ WORKFLOWS = {
               "Change the lines, the strengths (one per line, −1 … 3) and which line the sweep varies.\n\n"
               + MODELS + "- `models/kontext_sliders/`: a SliderEdit adapter (our `.safetensors`, the authors' "
               "`selective_lora.pt`, or a GSTLoRA `pytorch_lora_weights.safetensors`)\n")),
+    "numerikontrol_studio_sweep": dict(
+        prompt={**base_edit({"class_type": "NumeriKontrolEdit",
+                             "inputs": {"model": ["1", 0], "clip": ["2", 0], "numeric_weights": ["11", 0],
+                                        "edits": "increase the exposure by 0.7 EV\nmake the colours warmer by 800 K"
+                                                 "\ndecrease the saturation by 1.3x"}}),
+                "8": {"class_type": "ReferenceLatent", "inputs": {"conditioning": ["7", 1], "latent": ["6", 0]}},
+                "10": {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["7", 1]}},
+                "11": {"class_type": "NumeriKontrolLoader", "inputs": {"weights": "numerikontrol.safetensors"}},
+                **sweep_tail("7", {"start": -2.0, "end": 2.0, "count": 9, "spacing": "linear",
+                                   "instruction_index": 1}, "numeric_sweep")},
+        note=("## NumeriKontrol: a studio edit in numbers\n\n"
+              "**NumeriKontrol Edit** reads one numeric edit per line — here +0.7 EV, 800 K warmer, saturation "
+              "÷1.3 — and turns each number into a token the model reads (several at once, any order; the tooltip "
+              "lists the tasks, units and ranges). Its CONDITIONING output is the sampler's prompt. The sweep varies "
+              "edit 1 (exposure, the registry's order) from −2 to +2 EV in one queue item; scrub it in **Kontext "
+              "Sweep Preview**.\n\n"
+              "Change the lines (units: EV / stops, K, x, °, px) and the swept edit.\n\n" + MODELS
+              + "- `models/kontext_sliders/`: NumeriKontrol weights (`kontext-sliders export` of a `method: numeric` "
+              "run)\n")),
     "kontext_instruction_guidance": dict(
         prompt={**base_edit(multi_encode("make the sky stormy\nturn the car red\nadd snow on the roof")),
                 "12": {"class_type": "KontextInstructionGuidance",
