@@ -65,6 +65,8 @@ def list_weight_entries(kind: str = "kontinuous") -> list[str]:
             if any(marker in files for marker in folder_markers):
                 entries.add("./" if rel == "." else rel + "/")
                 files = [f for f in files if f not in folder_markers + folder_companions]
+            elif kind != "kontinuous" and OFFICIAL_PROJECTOR in files:
+                files = [f for f in files if f != OFFICIAL_LORA]  # a Kontinuous release's LoRA, not a GSTLoRA
             for f in files:
                 path = Path(root, f)
                 if (f.endswith(suffixes) and _inside(path.resolve(), roots)

@@ -260,6 +260,7 @@ def test_slideredit_loader_apply_sampler_in_one_prompt(comfy_graph):
     options = nodes.NODE_CLASS_MAPPINGS["SliderEditLoader"].INPUT_TYPES()["required"]["weights"][1]["options"]
     assert "stlora.safetensors" in options and "authors/" in options
     assert "tiny.safetensors" not in options  # a Kontinuous file is for the other loader
+    assert not any(o.startswith("release/") for o in options)  # nor is a Kontinuous release folder's LoRA
     ok, messages = run_prompt(slideredit_graph())
     assert ok, messages
     out = captured()
