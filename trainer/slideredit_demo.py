@@ -1,12 +1,12 @@
 """``kontext-sliders demo --method slideredit``: SliderEdit offline, small enough for 2 CPU cores in minutes.
 
 1. data: crops of scikit-image photos (two photos held out, as the Kontinuous demo), edited exactly by two
-   CAT tasks, each its own sub-instruction: exposure 0 -> +1 EV ("increase the exposure") and colour
-   temperature 6500 -> 5000 K ("make the colours warmer"). The two commute (both are per-channel gains in
-   linear light) and their estimators barely see each other (measured on the exact edits, in the report);
+   CAT tasks, each its own sub-instruction: saturation 1 -> 0.5x ("make the colours less saturated") and
+   Gaussian blur 0 -> 1 px ("blur the image"): their estimators barely read each other on exact edits
+   (exposure with temperature or saturation do: warming changes luminance, brightening changes chroma);
 2. a base editor (``method: editor``): a tiny FLUX-architecture transformer trained from scratch in pixel
-   space on the prompts [], [E], [T], [E, T], [T, E] with their exact targets (the empty prompt: the source);
-3. an STLoRA trained with PPS (``method: slideredit``) on that frozen editor: no target images, the editor
+   space on the prompts [], [S], [B], [S, B], [B, S] with their exact targets (the empty prompt: the source);
+3. an STLoRA (rank 4) trained with PPS (``method: slideredit``) on that frozen editor: no target images, the editor
    on the prompt without the suppressed lines is the teacher;
 4. export: the loader's .safetensors and the authors' layout; everything below runs from the exported files;
 5. on held-out photos: each line swept over strengths 0 ... 1.5 (the other at 1), measured with the CAT
