@@ -77,6 +77,17 @@ def pair_delta(task: NumericTask, source_value: float, target_value: float) -> f
     return float(f"{task.delta_between(source_value, target_value):.6g}")
 
 
+def encoder_text(config: TrainConfig, line: str) -> str:
+    """What the text encoder reads of an instruction line: the line itself for FLUX's T5 (which reads the
+    number), or, for the offline ``learned`` encoder, the line with its number replaced by ``#``: that encoder's
+    vectors are seeded from the text (a hash, blind to what a number means), so with the number in it every
+    value would get unrelated text vectors and an unseen value untrained ones; the numeric token says how much."""
+    if config.data.text_encoder != "learned":
+        return line
+    from ..core.numeric.parser import NUMBER_RE
+    return NUMBER_RE.sub("#", line)
+
+
 def numeric_rows_for_step(seed: int, step: int, global_batch: int, frame_counts: list[int]) -> list[NumericRow]:
     """The global batch of step ``step``: a pure function of (seed, step)."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + step)
@@ -133,7 +144,7 @@ class NumericMethod(Method):
                         ", ".join(outside))
         text_encoder = text_encoder_for(config, device, config.numeric.max_edits)
         instructions = sorted({self.registry.task(task).render(d) for task, d in deltas})
-        keys = {text: cached_lines([text], cache, text_encoder) for text in instructions}
+        keys = {text: cached_lines([encoder_text(config, text)], cache, text_encoder) for text in instructions}
         text_encoder.release()
         self.dataset = NumericDataset(trajectories, keys, cached.skipped + skipped)
         log.info("%d trajectories, %d instructions; skipped: %s", len(trajectories), len(keys),

@@ -37,6 +37,7 @@ from .demo import (TRAIN_FRAMES, DemoSettings, demo_config, demo_photos, demo_ta
 from .editor import export_editor
 from .export import export_checkpoint
 from .metrics import psnr
+from .numeric import encoder_text
 from .numeric_model import NumericModel
 from .sampling import euler, sample_edit
 from .slideredit import text_encoder_for
@@ -131,7 +132,7 @@ class NumericEditor:
         transformer = FluxTransformer2DModel.from_pretrained(str(transformer_dir), subfolder="transformer")
         self.weights = load_numeric_weights(weights_file)
         self.model = NumericModel.from_weights(transformer, self.weights, config.numeric.guidance)
-        self.registry = self.weights.registry
+        self.registry, self.config = self.weights.registry, config
         self.text = text_encoder_for(config, torch.device("cpu"), config.numeric.max_edits)
         self.sample_steps, self.seed = sample_steps, seed
 
@@ -141,7 +142,7 @@ class NumericEditor:
         """``sources`` [B, 3, H, W] in [0, 1], the same ``edits`` (task, delta) for every row; the prompt's lines
         default to the edits' rendered templates in the same order."""
         lines = lines or [self.registry.task(t).render(d) for t, d in edits]
-        text = self.text.encode_lines(lines)
+        text = self.text.encode_lines([encoder_text(self.config, line) for line in lines])
         b, src = sources.shape[0], sources * 2 - 1
         context, pooled = text["context"].expand(b, -1, -1), text["pooled"].expand(b, -1)
         row = [(self.registry.task_id(t), float(d)) for t, d in edits]
