@@ -10,6 +10,7 @@ pytest.importorskip("peft")
 
 from kontext_sliders.core.numeric import DEFAULT_REGISTRY, AdapterConfig, NumericAdapter  # noqa: E402
 from kontext_sliders.trainer.model import kontext_velocity  # noqa: E402
+from kontext_sliders.trainer.numeric import encoder_text  # noqa: E402
 from kontext_sliders.trainer.numeric_model import (NumericModel, add_numeric_lora, image_token_count,  # noqa: E402
                                                    numeric_attention_mask)
 
@@ -171,7 +172,8 @@ def test_rows_are_pure_frame_pairs_of_one_trajectory_with_deltas_and_texts_from_
         line = task.render(delta)
         parsed = parse_line(line)
         assert (parsed.task, parsed.delta) == (traj.task, delta)
-        assert torch.equal(batch["context"][i], encoder.encode_lines([line])["context"])
+        # the offline encoder reads the line with its number as '#' (the numeric token carries the value)
+        assert torch.equal(batch["context"][i], encoder.encode_lines([encoder_text(method.config, line)])["context"])
         assert torch.equal(batch["source"][i], method._image(traj.frames[r.source]))
         assert torch.equal(batch["target"][i], method._image(traj.frames[r.target]))
         signs.add(task.direction(delta))

@@ -219,6 +219,23 @@ def load_editor(editor_file: Path, projector_file: Path | None = None) -> Kontex
     return model.eval()
 
 
+def export_editor_model(config: TrainConfig, result, instructions: list[str], weights_dir: Path) -> KontextSliderModel:
+    """A scratch Kontinuous run's files: the projector the ComfyUI loader reads
+    (``kontinuous_demo.safetensors``) and the whole editor (``demo_editor.safetensors``); returns the editor
+    rebuilt from those files, so what is evaluated is exactly what was written."""
+    projector_file = weights_dir / "kontinuous_demo.safetensors"
+    export_checkpoint(result.output_dir, projector_file)
+    trainable, _ = load_checkpoint(latest_checkpoint(result.output_dir))
+    trained = build_model(config, instructions)
+    missing = {n for n, p in trained.named_parameters() if p.requires_grad} - set(trainable)
+    if missing:
+        raise RuntimeError(f"the checkpoint lacks trainable tensors: {sorted(missing)[:3]}")
+    trained.load_state_dict(trainable, strict=False)
+    editor_file = weights_dir / "demo_editor.safetensors"
+    save_editor(trained, config, editor_file)
+    return load_editor(editor_file, projector_file)
+
+
 # ---------------------------------------------------------------- evaluation
 
 Editor = Callable[[torch.Tensor, cat.CatTask, float], torch.Tensor]
@@ -337,18 +354,7 @@ def _run_demo(s: DemoSettings) -> DemoResult:
     seconds["train"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    weights_dir = s.out / "weights"
-    projector_file = weights_dir / "kontinuous_demo.safetensors"
-    export_checkpoint(result.output_dir, projector_file)
-    trainable, _ = load_checkpoint(latest_checkpoint(result.output_dir))
-    trained = build_model(config, sorted({t.instruction() for t in tasks}))
-    missing = {n for n, p in trained.named_parameters() if p.requires_grad} - set(trainable)
-    if missing:
-        raise RuntimeError(f"the checkpoint lacks trainable tensors: {sorted(missing)[:3]}")
-    trained.load_state_dict(trainable, strict=False)
-    editor_file = weights_dir / "demo_editor.safetensors"
-    save_editor(trained, config, editor_file)
-    model = load_editor(editor_file, projector_file)  # evaluate exactly what was written
+    model = export_editor_model(config, result, sorted({t.instruction() for t in tasks}), s.out / "weights")
     seconds["export"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -380,18 +386,23 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     d = DemoSettings(Path("."))
     from .slideredit_demo import SliderEditDemoSettings
     e = SliderEditDemoSettings(Path("."))
-    parser.add_argument("--method", choices=["kontinuous", "slideredit"], default="kontinuous",
+    from .numeric_demo import NumericDemoSettings
+    n = NumericDemoSettings(Path("."))
+    parser.add_argument("--method", choices=["kontinuous", "slideredit", "numeric"], default="kontinuous",
                         help="which method the demo trains and measures (default: %(default)s): a Kontinuous "
-                             "strength slider, or SliderEdit per-instruction sliders (a tiny base editor, then an "
-                             "STLoRA trained with PPS on it; report_slideredit.md)")
+                             "strength slider, SliderEdit per-instruction sliders (a tiny base editor, then an "
+                             "STLoRA trained with PPS on it; report_slideredit.md), or NumeriKontrol against a "
+                             "Kontinuous baseline on the same frame pairs (report_numeric.md)")
     parser.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder (default: %(default)s)")
-    parser.add_argument("--tasks", help=f"CAT tasks (default: {d.tasks}; slideredit: exactly two, {e.tasks}; known: "
+    parser.add_argument("--tasks", help=f"CAT tasks (default: {d.tasks}; slideredit: exactly two, {e.tasks}; "
+                                        f"numeric: two or more, {n.tasks}; known: "
                                         f"{', '.join(cat.TASKS)})")
     parser.add_argument("--ranges", help=f"value ranges start:end per task, used for the tasks chosen (default: "
                                          f"{d.ranges}; slideredit: {e.ranges})")
     parser.add_argument("--held-out", default=",".join(d.held_out),
                         help="scikit-image photos kept out of training (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=d.steps, help="training steps (default: %(default)s)")
+    parser.add_argument("--steps", type=int, help=f"training steps (default: {d.steps}; numeric: {n.steps} for each "
+                                                  f"of the two models)")
     parser.add_argument("--editor-steps", type=int, default=e.editor_steps,
                         help="slideredit: steps of the base editor (default: %(default)s)")
     parser.add_argument("--slider-steps", type=int, default=e.slider_steps,
@@ -406,7 +417,8 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--require-targets", action="store_true",
                         help="exit with status 1 when a target is missed (kontinuous: exposure PSNR >= 25 dB, "
                              "|r| >= 0.95; slideredit: PPS loss drop >= 10x, and per line monotonic, suppression "
-                             ">= 5, decoupling <= 0.2)")
+                             ">= 5, decoupling <= 0.2; numeric: PSNR above Kontinuous on average and per task, "
+                             "two-edit gap <= 2 dB, order swap < 0.5 dB)")
     return parser
 
 
@@ -422,11 +434,11 @@ def run_demo_command(args: argparse.Namespace) -> int:
     common.update({k: v for k, v in (("tasks", args.tasks), ("ranges", args.ranges)) if v is not None})
     if args.method == "slideredit":
         return _run_slideredit_command(args, common)
-    settings = DemoSettings(args.out, steps=args.steps, **common)
-    try:
-        result = run_demo(settings)
-    except ValueError as e:
-        print(f"demo: error: {e}", file=sys.stderr)
+    if args.method == "numeric":
+        return _run_numeric_command(args, common)
+    settings = DemoSettings(args.out, **common, **({} if args.steps is None else {"steps": args.steps}))
+    result = _run_or_report(run_demo, settings)
+    if result is None:
         return 2
     for e in result.evaluations:
         met = {True: "target met", False: "TARGET MISSED", None: "no target"}[e.targets_met()]
@@ -437,14 +449,27 @@ def run_demo_command(args: argparse.Namespace) -> int:
     return 1 if args.require_targets and not result.targets_met() else 0
 
 
+def _run_or_report(run: Callable, settings):
+    """``run(settings)``, or None after printing a ValueError as the command's error (exit status 2)."""
+    try:
+        return run(settings)
+    except ValueError as e:
+        print(f"demo: error: {e}", file=sys.stderr)
+        return None
+
+
+def _targets_exit(args: argparse.Namespace, result) -> int:
+    print(f"{timing_line(result.seconds)}; targets {'met' if result.targets_met() else 'MISSED'}; "
+          f"report: {result.report}")
+    return 1 if args.require_targets and not result.targets_met() else 0
+
+
 def _run_slideredit_command(args: argparse.Namespace, common: dict) -> int:
     from .slideredit_demo import SliderEditDemoSettings, run_slideredit_demo
     settings = SliderEditDemoSettings(args.out, editor_steps=args.editor_steps, slider_steps=args.slider_steps,
                                       **common)
-    try:
-        result = run_slideredit_demo(settings)
-    except ValueError as e:
-        print(f"demo: error: {e}", file=sys.stderr)
+    result = _run_or_report(run_slideredit_demo, settings)
+    if result is None:
         return 2
     print(f"PPS loss {result.loss_start:.3g} -> {result.loss_end:.3g} ({result.loss_drop:.1f}x lower)")
     for name, rows in (("STLoRA", result.stlora), ("training-free", result.training_free)):
@@ -452,6 +477,21 @@ def _run_slideredit_command(args: argparse.Namespace, common: dict) -> int:
             print(f"{name} line {r['line'] + 1} ({r['task']}): range {r['movement']:.2f} of the task's, "
                   f"monotonic {'yes' if r['monotonic'] else 'no'}, decoupling {r['decoupling']:.3f}, "
                   f"suppression {r['suppression']:.2f}")
-    print(f"{timing_line(result.seconds)}; targets {'met' if result.targets_met() else 'MISSED'}; "
-          f"report: {result.report}")
-    return 1 if args.require_targets and not result.targets_met() else 0
+    return _targets_exit(args, result)
+
+
+def _run_numeric_command(args: argparse.Namespace, common: dict) -> int:
+    from .numeric_demo import NumericDemoSettings, run_numeric_demo
+    settings = NumericDemoSettings(args.out, **common, **({} if args.steps is None else {"steps": args.steps}))
+    result = _run_or_report(run_numeric_demo, settings)
+    if result is None:
+        return 2
+    for t in result.tasks:
+        print(f"{t['task']}: held-out PSNR NumeriKontrol {t['psnr_numeric']:.2f} dB, Kontinuous "
+              f"{t['psnr_kontinuous']:.2f} dB (no edit: {t['psnr_no_edit']:.2f} dB); measured-value MAE "
+              f"{t['mae_numeric']:.3g} {t['unit']} (Kontinuous {t['mae_kontinuous']:.3g}, exact {t['mae_exact']:.3g})")
+    avg, two = result.average, result.two_edit
+    print(f"average: NumeriKontrol {avg['psnr_numeric']:.2f} dB, Kontinuous {avg['psnr_kontinuous']:.2f} dB; "
+          f"two-edit {two['psnr_ab']:.2f} dB (gap {two['gap_db']:.2f} dB to single edits), order swap "
+          f"{two['swap_db']:.3f} dB")
+    return _targets_exit(args, result)

@@ -18,7 +18,9 @@ skipped and counted.
 
 One step, per row: x_sigma = (1 - sigma) target + sigma eps; the model's velocity from (x_sigma, the source
 frame's latent, the instruction's T5 tokens with the numeric token in front); loss = MSE against eps - target
-in fp32. Trainable: the adapter (task embeddings included) and the LoRA; the transformer is frozen. Which
+in fp32. Trainable: the adapter (task embeddings included) and the LoRA; the transformer is frozen
+(``numeric.train_transformer``, scratch only: the adapter and every transformer weight, no LoRA; the numeric
+file then holds the adapter alone and the transformer goes out as an editor folder, ``editor.export_editor``). Which
 trajectory and frames, sigma and noise are a pure function of (seed, step, row), so resume is exact.
 """
 from __future__ import annotations
@@ -73,6 +75,17 @@ class NumericRow:
 def pair_delta(task: NumericTask, source_value: float, target_value: float) -> float:
     """The delta taking the source frame to the target frame, in the task's unit, to 6 significant digits."""
     return float(f"{task.delta_between(source_value, target_value):.6g}")
+
+
+def encoder_text(config: TrainConfig, line: str) -> str:
+    """What the text encoder reads of an instruction line: the line itself for FLUX's T5 (which reads the
+    number), or, for the offline ``learned`` encoder, the line with its number replaced by ``#``: that encoder's
+    vectors are seeded from the text (a hash, blind to what a number means), so with the number in it every
+    value would get unrelated text vectors and an unseen value untrained ones; the numeric token says how much."""
+    if config.data.text_encoder != "learned":
+        return line
+    from ..core.numeric.parser import NUMBER_RE
+    return NUMBER_RE.sub("#", line)
 
 
 def numeric_rows_for_step(seed: int, step: int, global_batch: int, frame_counts: list[int]) -> list[NumericRow]:
@@ -131,7 +144,7 @@ class NumericMethod(Method):
                         ", ".join(outside))
         text_encoder = text_encoder_for(config, device, config.numeric.max_edits)
         instructions = sorted({self.registry.task(task).render(d) for task, d in deltas})
-        keys = {text: cached_lines([text], cache, text_encoder) for text in instructions}
+        keys = {text: cached_lines([encoder_text(config, text)], cache, text_encoder) for text in instructions}
         text_encoder.release()
         self.dataset = NumericDataset(trajectories, keys, cached.skipped + skipped)
         log.info("%d trajectories, %d instructions; skipped: %s", len(trajectories), len(keys),
@@ -143,8 +156,9 @@ class NumericMethod(Method):
 
     def build_model(self) -> NumericModel:
         nc = self.config.numeric
-        transformer = build_transformer(self.config)  # frozen: the method adds its own LoRA
-        add_numeric_lora(transformer, nc.rank, nc.alpha, nc.targets, nc.init)
+        transformer = build_transformer(self.config)  # frozen: the method adds its own LoRA ...
+        if not nc.train_transformer:  # ... unless every weight of a scratch transformer trains
+            add_numeric_lora(transformer, nc.rank, nc.alpha, nc.targets, nc.init)
         adapter = NumericAdapter(self.registry, adapter_config(self.config, transformer.config.joint_attention_dim))
         return NumericModel(transformer, adapter, nc.guidance)
 

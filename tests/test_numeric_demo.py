@@ -1,0 +1,130 @@
+"""`kontext-sliders demo --method numeric`: NumeriKontrol against a Kontinuous baseline on the same frame pairs."""
+import json
+import math
+
+import pytest
+import torch
+
+from kontext_sliders.core.numeric import DEFAULT_REGISTRY, load_numeric_weights
+from kontext_sliders.trainer import numeric_demo as ND
+from kontext_sliders.trainer.cli import main as cli_main
+from kontext_sliders.trainer.config import ConfigError, config_from_dict
+from kontext_sliders.trainer.data import cat
+from kontext_sliders.trainer.data.trajectories import read_manifest
+from kontext_sliders.trainer.demo import DEMO_TRANSFORMER
+from kontext_sliders.trainer.metrics import PSNR_CAP_DB
+
+pytest.importorskip("diffusers")
+pytest.importorskip("matplotlib")
+
+
+def tiny(out, **kw):
+    return ND.NumericDemoSettings(out, photo_sizes=(16, 24), crops_per_photo=2, eval_crops_per_photo=1, steps=4,
+                                  batch_size=4, sample_steps=2, progress=False, **kw)
+
+
+def test_numeric_demo_end_to_end_tiny(tmp_path):
+    settings = tiny(tmp_path / "demo")
+    result = ND.run_numeric_demo(settings)
+    out = settings.out
+    for name in ("report_numeric.md", "metrics_numeric.json", "numeric_exposure.png", "numeric_hue.png",
+                 "numeric_two-edit.png", "weights/numeric_demo.safetensors",
+                 "weights/numeric_transformer/transformer/config.json",
+                 "weights/kontinuous/kontinuous_demo.safetensors", "weights/kontinuous/demo_editor.safetensors"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    # the NumeriKontrol file: the adapter alone (the whole transformer trained and went out as a folder)
+    weights = load_numeric_weights(out / "weights" / "numeric_demo.safetensors")
+    assert weights.lora_state == {} and weights.registry == DEFAULT_REGISTRY
+    # the baseline's data: the numeric run's frame pairs, both directions, 0-1 strengths by |delta| / range
+    numeric_trajs = read_manifest(out / "data" / "frames")
+    pairs = read_manifest(out / "data" / "kontinuous")
+    assert len(pairs) == len(numeric_trajs) * 2 * (ND.TRAIN_FRAMES - 1)
+    tasks = {t.name: t for t in ND.demo_tasks(settings)}
+    for p in pairs:
+        task = tasks[p.task]
+        assert p.instruction == task.instructions[0 if p.id.endswith("-up") else 1]
+        assert p.frames[0].strength == 0 and (out / "data" / "kontinuous" / p.source).is_file()
+        assert all(abs(f.strength - abs(f.value - p.frames[0].value) / (task.range[1] - task.range[0])) < 1e-9
+                   for f in p.frames)
+    metrics = json.loads((out / "metrics_numeric.json").read_text())
+    assert [t["task"] for t in metrics["tasks"]] == ["exposure", "hue"]
+    for t in metrics["tasks"]:
+        task = tasks[t["task"]]
+        quarter = (task.range[1] - task.range[0]) / 4
+        deltas = [r["delta"] for r in t["per_delta"]]
+        assert any(d < 0 for d in deltas) and any(d > 0 for d in deltas)
+        assert all(abs(d / quarter - round(d / quarter)) > 0.1 for d in deltas)  # never a trained delta
+        assert t["psnr_numeric"] == pytest.approx(sum(r["psnr_numeric"] for r in t["per_delta"]) / len(deltas))
+        assert t["mae_exact"] < 1e-3 * quarter  # the estimators read the exact edits back
+    assert metrics["average"]["psnr_numeric"] == pytest.approx(result.average["psnr_numeric"])
+    assert metrics["checks"] == result.checks() and metrics["targets_met"] == result.targets_met()
+    two = metrics["two_edit"]
+    assert two["gap_db"] == pytest.approx(two["single_edit_psnr"] - two["psnr_ab"])
+    # the numeric tokens' order cannot matter: text ids zero, numeric tokens masked from each other
+    assert two["max_abs_tokens_only"] < 1e-4
+    report = (out / "report_numeric.md").read_text()
+    assert f"{result.average['psnr_numeric']:.2f} dB" in report and "Kontinuous" in report
+    assert metrics["train"]["numeric"]["steps"] == metrics["train"]["kontinuous"]["steps"] == settings.steps
+
+
+class Oracle:
+    """The exact operators at the requested values (knows the photos and the sources' values)."""
+    registry = DEFAULT_REGISTRY
+
+    def __init__(self, photos, tasks, seed=0):
+        self.photos, self.tasks, self.seed = photos, {t.name: t for t in tasks}, seed
+
+    def __call__(self, sources, edits, lines=None):
+        out = self.photos
+        for name, delta in sorted(edits, key=lambda e: list(self.tasks).index(e[0])):  # A then B, as the truth
+            task = self.tasks[name]
+            out = task.apply(out, task.value_at(ND.SOURCE_STRENGTH) + delta, self.seed)
+        return out
+
+    def kontinuous(self, sources, task, delta):
+        return self(sources, [(task.name, delta)])
+
+
+def test_exact_edits_score_perfectly():
+    tasks = [cat.get_task("exposure"), cat.get_task("hue")]
+    photos = torch.stack([p.image for p in cat.skimage_photos(["chelsea", "coffee"], 16)])
+    oracle = Oracle(photos, tasks)
+    for task in tasks:
+        summary, frames = ND.evaluate_single(task, photos, oracle, oracle.kontinuous, 0)
+        assert summary["psnr_numeric"] == summary["psnr_kontinuous"] == pytest.approx(PSNR_CAP_DB)
+        assert summary["mae_numeric"] == summary["mae_exact"] < 1e-3
+        assert summary["psnr_no_edit"] < 40 and len(frames) == len(ND.TARGET_STRENGTHS)
+    two, _ = ND.evaluate_two_edit(tasks[0], tasks[1], photos, oracle, 0, PSNR_CAP_DB)
+    assert two["psnr_ab"] == two["psnr_ba"] == pytest.approx(PSNR_CAP_DB) and two["gap_db"] == pytest.approx(0)
+    assert two["swap_db"] == 0 and not math.isnan(two["psnr_no_edit"])
+
+
+def test_train_transformer_trains_every_weight_and_no_lora(tmp_path):
+    from kontext_sliders.trainer.numeric import NumericMethod
+    base = {"method": "numeric", "model": {"scratch": DEMO_TRANSFORMER, "gradient_checkpointing": False},
+            "data": {"text_encoder": "learned", "pixel_space": True}, "numeric": {"train_transformer": True}}
+    method = NumericMethod(config_from_dict(base))
+    method.registry = DEFAULT_REGISTRY
+    model = method.build_model()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, _ in model.named_parameters()} and not any("lora_" in n for n in trainable)
+    with pytest.raises(ConfigError, match="from scratch"):
+        config_from_dict(base | {"model": {"pretrained": str(tmp_path)}})
+
+
+def test_numeric_demo_needs_two_registry_tasks(tmp_path, capsys):
+    assert cli_main(["demo", "--method", "numeric", "--tasks", "exposure", "--out", str(tmp_path / "x")]) == 2
+    assert "two-edit" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(reason="measured (README): the two-edit gap is 7.7 dB, over the 2 dB target; the PSNR lead over "
+                          "Kontinuous on hue is 0.02 dB", strict=False)
+def test_the_readme_numeric_demo_meets_its_targets(tmp_path):
+    """The README's command as written: NumeriKontrol above the Kontinuous baseline on held-out photos and values,
+    on average and per task; two-edit gap <= 2 dB; order swap < 0.5 dB."""
+    out = tmp_path / "demo_output"
+    assert cli_main(["demo", "--method", "numeric", "--out", str(out), "--require-targets"]) == 0
+    metrics = json.loads((out / "metrics_numeric.json").read_text())
+    assert metrics["targets_met"] is True and all(metrics["checks"].values())

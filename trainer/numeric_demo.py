@@ -1,0 +1,302 @@
+"""``kontext-sliders demo --method numeric``: NumeriKontrol against a 0-1 strength, offline, on 2 CPU cores.
+
+1. data: ``synth cat`` trajectories (frames at strengths 0, 1/4, ..., 1 of each task's range) on the Kontinuous
+   demo's training crops (``demo.demo_photos``: two photos held out entirely);
+2. NumeriKontrol (``method: numeric``, ``numeric.train_transformer``): the demo's tiny FLUX transformer from
+   scratch, every weight trained with the numeric adapter, no LoRA; rows = any two frames of one trajectory,
+   the delta in the task's unit, the instruction from the registry's template;
+3. the baseline, Kontinuous (``method: kontinuous``, the Kontinuous demo's recipe: ``demo.demo_config``) on the
+   SAME frame pairs with 0-1 normalised strengths, the paper's Table 1 comparison: each frame k of a trajectory
+   is a source twice, once with the frames above it ("increase ...", strength = |value - value_k| / the task's
+   range) and once with those below ("decrease ..."); same steps, batch, lr schedule, seed;
+4. export (the NumeriKontrol file + the transformer folder; the Kontinuous projector + editor) and evaluate from
+   the exported files on the held-out photos: sources at the middle of the range (strength 1/2, the exact
+   operator on the photo), requested deltas of +-1/8 and +-3/8 of the range (never a trained delta: those are
+   quarters) to the held-out values 1/8 ... 7/8, against the exact operator at the composed value: PSNR of both
+   models, the value measured back (CAT estimators) against the requested delta; two-edit instructions
+   (NumeriKontrol only, zero-shot: trained on single edits) against the composed exact edit, and with the two
+   lines' order swapped; ``report_numeric.md``, ``metrics_numeric.json`` and image strips.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..core.atomic import atomic_write
+from ..core.numeric import load_numeric_weights
+from .config import TrainConfig, config_from_dict
+from .data import cat
+from .data.trajectories import Frame, Trajectory, write_manifest
+from .demo import (TRAIN_FRAMES, DemoSettings, demo_config, demo_photos, demo_tasks, export_editor_model, with_threads)
+from .editor import export_editor
+from .export import export_checkpoint
+from .metrics import psnr
+from .numeric import encoder_text
+from .numeric_model import NumericModel
+from .sampling import euler, sample_edit
+from .slideredit import text_encoder_for
+
+SOURCE_STRENGTH = 0.5  # sources in the middle of the range ...
+TARGET_STRENGTHS = (1 / 8, 3 / 8, 5 / 8, 7 / 8)  # ... edited to held-out values: deltas of +-1/8, +-3/8 of the range
+# two-edit requests: (strength of task A's target, of task B's), from both sources at 1/2: all four direction pairs
+TWO_EDIT_TARGETS = ((5 / 8, 7 / 8), (1 / 8, 5 / 8), (7 / 8, 3 / 8), (3 / 8, 1 / 8))
+TARGETS = {"two_edit_gap_db": 2.0, "swap_db": 0.5}
+
+
+@dataclass
+class NumericDemoSettings(DemoSettings):
+    tasks: str = "exposure,hue"
+    ranges: str = ""  # the tasks' default ranges: exposure 0 -> 2 EV, hue 0 -> 180 degrees
+    steps: int = 1500
+    max_edits: int = 2  # text room (learned encoder) for two-line prompts
+
+
+@dataclass
+class NumericDemoResult:
+    out: Path
+    tasks: list[dict]  # per task: PSNRs, measured-value errors, per delta
+    two_edit: dict
+    seconds: dict[str, float] = field(default_factory=dict)
+    report: Path | None = None
+
+    @property
+    def average(self) -> dict[str, float]:
+        return {k: _mean([t[k] for t in self.tasks]) for k in ("psnr_numeric", "psnr_kontinuous", "psnr_no_edit")}
+
+    def checks(self) -> dict[str, bool]:
+        """Each measured claim: held or not."""
+        return {"numeric beats Kontinuous on average": self.average["psnr_numeric"] > self.average["psnr_kontinuous"],
+                **{f"numeric beats Kontinuous on {t['task']}": t["psnr_numeric"] > t["psnr_kontinuous"]
+                   for t in self.tasks},
+                f"two-edit gap <= {TARGETS['two_edit_gap_db']:g} dB": self.two_edit["gap_db"] <= TARGETS["two_edit_gap_db"],
+                f"order swap < {TARGETS['swap_db']:g} dB": self.two_edit["swap_db"] < TARGETS["swap_db"]}
+
+    def targets_met(self) -> bool:
+        return all(self.checks().values())
+
+
+def _mean(values) -> float:
+    values = [float(v) for v in values if not math.isnan(float(v))]
+    return sum(values) / len(values) if values else math.nan
+
+
+# ---------------------------------------------------------------- data
+
+def kontinuous_pairs(root: Path, frames_dir: Path, trajectories: list[Trajectory], tasks: dict[str, cat.CatTask]) -> Path:
+    """The numeric run's frame pairs as 0-1 strength trajectories under ``root``: every frame k of every trajectory
+    is the source of an "up" trajectory (frames k, k+1, ..., last; the task's increasing instruction) and a "down"
+    one (frames k, k-1, ..., 0; the decreasing instruction); strength = |value - value_k| / |range|. The frames are
+    the numeric run's files (paths relative to ``root``)."""
+    rel = Path(os.path.relpath(frames_dir, root))
+    out = []
+    for t in trajectories:
+        task = tasks[t.task]
+        span = abs(task.range[1] - task.range[0])
+        for k, source in enumerate(t.frames):
+            for direction, frames in (("up", t.frames[k:]), ("down", t.frames[k::-1])):
+                if len(frames) < 2:
+                    continue
+                out.append(Trajectory(
+                    f"{t.id}/{k}-{direction}", str(rel / source.path),
+                    task.instructions[0] if direction == "up" else task.instructions[1],
+                    tuple(Frame(str(rel / f.path), abs(f.value - source.value) / span, f.value) for f in frames),
+                    task.name, task.unit))
+    write_manifest(root, out, tool="kontext-sliders demo --method numeric (Kontinuous baseline)")
+    return root
+
+
+def numeric_config(s: NumericDemoSettings, frames_dir: Path) -> TrainConfig:
+    """The Kontinuous demo's recipe (steps, batch, lr schedule, seed, transformer) as a numeric run."""
+    d = demo_config(s, frames_dir).to_dict()
+    d["method"] = "numeric"
+    d.pop("projector", None)
+    d["numeric"] = {"train_transformer": True, "max_edits": s.max_edits}
+    d["data"]["cache_dir"] = str(s.out / "cache_numeric")
+    d["run"]["output_dir"] = str(s.out / "numeric_run")
+    return config_from_dict(d)
+
+
+# ---------------------------------------------------------------- the two models as editors
+
+class NumericEditor:
+    """The exported NumeriKontrol file on the exported transformer; prompts encoded as in training."""
+
+    def __init__(self, config: TrainConfig, transformer_dir: Path, weights_file: Path, sample_steps: int, seed: int):
+        from diffusers import FluxTransformer2DModel
+        transformer = FluxTransformer2DModel.from_pretrained(str(transformer_dir), subfolder="transformer")
+        self.weights = load_numeric_weights(weights_file)
+        self.model = NumericModel.from_weights(transformer, self.weights, config.numeric.guidance)
+        self.registry, self.config = self.weights.registry, config
+        self.text = text_encoder_for(config, torch.device("cpu"), config.numeric.max_edits)
+        self.sample_steps, self.seed = sample_steps, seed
+
+    @torch.no_grad()
+    def __call__(self, sources: torch.Tensor, edits: list[tuple[str, float]], lines: list[str] | None = None,
+                 ) -> torch.Tensor:
+        """``sources`` [B, 3, H, W] in [0, 1], the same ``edits`` (task, delta) for every row; the prompt's lines
+        default to the edits' rendered templates in the same order."""
+        lines = lines or [self.registry.task(t).render(d) for t, d in edits]
+        text = self.text.encode_lines([encoder_text(self.config, line) for line in lines])
+        b, src = sources.shape[0], sources * 2 - 1
+        context, pooled = text["context"].expand(b, -1, -1), text["pooled"].expand(b, -1)
+        row = [(self.registry.task_id(t), float(d)) for t, d in edits]
+        noise = torch.randn(src.shape, generator=torch.Generator().manual_seed(self.seed))
+        out = euler(lambda x, sigma: self.model(x, src, sigma, context, pooled, [row] * b), noise, self.sample_steps)
+        return ((out + 1) / 2).clamp(0, 1)
+
+
+def kontinuous_editor(model, sample_steps: int, seed: int):
+    """(sources, task, delta in the task's unit) -> the baseline's edit: the task's increasing or decreasing
+    instruction by the delta's sign, strength |delta| / |range| (exactly how its training pairs were labelled)."""
+    @torch.no_grad()
+    def edit(sources: torch.Tensor, task: cat.CatTask, delta: float) -> torch.Tensor:
+        n = sources.shape[0]
+        strength = abs(delta) / abs(task.range[1] - task.range[0])
+        up = (delta >= 0) == (task.range[1] >= task.range[0])
+        out = sample_edit(model, sources * 2 - 1, torch.full((n,), strength), sample_steps,
+                          torch.Generator().manual_seed(seed), instructions=[task.instructions[0 if up else 1]] * n)
+        return ((out + 1) / 2).clamp(0, 1)
+    return edit
+
+
+# ---------------------------------------------------------------- evaluation
+
+def measure(task: cat.CatTask, sources: torch.Tensor, edited: torch.Tensor) -> list[float]:
+    out = []
+    for src, e in zip(sources, edited):
+        try:
+            out.append(float(task.estimate_value(src, e)))
+        except ValueError:  # nothing measurable (e.g. every pixel clipped)
+            out.append(math.nan)
+    return out
+
+
+def evaluate_single(task: cat.CatTask, photos: torch.Tensor, numeric, kontinuous, seed: int):
+    """One task: sources at the middle of the range, every held-out target value; also the strips' frames."""
+    v0 = task.value_at(SOURCE_STRENGTH)
+    sources = task.apply(photos, v0, seed)
+    rows, frames = [], []
+    for s in TARGET_STRENGTHS:
+        v1 = task.value_at(s)
+        delta = float(f"{v1 - v0:.6g}")
+        truth = task.apply(photos, v1, seed)
+        outs = {"numeric": numeric(sources, [(task.name, delta)]), "kontinuous": kontinuous(sources, task, delta)}
+        row = {"delta": delta, "target_value": v1, "psnr_no_edit": float(psnr(sources, truth).mean())}
+        for name, out in outs.items():
+            measured = measure(task, sources, out)
+            row[f"psnr_{name}"] = float(psnr(out, truth).mean())
+            row[f"mae_{name}"] = _mean([abs(m - delta) for m in measured])
+        row["mae_exact"] = _mean([abs(m - delta) for m in measure(task, sources, truth)])  # the estimator's own
+        rows.append(row)
+        frames.append((sources, outs["numeric"], outs["kontinuous"], truth))
+    summary = {"task": task.name, "unit": task.unit, "source_value": v0, "per_delta": rows}
+    for k in ("psnr_numeric", "psnr_kontinuous", "psnr_no_edit", "mae_numeric", "mae_kontinuous", "mae_exact"):
+        summary[k] = _mean([r[k] for r in rows])
+    return summary, frames
+
+
+def evaluate_two_edit(a: cat.CatTask, b: cat.CatTask, photos: torch.Tensor, numeric: NumericEditor, seed: int,
+                      single_psnr: float):
+    """Two lines at once (zero-shot) against the composed exact edit (A then B); each order of the lines."""
+    compose = lambda va, vb: b.apply(a.apply(photos, va, seed), vb, seed)
+    va0, vb0 = a.value_at(SOURCE_STRENGTH), b.value_at(SOURCE_STRENGTH)
+    sources = compose(va0, vb0)
+    rows, frames = [], []
+    for sa, sb in TWO_EDIT_TARGETS:
+        va, vb = a.value_at(sa), b.value_at(sb)
+        edits = [(a.name, float(f"{va - va0:.6g}")), (b.name, float(f"{vb - vb0:.6g}"))]
+        truth = compose(va, vb)
+        ab = numeric(sources, edits)
+        ba = numeric(sources, edits[::-1])  # the prompt's lines and the numeric tokens both swapped
+        ba_tokens = numeric(sources, edits[::-1], [numeric.registry.task(t).render(d) for t, d in edits])
+        rows.append({"edits": edits, "psnr_ab": float(psnr(ab, truth).mean()), "psnr_ba": float(psnr(ba, truth).mean()),
+                     "psnr_no_edit": float(psnr(sources, truth).mean()),
+                     "psnr_ab_vs_ba": float(psnr(ab, ba).mean()),
+                     "psnr_ab_vs_ba_tokens_only": float(psnr(ab, ba_tokens).mean()),
+                     "max_abs_tokens_only": float((ab - ba_tokens).abs().max())})
+        frames.append((sources, ab, ba, truth))
+    two = {"tasks": [a.name, b.name], "per_request": rows, "single_edit_psnr": single_psnr}
+    for k in ("psnr_ab", "psnr_ba", "psnr_no_edit", "psnr_ab_vs_ba", "psnr_ab_vs_ba_tokens_only"):
+        two[k] = _mean([r[k] for r in rows])
+    two["max_abs_tokens_only"] = max(r["max_abs_tokens_only"] for r in rows)
+    two["gap_db"] = single_psnr - two["psnr_ab"]
+    two["swap_db"] = abs(two["psnr_ab"] - two["psnr_ba"])
+    return two, frames
+
+
+# ---------------------------------------------------------------- the command
+
+def run_numeric_demo(s: NumericDemoSettings) -> NumericDemoResult:
+    """The whole NumeriKontrol demo with ``s.threads`` torch threads."""
+    return with_threads(s.threads, lambda: _run(s))
+
+
+def _run(s: NumericDemoSettings) -> NumericDemoResult:
+    from .loop import train
+    from .numeric_report import write_numeric_report
+    tasks = demo_tasks(s)
+    if len(tasks) < 2:
+        raise ValueError(f"the NumeriKontrol demo measures two-edit instructions: give at least two tasks, "
+                         f"got {s.tasks!r}")
+    from ..core.numeric import DEFAULT_REGISTRY
+    missing = [t.name for t in tasks if t.name not in DEFAULT_REGISTRY.names]
+    if missing:
+        raise ValueError(f"task(s) {missing} are not in the numeric registry ({', '.join(DEFAULT_REGISTRY.names)})")
+    seconds, t0 = {}, time.perf_counter()
+    train_photos, held_out = demo_photos(s)
+    s.out.mkdir(parents=True, exist_ok=True)
+    frames_dir, pairs_dir = s.out / "data" / "frames", s.out / "data" / "kontinuous"
+    trajectories = cat.synthesize(frames_dir, train_photos, tasks, TRAIN_FRAMES, s.seed)
+    kontinuous_pairs(pairs_dir, frames_dir, trajectories, {t.name: t for t in tasks})
+    seconds["data"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    torch.manual_seed(s.seed)
+    n_config = numeric_config(s, frames_dir)
+    n_result = train(n_config)
+    weights = s.out / "weights"
+    numeric_file = weights / "numeric_demo.safetensors"
+    export_checkpoint(n_result.output_dir, numeric_file)
+    from .checkpoint import latest_checkpoint, load_checkpoint
+    trainable, _ = load_checkpoint(latest_checkpoint(n_result.output_dir))
+    export_editor(trainable, n_config, weights / "numeric_transformer")
+    seconds["train numeric"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    torch.manual_seed(s.seed)
+    k_config = demo_config(s, pairs_dir)
+    k_result = train(k_config)
+    instructions = sorted({i for t in tasks for i in t.instructions})
+    k_model = export_editor_model(k_config, k_result, instructions, weights / "kontinuous")
+    seconds["train Kontinuous"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    numeric = NumericEditor(n_config, weights / "numeric_transformer", numeric_file, s.sample_steps, s.seed)
+    kontinuous = kontinuous_editor(k_model, s.sample_steps, s.seed)
+    photos = torch.stack([p.image for p in held_out])
+    singles, strips = [], {}
+    for task in tasks:
+        summary, frames = evaluate_single(task, photos, numeric, kontinuous, s.seed)
+        singles.append(summary)
+        strips[task.name] = frames
+    single_psnr = _mean([t["psnr_numeric"] for t in singles[:2]])
+    two, strips["two-edit"] = evaluate_two_edit(tasks[0], tasks[1], photos, numeric, s.seed, single_psnr)
+    seconds["evaluate"] = time.perf_counter() - t0
+
+    result = NumericDemoResult(s.out, singles, two, seconds)
+    result.report = write_numeric_report(s, tasks, result, strips, n_result, k_result)
+    atomic_write(s.out / "metrics_numeric.json", lambda tmp: Path(tmp).write_text(json.dumps(
+        {"tasks": singles, "average": result.average, "two_edit": two, "checks": result.checks(),
+         "targets": TARGETS, "targets_met": result.targets_met(), "seconds": seconds,
+         "torch_threads": torch.get_num_threads(),
+         "train": {name: {"steps": r.steps, "seconds_per_step": r.seconds_per_step, "last_loss": r.last_loss}
+                   for name, r in (("numeric", n_result), ("kontinuous", k_result))},
+         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(s).items()}},
+        indent=1), encoding="utf-8"))
+    return result
