@@ -69,6 +69,8 @@ status=0
 run "$venv/bin/kontext-sliders" demo --out demo_output --require-targets "$@" || status=$?
 if [ "$method" = slideredit ]; then
   echo "== report: $out/report_slideredit.md (numbers: $out/metrics_slideredit.json, images: $out/sweep_*.png)"
+elif [ "$method" = numeric ]; then
+  echo "== report: $out/report_numeric.md (numbers: $out/metrics_numeric.json, images: $out/numeric_*.png)"
 else
   echo "== report: $out/report.md (numbers: $out/metrics.json, images: $out/contact_sheet.png, $out/sweep.gif)"
 fi
