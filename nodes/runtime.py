@@ -184,9 +184,10 @@ def numeric_mask_override(numeric: int, previous=None):
 
     def attention(func, q, k, v, heads, *args, mask=None, **kwargs):
         n = q.shape[2] if kwargs.get("skip_reshape") else q.shape[1]
-        blocked = torch.zeros(n, n, dtype=q.dtype, device=q.device)
-        blocked[:numeric, :numeric] = float("-inf")
-        blocked[:numeric, :numeric].fill_diagonal_(0.0)
+        # built out of place (no in-place writes into views): torch.compile can trace it
+        i = torch.arange(n, device=q.device)
+        pair = (i[:, None] < numeric) & (i[None, :] < numeric) & (i[:, None] != i[None, :])
+        blocked = torch.zeros(n, n, dtype=q.dtype, device=q.device).masked_fill(pair, float("-inf"))
         mask = blocked if mask is None else mask + blocked
         if previous is not None:
             return previous(func, q, k, v, heads, *args, mask=mask, **kwargs)

@@ -140,3 +140,27 @@ def test_instruction_knobs_under_torch_compile(knob_setup, knob):
         want, _ = F.comfy_predict(make(s["patcher"], value), s["positive"], s["x"], SIGMA)
         torch.testing.assert_close(got, want, rtol=0, atol=1e-5, msg=lambda m: f"{knob} {value}: {m}")
     assert graphs() == n, f"{graphs() - n} recompiles for new strengths"
+
+
+@torch.no_grad()
+def test_numerikontrol_under_torch_compile_reuses_the_graph_for_new_values(knob_setup, tmp_path):
+    """New numeric values change only the tokens (graph inputs): no recompile; output as uncompiled."""
+    from kontext_sliders.core.numeric.weights import save_numeric_weights
+    from kontext_sliders.nodes.numeric_nodes import load_for_nodes, numeric_model
+    s = knob_setup
+    save_numeric_weights(F.numeric_weights(), tmp_path / "n.safetensors")
+    loaded = load_for_nodes(str(tmp_path / "n.safetensors"), "n")
+    clip = F.tiny_flux_clip(seed=3)
+    torch._dynamo.reset()
+    base = compiled(s["patcher"])
+
+    def run(model, value):
+        patched, cond = numeric_model(model, loaded, clip, f"exposure {value:+g} EV\nhue -30 deg")
+        positive = F.conditioning(cond[0][0], cond[0][1]["pooled_output"], s["x"], model)
+        return F.comfy_predict(patched, positive, s["x"], SIGMA)[0]
+
+    run(base, 0.5)
+    n = graphs()
+    for value in (-1.0, 1.5):
+        torch.testing.assert_close(run(base, value), run(s["patcher"], value), rtol=0, atol=1e-5)
+    assert graphs() == n, f"{graphs() - n} recompiles for new numeric values"
