@@ -366,15 +366,15 @@ class PackRuntime:
     @staticmethod
     def _group_lora_rows(lora_rows: dict, jobs, chunk: int, length: int) -> dict:
         """The factors of a regrouped forward: a job on another prompt (leave-one-out) gets no token factors;
-        a job whose text grew (one pad appended) keeps its tokens' factors, the new positions 0."""
+        a job whose text grew (one pad appended, or numeric tokens in front) keeps its tokens' factors at their positions."""
         out = {}
         for key, rows in lora_rows.items():
             parts = []
             for job in jobs:
                 mine = rows[job.source * chunk:(job.source + 1) * chunk]
-                if rows.shape[1] > 1:  # per token
+                if rows.shape[1] > 1:  # per token; numeric tokens in front shift the prompt's positions by their count
                     mine = torch.zeros(chunk, length) if job.pooled is not None and not job.numeric else torch.nn.functional.pad(
-                        mine, (0, length - mine.shape[1]))
+                        mine, (job.numeric, length - job.numeric - mine.shape[1]))
                 parts.append(mine)
             out[key] = torch.cat(parts)
         return out
