@@ -82,10 +82,15 @@ class SliderSweep:
         d0, d1 = (self.teacher_distance[self.strengths.index(s)] for s in (0.0, 1.0))
         return d1 / d0 if d0 > 0 else math.inf
 
+    @property
+    def suppression_rms(self) -> float:
+        """The same in root-mean-square distance (the square root of ``suppression``)."""
+        return math.sqrt(self.suppression)
+
     def summary(self) -> dict:
         return {"line": self.line, "task": self.tasks[self.line], "monotonic": self.monotonic,
                 "movement": self.movement(self.line), "decoupling": self.decoupling,
-                "suppression": self.suppression}
+                "suppression": self.suppression, "suppression_rms": self.suppression_rms}
 
 
 def slider_sweep(editor: SliderEditor, teacher: torch.Tensor, sources: torch.Tensor, tasks: Sequence[cat.CatTask],

@@ -40,7 +40,7 @@ def plot_sweeps(tasks, sweeps: dict, path: Path) -> None:
 def _row(name: str, summary: dict, task) -> str:
     return (f"| {NAMES[name]} | {task.name} | {summary['movement'] * abs(task.range[1] - task.range[0]):.3g} "
             f"{task.unit} ({summary['movement']:.2f} of the range) | {'yes' if summary['monotonic'] else 'no'} | "
-            f"{summary['decoupling']:.3f} | {summary['suppression']:.2f} |")
+            f"{summary['decoupling']:.3f} | {summary['suppression']:.2f} ({summary['suppression_rms']:.2f} in RMS distance) |")
 
 
 def write_slideredit_report(s, tasks, result, sweeps: dict, losses: list[float], editor_result) -> Path:
@@ -80,7 +80,8 @@ def write_slideredit_report(s, tasks, result, sweeps: dict, losses: list[float],
         "units of their task's range; 0 = untouched). The exact edits' own figure is what the estimators "
         "themselves read across.",
         "- *suppression*: mean squared distance to the teacher (the editor on the prompt without the line) at "
-        "strength 1 over that at strength 0; the exact edits reach the teacher exactly (inf).",
+        "strength 1 over that at strength 0 (in brackets: the same in root-mean-square distance, its square "
+        "root); the exact edits reach the teacher exactly (inf).",
         "",
         "Sweeps (rows: held-out images; columns: strengths " + ", ".join(f"{v:g}" for v in result_strengths(sweeps))
         + ", then the teacher):",
