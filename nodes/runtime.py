@@ -182,12 +182,17 @@ def numeric_mask_override(numeric: int, previous=None):
     (text first, the ``numeric`` tokens at its front), numeric token i may not attend to numeric token j != i;
     all else is open. Another override already in place runs with the mask added."""
 
+    built: dict = {}  # one mask per (length, dtype, device): not rebuilt in every attention call of every block
+
     def attention(func, q, k, v, heads, *args, mask=None, **kwargs):
         n = q.shape[2] if kwargs.get("skip_reshape") else q.shape[1]
-        # built out of place (no in-place writes into views): torch.compile can trace it
-        i = torch.arange(n, device=q.device)
-        pair = (i[:, None] < numeric) & (i[None, :] < numeric) & (i[:, None] != i[None, :])
-        blocked = torch.zeros(n, n, dtype=q.dtype, device=q.device).masked_fill(pair, float("-inf"))
+        key = (n, q.dtype, q.device)
+        if key not in built:
+            # built out of place (no in-place writes into views): torch.compile can trace it
+            i = torch.arange(n, device=q.device)
+            pair = (i[:, None] < numeric) & (i[None, :] < numeric) & (i[:, None] != i[None, :])
+            built[key] = torch.zeros(n, n, dtype=q.dtype, device=q.device).masked_fill(pair, float("-inf"))
+        blocked = built[key]
         mask = blocked if mask is None else mask + blocked
         if previous is not None:
             return previous(func, q, k, v, heads, *args, mask=mask, **kwargs)
