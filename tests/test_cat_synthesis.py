@@ -169,6 +169,53 @@ def test_synthesis_is_deterministic_and_reads_back_exactly(tmp_path, capsys):
         assert torch.equal(_read_png(tmp_path / "a" / frame.path), _png(expected)), frame
 
 
+def test_background_trajectories_walk_one_task_on_photos_carrying_the_others(tmp_path):
+    """--background: each trajectory is still one task's edit, on a photo that carries the other tasks at
+    frame-grid values, every frame the whole chain in the tasks' order; without it, the plain trajectories."""
+    common = ["--photos", "skimage:astronaut,coffee,chelsea", "--tasks", "exposure,hue", "--frames", "5",
+              "--size", "16", "--seed", "1"]
+    assert C.run_cat(_cat_args("--out", str(tmp_path / "bg"), *common, "--background")) == 0
+    assert C.run_cat(_cat_args("--out", str(tmp_path / "plain"), *common)) == 0
+    photos = {p.name: p.image.unsqueeze(0) for p in C.skimage_photos(["astronaut", "coffee", "chelsea"], 16)}
+    exposure, hue = C.TASKS["exposure"], C.TASKS["hue"]
+    grid = {name: {C.TASKS[name].value_at(k / 4) for k in range(5)} for name in ("exposure", "hue")}
+    seen = set()
+    for t in read_manifest(tmp_path / "bg"):
+        (other, value), = t.extra["background"].items()
+        assert other != t.task and value in grid[other]
+        seen.add(value)
+        photo = photos[t.id.split("/")[1]]
+        for frame in t.frames:  # exposure first, then hue, whichever task walks
+            e, h = (frame.value, value) if t.task == "exposure" else (value, frame.value)
+            expected = hue.apply(exposure.apply(photo, e), h)[0]
+            assert torch.equal(_read_png(tmp_path / "bg" / frame.path), _png(expected)), (t.id, frame)
+        assert torch.equal(_read_png(tmp_path / "bg" / t.source), _read_png(tmp_path / "bg" / t.frames[0].path))
+    assert len(seen) > 1  # drawn per trajectory, not one state for all
+    for t in read_manifest(tmp_path / "plain"):
+        assert not t.extra
+        assert torch.equal(_read_png(tmp_path / "plain" / t.source), _png(photos[t.id.split("/")[1]][0]))
+    assert _tree(tmp_path / "bg") != _tree(tmp_path / "plain")
+
+
+def test_extents_make_trajectories_stop_short_of_the_range(tmp_path, capsys):
+    common = ["--photos", "skimage:astronaut,coffee,chelsea,rocket", "--tasks", "exposure,hue", "--frames", "5",
+              "--size", "16", "--seed", "2"]
+    assert C.run_cat(_cat_args("--out", str(tmp_path / "x"), *common, "--extents", "0.5,1")) == 0
+    spans = set()
+    for t in read_manifest(tmp_path / "x"):
+        task = C.TASKS[t.task]
+        extent = t.frames[-1].strength
+        assert extent in (0.5, 1.0)
+        spans.add(extent)
+        assert [f.strength for f in t.frames] == [extent * k / 4 for k in range(5)]
+        assert [f.value for f in t.frames] == [task.value_at(f.strength) for f in t.frames]
+    assert spans == {0.5, 1.0}
+    for bad in ("0", "1.5", "x", ""):
+        assert C.run_cat(_cat_args("--out", str(tmp_path / "bad"), *common, "--extents", bad)) == 2
+        assert "--extents takes comma-separated numbers in (0, 1]" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_seeds_are_stable_across_processes_and_change_the_noise(tmp_path):
     assert C.trajectory_seed(0, "noise/astronaut") == 4628488839571081735  # not Python's per-process hash()
     assert C.trajectory_seed(1, "noise/astronaut") != C.trajectory_seed(0, "noise/astronaut")

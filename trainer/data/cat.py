@@ -548,34 +548,92 @@ def _save_png(image: torch.Tensor, path: Path) -> None:
     atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
 
 
-def synthesize_trajectory(out: Path, task: CatTask, photo: Photo, frames: int, seed: int) -> Trajectory:
-    """Write ``frames`` images of ``task`` on ``photo`` at strengths k / (frames - 1) under out/task/photo/."""
+def synthesize_trajectory(out: Path, task: CatTask, photo: Photo, frames: int, seed: int,
+                          background: Sequence[tuple[CatTask, float]] = (), extent: float = 1.0) -> Trajectory:
+    """Write ``frames`` images of ``task`` on ``photo`` at strengths extent * k / (frames - 1) under
+    out/task/photo/ (``extent`` < 1: a trajectory that stops short of the task's range, as real sequences do).
+
+    ``background``: the photo's state in other tasks, (task, value) pairs held fixed along the trajectory, and
+    ``task`` itself at its place in that chain (its value is the one that walks): every frame, and the source,
+    is the whole chain applied in order. The values go in the trajectory's ``extra["background"]``."""
     if frames < 2:
         raise ValueError(f"a trajectory needs at least 2 frames, got {frames}")
+    if not 0 < extent <= 1:
+        raise ValueError(f"a trajectory's extent is a fraction of the task's range in (0, 1], got {extent}")
     tid, n = f"{task.name}/{photo.name}", frames - 1  # the id doubles as the folder
     width, source, noise_seed = max(2, len(str(n))), photo.image.unsqueeze(0), trajectory_seed(seed, tid)
-    _save_png(photo.image, out / tid / "source.png")
+    chain = list(background) if any(t.name == task.name for t, _ in background) else [(task, None)] + list(background)
+
+    def render(value: float) -> torch.Tensor:
+        image = source
+        for t, v in chain:
+            image = t.apply(image, value if t.name == task.name else v, noise_seed)
+        return image[0]
+
+    _save_png(render(task.identity), out / tid / "source.png")
     records = []
     for k in range(frames):
-        strength = k / n
+        strength = k / n * extent
         value = task.value_at(strength)
         path = f"{tid}/{k:0{width}d}.png"
-        _save_png(task.apply(source, value, noise_seed)[0], out / path)
+        _save_png(render(value), out / path)
         records.append(Frame(path, strength, value))
-    return Trajectory(tid, f"{tid}/source.png", task.instruction(), tuple(records), task.name, task.unit)
+    extra = {"background": {t.name: v for t, v in chain if t.name != task.name}} if background else {}
+    return Trajectory(tid, f"{tid}/source.png", task.instruction(), tuple(records), task.name, task.unit, extra)
+
+
+def background_states(task: CatTask, tasks: Sequence[CatTask], frames: int, seed: int, photo: str
+                      ) -> list[tuple[CatTask, float]]:
+    """The chain for ``task``'s trajectory on ``photo``: every task in ``tasks``' order, each other one at a
+    strength drawn (per trajectory, seeded) from the frame grid k / (frames - 1), so a trajectory walks one axis
+    of the tasks' state grid from a random point of it; ``task`` itself as a placeholder (value 0.0)."""
+    g = torch.Generator().manual_seed(trajectory_seed(seed, f"{task.name}/{photo}/background"))
+    chain = []
+    for t in tasks:
+        k = int(torch.randint(frames, (1,), generator=g))  # drawn for every task: the draws don't depend on order
+        chain.append((t, 0.0 if t.name == task.name else t.value_at(k / (frames - 1))))
+    return chain
+
+
+def trajectory_extent(extents: Sequence[float], seed: int, trajectory_id: str) -> float:
+    """One of ``extents``, drawn per trajectory (seeded: the same draw in every process)."""
+    if len(extents) == 1:
+        return float(extents[0])
+    g = torch.Generator().manual_seed(trajectory_seed(seed, f"{trajectory_id}/extent"))
+    return float(extents[int(torch.randint(len(extents), (1,), generator=g))])
 
 
 def synthesize(out: str | Path, photos: Sequence[Photo], tasks: Sequence[CatTask], frames: int = 9,
-               seed: int = 0) -> list[Trajectory]:
-    """Every (task, photo) trajectory under ``out``, plus its manifest; deterministic given the seed."""
+               seed: int = 0, background: bool = False, extents: Sequence[float] = (1.0,)) -> list[Trajectory]:
+    """Every (task, photo) trajectory under ``out``, plus its manifest; deterministic given the seed.
+
+    ``background``: each trajectory's photo also carries the other tasks at random frame-grid values
+    (``background_states``), composed in ``tasks``' order; every trajectory is still one task's single edit.
+    ``extents``: fractions of the task's range; each trajectory spans one of them, drawn per trajectory (the
+    frames' strengths and values say where each frame is; a 0-1 label per trajectory loses that)."""
     out = Path(out)
-    trajectories = [synthesize_trajectory(out, task, photo, frames, seed) for task in tasks for photo in photos]
-    write_manifest(out, trajectories, seed=seed, tool=TOOL, frames=frames,
-                   ranges={t.name: list(t.range) for t in tasks})
+    trajectories = [synthesize_trajectory(out, task, photo, frames, seed,
+                                          background_states(task, tasks, frames, seed, photo.name)
+                                          if background and len(tasks) > 1 else (),
+                                          trajectory_extent(extents, seed, f"{task.name}/{photo.name}"))
+                    for task in tasks for photo in photos]
+    write_manifest(out, trajectories, seed=seed, tool=TOOL, frames=frames, background=bool(background),
+                   extents=[float(e) for e in extents], ranges={t.name: list(t.range) for t in tasks})
     return trajectories
 
 
 # ---------------------------------------------------------------- command line
+
+def parse_extents(text: str) -> tuple[float, ...]:
+    """'0.667,1' -> (0.667, 1.0); each in (0, 1]."""
+    try:
+        extents = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ValueError(f"--extents takes comma-separated numbers in (0, 1], e.g. '0.667,1'; got {text!r}") from None
+    if not extents or not all(0 < e <= 1 for e in extents):
+        raise ValueError(f"--extents takes comma-separated numbers in (0, 1], e.g. '0.667,1'; got {text!r}")
+    return extents
+
 
 def add_cat_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, type=Path, help="output folder (trajectories + manifest.json)")
@@ -589,6 +647,12 @@ def add_cat_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default: %(default)s)")
     parser.add_argument("--ranges", default="",
                         help="value ranges start:end per task, e.g. 'exposure=-2:2,temperature=6500:3000'")
+    parser.add_argument("--background", action="store_true",
+                        help="each trajectory's photo also carries the other chosen tasks at random frame values "
+                             "(still one task's edit per trajectory): data for edits that compose")
+    parser.add_argument("--extents", default="1",
+                        help="comma list of fractions of each task's range, e.g. '0.667,1': each trajectory spans "
+                             "one, drawn per trajectory (default: %(default)s, every trajectory the whole range)")
     return parser
 
 
@@ -598,10 +662,11 @@ def run_cat(args: argparse.Namespace) -> int:
         if args.size < 8:
             raise ValueError(f"--size must be at least 8 pixels, got {args.size}")
         tasks = select_tasks(args.tasks, args.ranges)
+        extents = parse_extents(args.extents)
         photos, skipped = load_photos(str(args.photos), args.size)
         if not photos:
             raise ValueError(f"no readable photo in {args.photos} ({len(skipped)} skipped)")
-        trajectories = synthesize(args.out, photos, tasks, args.frames, args.seed)
+        trajectories = synthesize(args.out, photos, tasks, args.frames, args.seed, args.background, extents)
     except ValueError as e:
         print(f"synth cat: error: {e}", file=sys.stderr)
         return 2
