@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 import torch
@@ -9,7 +10,8 @@ from comfy_api.latest import io
 
 from ..core.instructions import joined_prompt, split_instructions
 from ..core.numeric import DEFAULT_REGISTRY, NumericAdapter, NumericEdit, NumericParseError, parse_line
-from ..core.numeric.weights import NumericWeights, load_numeric_weights
+from ..core.numeric.weights import NumericWeights, load_numeric_weights, read_numeric_header
+from ..core.formats import WeightsFormatError
 from .instruction_encode import encode
 from .knobs import NumericKnob, PromptEntry
 from .lora import add_diffusers_lora
@@ -32,6 +34,40 @@ class LoadedNumeric:
 def load_for_nodes(path: str, name: str) -> LoadedNumeric:
     weights = load_numeric_weights(path)
     return LoadedNumeric(weights, weights.build_adapter(torch.float32).eval().requires_grad_(False), name)
+
+
+_header_cache: dict[tuple, str] = {}
+
+
+def _listed_tasks(path: str) -> str:
+    """One file's tasks, from its header only (cached on path, size and mtime: the schema is rebuilt on every
+    node-list request and every prompt validation)."""
+    stat = os.stat(path)
+    key = (path, stat.st_size, stat.st_mtime_ns)
+    if key not in _header_cache:
+        if len(_header_cache) > 256:  # files replaced many times in a long session
+            _header_cache.clear()
+        try:
+            _header_cache[key] = "".join(f"\n  {t.describe()}" for t in read_numeric_header(path).registry.tasks)
+        except WeightsFormatError as e:
+            _header_cache[key] = f" unreadable ({e})"
+    return _header_cache[key]
+
+
+def tasks_tooltip() -> str:
+    """What the edits box accepts: the tasks each NumeriKontrol file in the model folders was trained with (its
+    header's registry, the one the node then parses with), or the default registry when there is none."""
+    lines = []
+    for entry in list_weight_entries("numeric"):
+        try:
+            lines.append(f"{entry}:{_listed_tasks(resolve_weight_entry(entry))}")
+        except (OSError, WeightsFormatError) as e:
+            lines.append(f"{entry}: unreadable ({e})")  # a file deleted since the listing
+    head = "one numeric edit per line ('increase the exposure by 1.5 EV', 'hue: -30°'), with the tasks "
+    if not lines:
+        return head + "of the loaded weights' registry; no NumeriKontrol file found yet, the default registry:" \
+            + "".join(f"\n  {t.describe()}" for t in DEFAULT_REGISTRY.tasks)
+    return head + "the loaded file knows (units and delta ranges):\n" + "\n".join(lines)
 
 
 def parse_edits(text: str, loaded: LoadedNumeric) -> list[NumericEdit]:
@@ -139,9 +175,7 @@ class NumeriKontrolEdit(io.ComfyNode):
                 io.Clip.Input("clip"),
                 NumericWeightsType.Input("numeric_weights"),
                 io.String.Input("edits", multiline=True, default="increase the exposure by 1 EV",
-                                tooltip="one numeric edit per line; the tasks the loaded weights know (the default "
-                                        "registry's shown here, units and delta ranges):\n"
-                                        + DEFAULT_REGISTRY.describe()),
+                                tooltip=tasks_tooltip()),
             ],
             outputs=[io.Model.Output(), io.Conditioning.Output()],
         )

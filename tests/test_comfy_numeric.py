@@ -158,3 +158,41 @@ def test_bad_input_is_a_clear_error_and_patches_nothing(env, tmp_path):
         numeric_model(env["patcher"], load_for_nodes(str(tmp_path / "hidden.safetensors"), "h"), env["clip"],
                       "exposure +1 EV")
     assert installed_runtime(env["patcher"]).knobs == () and not env["patcher"].patches
+
+
+def test_the_edits_tooltip_lists_each_files_own_tasks(tmp_path):
+    """The schema is rebuilt on each node-list request: the tooltip names each NumeriKontrol file with the tasks of
+    the registry in its header (what the node parses with), and the default registry only when there is none."""
+    F.import_comfyui()
+    import folder_paths
+
+    from kontext_sliders.core.numeric import DEFAULT_REGISTRY, Registry
+    from kontext_sliders.core.numeric.weights import save_numeric_weights
+    from kontext_sliders.nodes.model_folder import FOLDER_NAME
+    from kontext_sliders.nodes.numeric_nodes import NumeriKontrolEdit
+
+    def tooltip():
+        return NumeriKontrolEdit.INPUT_TYPES()["required"]["edits"][1]["tooltip"]
+
+    def listed(registry):
+        return "".join(f"\n  {t.describe()}" for t in registry.tasks)
+
+    saved = folder_paths.folder_names_and_paths.get(FOLDER_NAME)
+    folder_paths.folder_names_and_paths[FOLDER_NAME] = ([str(tmp_path)], {".safetensors"})
+    try:
+        assert "no NumeriKontrol file found" in tooltip() and tooltip().endswith(listed(DEFAULT_REGISTRY))
+        narrow = Registry((DEFAULT_REGISTRY.task("hue"),))
+        save_numeric_weights(F.numeric_weights(registry=narrow), tmp_path / "hue_only.safetensors")
+        save_numeric_weights(F.numeric_weights(), tmp_path / "full.safetensors")
+        (tmp_path / "broken.safetensors").write_bytes(b"\x00" * 12)
+        text = tooltip()
+        assert f"\nfull.safetensors:{listed(DEFAULT_REGISTRY)}\nhue_only.safetensors:{listed(narrow)}" in text
+        assert text.endswith(f"hue_only.safetensors:{listed(narrow)}")  # the hue-only file lists hue alone
+        assert "no NumeriKontrol file found" not in text
+        save_numeric_weights(F.numeric_weights(registry=narrow), tmp_path / "full.safetensors")  # replaced in place
+        assert f"\nfull.safetensors:{listed(narrow)}\n" in tooltip()
+    finally:
+        if saved is None:
+            folder_paths.folder_names_and_paths.pop(FOLDER_NAME)
+        else:
+            folder_paths.folder_names_and_paths[FOLDER_NAME] = saved
