@@ -77,8 +77,9 @@ def test_line_order_does_not_matter_bit_for_bit(env):
 
 
 def test_the_mask_keeps_numeric_tokens_of_different_edits_apart_and_one_edit_has_none(env, monkeypatch):
-    """With 2 edits the attention override is installed and blocks exactly numeric i -> numeric j != i; with one
-    edit ComfyUI's attention runs with no override at all."""
+    """With 2 edits the attention override is installed and gives attention under the mask that blocks exactly
+    numeric i -> numeric j != i (computed as an unmasked pass plus the numeric rows); with one edit ComfyUI's
+    attention runs with no override at all."""
     import comfy.ldm.flux.math
     seen = []
     original = comfy.ldm.flux.math.optimized_attention
@@ -95,15 +96,42 @@ def test_the_mask_keeps_numeric_tokens_of_different_edits_apart_and_one_edit_has
     model, cond = edit(env, TWO)
     predict(model, positive(env, cond), env["x"])
     assert seen and all(o is not None for o in seen)
-    captured = {}
+    # the override as installed equals attention under the full [N, N] multi-numeric mask
+    from comfy.ldm.modules.attention import attention_pytorch
 
-    def func(q, k, v, heads, *args, mask=None, **kwargs):
-        captured["mask"] = mask
-        return q
-    seen[0](func, torch.zeros(1, 2, 6, 4), None, None, 2, skip_reshape=True)
-    mask = captured["mask"]
-    assert mask.shape == (6, 6) and torch.isinf(mask[0, 1]) and torch.isinf(mask[1, 0])
-    assert mask[0, 0] == 0 and mask[1, 1] == 0 and not torch.isinf(mask[2:]).any() and not torch.isinf(mask[:, 2:]).any()
+    from kontext_sliders.core.numeric import multi_numeric_mask
+    g = torch.Generator().manual_seed(7)
+    q, k, v = (torch.randn(2, 3, 9, 4, generator=g) for _ in range(3))
+    full = multi_numeric_mask(2, 3, 4, additive=True)
+    expected = attention_pytorch(q, k, v, 3, mask=full, skip_reshape=True)
+    assert torch.allclose(seen[0](attention_pytorch, q, k, v, 3, skip_reshape=True), expected, atol=1e-6)
+    assert not torch.allclose(attention_pytorch(q, k, v, 3, skip_reshape=True), expected, atol=1e-3)
+    flat = [t.transpose(1, 2).reshape(2, 9, 12) for t in (q, k, v)]  # [B, N, H*D] in, [B, H, N, D] out
+    assert torch.allclose(seen[0](attention_pytorch, *flat, 3, skip_output_reshape=True),
+                          attention_pytorch(*flat, 3, mask=full, skip_output_reshape=True), atol=1e-6)
+
+
+def test_the_mask_override_composes_with_another_mask_and_override():
+    """A mask already on the call (another node's) is added to the numeric rows and kept for the rest; an override
+    already installed runs for both passes."""
+    F.import_comfyui()
+    from comfy.ldm.modules.attention import attention_pytorch
+
+    from kontext_sliders.core.numeric import multi_numeric_mask
+    from kontext_sliders.nodes.runtime import numeric_mask_override
+    g = torch.Generator().manual_seed(8)
+    q, k, v = (torch.randn(1, 2, 8, 4, generator=g) for _ in range(3))
+    other = torch.randn(8, 8, generator=g)
+    calls = []
+
+    def previous(func, *args, **kwargs):
+        calls.append(args[0].shape[2])
+        return func(*args, **kwargs)
+
+    out = numeric_mask_override(3, previous)(attention_pytorch, q, k, v, 2, mask=other, skip_reshape=True)
+    expected = attention_pytorch(q, k, v, 2, mask=other + multi_numeric_mask(3, 2, 3, additive=True), skip_reshape=True)
+    assert torch.allclose(out, expected, atol=1e-6) and calls == [8, 3]
+    assert not torch.allclose(out, attention_pytorch(q, k, v, 2, mask=other, skip_reshape=True), atol=1e-3)
 
 
 def test_negative_rows_are_untouched_and_a_sweep_matches_single_runs(env):
