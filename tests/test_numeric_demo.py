@@ -1,4 +1,5 @@
 """`kontext-sliders demo --method numeric`: NumeriKontrol against a Kontinuous baseline on the same frame pairs."""
+import itertools
 import json
 import math
 
@@ -24,7 +25,7 @@ def tiny(out, **kw):
 
 
 def test_numeric_demo_end_to_end_tiny(tmp_path):
-    settings = tiny(tmp_path / "demo")
+    settings = tiny(tmp_path / "demo", extents=(2 / 3, 1.0))
     result = ND.run_numeric_demo(settings)
     out = settings.out
     for name in ("report_numeric.md", "metrics_numeric.json", "numeric_exposure.png", "numeric_hue.png",
@@ -40,12 +41,16 @@ def test_numeric_demo_end_to_end_tiny(tmp_path):
     pairs = read_manifest(out / "data" / "kontinuous")
     assert len(pairs) == len(numeric_trajs) * 2 * (ND.TRAIN_FRAMES - 1)
     tasks = {t.name: t for t in ND.demo_tasks(settings)}
+    # trajectories stop at different fractions of the range; the baseline's 0-1 strength is per trajectory
+    extents = {t.id: ND.trajectory_extents([t], list(tasks.values()))[0] for t in numeric_trajs}
+    assert {round(e, 6) for e in extents.values()} == {round(e, 6) for e in settings.extents}
     for p in pairs:
-        task = tasks[p.task]
+        task, numeric_id = tasks[p.task], p.id.rsplit("/", 1)[0]
         assert p.instruction == task.instructions[0 if p.id.endswith("-up") else 1]
         assert p.frames[0].strength == 0 and (out / "data" / "kontinuous" / p.source).is_file()
-        assert all(abs(f.strength - abs(f.value - p.frames[0].value) / (task.range[1] - task.range[0])) < 1e-9
-                   for f in p.frames)
+        span = extents[numeric_id] * (task.range[1] - task.range[0])
+        assert all(abs(f.strength - abs(f.value - p.frames[0].value) / span) < 1e-9 for f in p.frames)
+    assert max(f.strength for p in pairs for f in p.frames) == pytest.approx(1)
     metrics = json.loads((out / "metrics_numeric.json").read_text())
     assert [t["task"] for t in metrics["tasks"]] == ["exposure", "hue"]
     for t in metrics["tasks"]:
@@ -59,7 +64,9 @@ def test_numeric_demo_end_to_end_tiny(tmp_path):
     assert metrics["average"]["psnr_numeric"] == pytest.approx(result.average["psnr_numeric"])
     assert metrics["checks"] == result.checks() and metrics["targets_met"] == result.targets_met()
     two = metrics["two_edit"]
-    assert two["gap_db"] == pytest.approx(two["single_edit_psnr"] - two["psnr_ab"])
+    # the gap is measured on the same composed truth: the better chain of single edits minus the two-line edit
+    assert two["gap_db"] == pytest.approx(max(two["psnr_chain_ab"], two["psnr_chain_ba"]) - two["psnr_ab"])
+    assert two["gap_to_single_gt_db"] == pytest.approx(two["single_edit_psnr"] - two["psnr_ab"])
     # the numeric tokens' order cannot matter: text ids zero, numeric tokens masked from each other
     assert two["max_abs_tokens_only"] < 1e-4
     report = (out / "report_numeric.md").read_text()
@@ -68,17 +75,38 @@ def test_numeric_demo_end_to_end_tiny(tmp_path):
 
 
 class Oracle:
-    """The exact operators at the requested values (knows the photos and the sources' values)."""
+    """The exact operators at the requested values: knows the photos, the sources' values, and the values of
+    every image it returned (so chained edits compose)."""
     registry = DEFAULT_REGISTRY
 
     def __init__(self, photos, tasks, seed=0):
         self.photos, self.tasks, self.seed = photos, {t.name: t for t in tasks}, seed
+        self.outputs = []  # (image, its values)
+
+    def _render(self, values):
+        out = self.photos
+        for name, task in self.tasks.items():  # A then B, as the truth
+            out = task.apply(out, values[name], self.seed)
+        return out
+
+    def _values(self, sources):
+        """The values of an image it returned, else of the source it is: each task at the middle or untouched."""
+        for image, values in self.outputs:
+            if image is sources:
+                return dict(values)
+        middle = {name: task.value_at(ND.SOURCE_STRENGTH) for name, task in self.tasks.items()}
+        for state in itertools.product(*[(task.identity, middle[name]) for name, task in self.tasks.items()]):
+            values = dict(zip(self.tasks, state))
+            if torch.equal(self._render(values), sources):
+                return values
+        raise AssertionError("a source the oracle does not know")
 
     def __call__(self, sources, edits, lines=None):
-        out = self.photos
-        for name, delta in sorted(edits, key=lambda e: list(self.tasks).index(e[0])):  # A then B, as the truth
-            task = self.tasks[name]
-            out = task.apply(out, task.value_at(ND.SOURCE_STRENGTH) + delta, self.seed)
+        values = self._values(sources)
+        for name, delta in edits:
+            values[name] += delta
+        out = self._render(values)
+        self.outputs.append((out, values))
         return out
 
     def kontinuous(self, sources, task, delta):
@@ -96,7 +124,21 @@ def test_exact_edits_score_perfectly():
         assert summary["psnr_no_edit"] < 40 and len(frames) == len(ND.TARGET_STRENGTHS)
     two, _ = ND.evaluate_two_edit(tasks[0], tasks[1], photos, oracle, 0, PSNR_CAP_DB)
     assert two["psnr_ab"] == two["psnr_ba"] == pytest.approx(PSNR_CAP_DB) and two["gap_db"] == pytest.approx(0)
+    assert two["psnr_chain_ab"] == two["psnr_chain_ba"] == pytest.approx(PSNR_CAP_DB)
     assert two["swap_db"] == 0 and not math.isnan(two["psnr_no_edit"])
+
+    class FirstLineOnly(Oracle):  # exact single edits, but a two-line request edits only its first line
+        def __call__(self, sources, edits, lines=None):
+            return super().__call__(sources, edits[:1])
+
+    two, _ = ND.evaluate_two_edit(tasks[0], tasks[1], photos, FirstLineOnly(photos, tasks), 0, PSNR_CAP_DB)
+    assert two["psnr_chain_ab"] == two["psnr_chain_ba"] == pytest.approx(PSNR_CAP_DB)
+    assert two["gap_db"] > 10 and two["swap_db"] > 0
+
+
+def test_composed_error_psnr_adds_mean_squared_errors():
+    assert ND.composed_error_psnr(30.0, 30.0) == pytest.approx(30 - 10 * math.log10(2))
+    assert ND.composed_error_psnr(20.0, 60.0) == pytest.approx(20.0, abs=1e-3)
 
 
 def test_train_transformer_trains_every_weight_and_no_lora(tmp_path):
@@ -120,14 +162,16 @@ def test_numeric_demo_needs_two_registry_tasks(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_the_readme_numeric_demo_measures_what_holds(tmp_path):
-    """The README's command as written. What holds at this scale (README): the order swap changes nothing, the
-    value measured back tracks the request on hue far better than the Kontinuous baseline's, and both models edit
-    (above doing nothing). Not asserted, because measured NOT to hold (README): a clear PSNR lead over the
-    baseline (+0.19 / +0.02 dB) and the two-edit gap <= 2 dB (7.7 dB)."""
+    """The README's command as written. What holds at this scale on every seed measured (README): the order swap
+    changes nothing, a two-line prompt lands within 2 dB of the two single edits chained on the same composed
+    truth, and both models edit (above doing nothing). Not asserted, because measured NOT to hold (README): a PSNR
+    lead over the Kontinuous baseline (seed 0 +0.1 dB, seeds 1 and 2 behind) and the two-line prompt within 2 dB
+    of the single edits on their own truth (6-8 dB below)."""
     out = tmp_path / "demo_output"
     assert cli_main(["demo", "--method", "numeric", "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics_numeric.json").read_text())
-    assert metrics["two_edit"]["swap_db"] < 0.5
-    hue = next(t for t in metrics["tasks"] if t["task"] == "hue")
-    assert hue["mae_numeric"] < 0.5 * hue["mae_kontinuous"]
-    assert all(t["psnr_numeric"] > t["psnr_no_edit"] + 2 for t in metrics["tasks"])
+    two = metrics["two_edit"]
+    assert two["swap_db"] < 0.5
+    assert two["gap_db"] <= 2 and two["psnr_ab"] > two["psnr_no_edit"] + 1
+    assert all(t["psnr_numeric"] > t["psnr_no_edit"] + 1 and t["psnr_kontinuous"] > t["psnr_no_edit"] + 1
+               for t in metrics["tasks"])

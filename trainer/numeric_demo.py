@@ -14,8 +14,9 @@
    operator on the photo), requested deltas of +-1/8 and +-3/8 of the range (never a trained delta: those are
    quarters) to the held-out values 1/8 ... 7/8, against the exact operator at the composed value: PSNR of both
    models, the value measured back (CAT estimators) against the requested delta; two-edit instructions
-   (NumeriKontrol only, zero-shot: trained on single edits) against the composed exact edit, and with the two
-   lines' order swapped; ``report_numeric.md``, ``metrics_numeric.json`` and image strips.
+   (NumeriKontrol only, zero-shot: trained on single edits) against the composed exact edit, beside the
+   single-edit route to it (the two single edits chained), and with the two lines' order swapped;
+   ``report_numeric.md``, ``metrics_numeric.json`` and image strips.
 """
 from __future__ import annotations
 
@@ -55,6 +56,14 @@ class NumericDemoSettings(DemoSettings):
     ranges: str = ""  # the tasks' default ranges: exposure 0 -> 2 EV, hue 0 -> 180 degrees
     steps: int = 1500
     max_edits: int = 2  # text room (learned encoder) for two-line prompts
+    # sources carrying the other task at random frame values (``synth cat --background``): measured, not the
+    # default (README: it cost exposure PSNR and did not close the two-edit gap)
+    background: bool = False
+    # each trajectory spans one of these fractions of its task's range (``synth cat --extents``), and the
+    # baseline's 0-1 strength is per trajectory: sequences that stop at different places, which a 0-1 label cannot
+    # say and a number with a unit does. Default: every trajectory the whole range (README: (2/3, 1) measured too;
+    # 2/3 keeps every trained delta off the evaluation's odd eighths)
+    extents: tuple[float, ...] = (1.0,)
 
 
 @dataclass
@@ -74,7 +83,8 @@ class NumericDemoResult:
         return {"numeric beats Kontinuous on average": self.average["psnr_numeric"] > self.average["psnr_kontinuous"],
                 **{f"numeric beats Kontinuous on {t['task']}": t["psnr_numeric"] > t["psnr_kontinuous"]
                    for t in self.tasks},
-                f"two-edit gap <= {TARGETS['two_edit_gap_db']:g} dB": self.two_edit["gap_db"] <= TARGETS["two_edit_gap_db"],
+                f"two-edit within {TARGETS['two_edit_gap_db']:g} dB of the single edits on the composed truth":
+                    self.two_edit["gap_db"] <= TARGETS["two_edit_gap_db"],
                 f"order swap < {TARGETS['swap_db']:g} dB": self.two_edit["swap_db"] < TARGETS["swap_db"]}
 
     def targets_met(self) -> bool:
@@ -91,13 +101,14 @@ def _mean(values) -> float:
 def kontinuous_pairs(root: Path, frames_dir: Path, trajectories: list[Trajectory], tasks: dict[str, cat.CatTask]) -> Path:
     """The numeric run's frame pairs as 0-1 strength trajectories under ``root``: every frame k of every trajectory
     is the source of an "up" trajectory (frames k, k+1, ..., last; the task's increasing instruction) and a "down"
-    one (frames k, k-1, ..., 0; the decreasing instruction); strength = |value - value_k| / |range|. The frames are
-    the numeric run's files (paths relative to ``root``)."""
+    one (frames k, k-1, ..., 0; the decreasing instruction); strength = |value - value_k| / the trajectory's own
+    extent |value_last - value_0|: 0-1 normalised per sequence, as the paper's baseline is. The frames are the
+    numeric run's files (paths relative to ``root``)."""
     rel = Path(os.path.relpath(frames_dir, root))
     out = []
     for t in trajectories:
         task = tasks[t.task]
-        span = abs(task.range[1] - task.range[0])
+        span = abs(t.frames[-1].value - t.frames[0].value)
         for k, source in enumerate(t.frames):
             for direction, frames in (("up", t.frames[k:]), ("down", t.frames[k::-1])):
                 if len(frames) < 2:
@@ -120,6 +131,12 @@ def numeric_config(s: NumericDemoSettings, frames_dir: Path) -> TrainConfig:
     d["data"]["cache_dir"] = str(s.out / "cache_numeric")
     d["run"]["output_dir"] = str(s.out / "numeric_run")
     return config_from_dict(d)
+
+
+def trajectory_extents(trajectories: list[Trajectory], tasks: list[cat.CatTask]) -> list[float]:
+    """Each trajectory's span as a fraction of its task's range."""
+    ranges = {t.name: abs(t.range[1] - t.range[0]) for t in tasks}
+    return [abs(t.frames[-1].value - t.frames[0].value) / ranges[t.task] for t in trajectories]
 
 
 # ---------------------------------------------------------------- the two models as editors
@@ -151,13 +168,14 @@ class NumericEditor:
         return ((out + 1) / 2).clamp(0, 1)
 
 
-def kontinuous_editor(model, sample_steps: int, seed: int):
+def kontinuous_editor(model, sample_steps: int, seed: int, mean_extent: float = 1.0):
     """(sources, task, delta in the task's unit) -> the baseline's edit: the task's increasing or decreasing
-    instruction by the delta's sign, strength |delta| / |range| (exactly how its training pairs were labelled)."""
+    instruction by the delta's sign, strength |delta| / (``mean_extent`` x the task's range): its training
+    strengths were fractions of each trajectory's extent, so its "1" is on average that far."""
     @torch.no_grad()
     def edit(sources: torch.Tensor, task: cat.CatTask, delta: float) -> torch.Tensor:
         n = sources.shape[0]
-        strength = abs(delta) / abs(task.range[1] - task.range[0])
+        strength = abs(delta) / (mean_extent * abs(task.range[1] - task.range[0]))
         up = (delta >= 0) == (task.range[1] >= task.range[0])
         out = sample_edit(model, sources * 2 - 1, torch.full((n,), strength), sample_steps,
                           torch.Generator().manual_seed(seed), instructions=[task.instructions[0 if up else 1]] * n)
@@ -201,9 +219,19 @@ def evaluate_single(task: cat.CatTask, photos: torch.Tensor, numeric, kontinuous
     return summary, frames
 
 
+def composed_error_psnr(psnr_a: float, psnr_b: float) -> float:
+    """The PSNR two edits would reach together if each kept its single-edit error and the errors added
+    (independent, mean squared errors summed): what a perfect composition of these single edits scores."""
+    return -10 * math.log10(10 ** (-psnr_a / 10) + 10 ** (-psnr_b / 10))
+
+
 def evaluate_two_edit(a: cat.CatTask, b: cat.CatTask, photos: torch.Tensor, numeric: NumericEditor, seed: int,
                       single_psnr: float):
-    """Two lines at once (zero-shot) against the composed exact edit (A then B); each order of the lines."""
+    """Two lines at once (zero-shot) against the composed exact edit (A then B); each order of the lines.
+
+    The reference on the same composed ground truth is the single-edit route: the two single edits one after the
+    other (two sampling passes), in either order; ``gap_db`` is the better chain's PSNR minus the two-line
+    instruction's. ``single_psnr`` (the single edits on their own ground truth) is reported beside it."""
     compose = lambda va, vb: b.apply(a.apply(photos, va, seed), vb, seed)
     va0, vb0 = a.value_at(SOURCE_STRENGTH), b.value_at(SOURCE_STRENGTH)
     sources = compose(va0, vb0)
@@ -215,17 +243,24 @@ def evaluate_two_edit(a: cat.CatTask, b: cat.CatTask, photos: torch.Tensor, nume
         ab = numeric(sources, edits)
         ba = numeric(sources, edits[::-1])  # the prompt's lines and the numeric tokens both swapped
         ba_tokens = numeric(sources, edits[::-1], [numeric.registry.task(t).render(d) for t, d in edits])
+        chain_ab = numeric(numeric(sources, edits[:1]), edits[1:])  # single edits, one after the other
+        chain_ba = numeric(numeric(sources, edits[1:]), edits[:1])
         rows.append({"edits": edits, "psnr_ab": float(psnr(ab, truth).mean()), "psnr_ba": float(psnr(ba, truth).mean()),
+                     "psnr_chain_ab": float(psnr(chain_ab, truth).mean()),
+                     "psnr_chain_ba": float(psnr(chain_ba, truth).mean()),
                      "psnr_no_edit": float(psnr(sources, truth).mean()),
                      "psnr_ab_vs_ba": float(psnr(ab, ba).mean()),
                      "psnr_ab_vs_ba_tokens_only": float(psnr(ab, ba_tokens).mean()),
                      "max_abs_tokens_only": float((ab - ba_tokens).abs().max())})
-        frames.append((sources, ab, ba, truth))
+        frames.append((sources, ab, ba, chain_ab, truth))
     two = {"tasks": [a.name, b.name], "per_request": rows, "single_edit_psnr": single_psnr}
-    for k in ("psnr_ab", "psnr_ba", "psnr_no_edit", "psnr_ab_vs_ba", "psnr_ab_vs_ba_tokens_only"):
+    for k in ("psnr_ab", "psnr_ba", "psnr_chain_ab", "psnr_chain_ba", "psnr_no_edit", "psnr_ab_vs_ba",
+              "psnr_ab_vs_ba_tokens_only"):
         two[k] = _mean([r[k] for r in rows])
     two["max_abs_tokens_only"] = max(r["max_abs_tokens_only"] for r in rows)
-    two["gap_db"] = single_psnr - two["psnr_ab"]
+    two["psnr_single_route"] = max(two["psnr_chain_ab"], two["psnr_chain_ba"])
+    two["gap_db"] = two["psnr_single_route"] - two["psnr_ab"]
+    two["gap_to_single_gt_db"] = single_psnr - two["psnr_ab"]
     two["swap_db"] = abs(two["psnr_ab"] - two["psnr_ba"])
     return two, frames
 
@@ -252,7 +287,7 @@ def _run(s: NumericDemoSettings) -> NumericDemoResult:
     train_photos, held_out = demo_photos(s)
     s.out.mkdir(parents=True, exist_ok=True)
     frames_dir, pairs_dir = s.out / "data" / "frames", s.out / "data" / "kontinuous"
-    trajectories = cat.synthesize(frames_dir, train_photos, tasks, TRAIN_FRAMES, s.seed)
+    trajectories = cat.synthesize(frames_dir, train_photos, tasks, TRAIN_FRAMES, s.seed, s.background, s.extents)
     kontinuous_pairs(pairs_dir, frames_dir, trajectories, {t.name: t for t in tasks})
     seconds["data"] = time.perf_counter() - t0
 
@@ -278,7 +313,7 @@ def _run(s: NumericDemoSettings) -> NumericDemoResult:
 
     t0 = time.perf_counter()
     numeric = NumericEditor(n_config, weights / "numeric_transformer", numeric_file, s.sample_steps, s.seed)
-    kontinuous = kontinuous_editor(k_model, s.sample_steps, s.seed)
+    kontinuous = kontinuous_editor(k_model, s.sample_steps, s.seed, _mean(trajectory_extents(trajectories, tasks)))
     photos = torch.stack([p.image for p in held_out])
     singles, strips = [], {}
     for task in tasks:
@@ -287,6 +322,7 @@ def _run(s: NumericDemoSettings) -> NumericDemoResult:
         strips[task.name] = frames
     single_psnr = _mean([t["psnr_numeric"] for t in singles[:2]])
     two, strips["two-edit"] = evaluate_two_edit(tasks[0], tasks[1], photos, numeric, s.seed, single_psnr)
+    two["composed_error_psnr"] = composed_error_psnr(singles[0]["psnr_numeric"], singles[1]["psnr_numeric"])
     seconds["evaluate"] = time.perf_counter() - t0
 
     result = NumericDemoResult(s.out, singles, two, seconds)
