@@ -74,6 +74,56 @@ def test_numeric_demo_end_to_end_tiny(tmp_path):
     assert metrics["train"]["numeric"]["steps"] == metrics["train"]["kontinuous"]["steps"] == settings.steps
 
 
+def test_numeric_demo_on_a_base_editor_tiny(tmp_path):
+    """``base_steps``: one base editor, both methods fine-tuned on it (LoRA of ``finetune_rank``), the same fixed
+    text vectors for all three runs; evaluation from the exported files on the base."""
+    from kontext_sliders.core.formats import load_kontinuous
+    from kontext_sliders.trainer.checkpoint import latest_checkpoint, load_checkpoint
+    from kontext_sliders.trainer.features import LineTextEncoder
+    from kontext_sliders.trainer.model import build_model
+    from kontext_sliders.trainer.slideredit import text_encoder_for
+    settings = tiny(tmp_path / "demo", base_steps=3, finetune_rank=2)
+    result = ND.run_numeric_demo(settings)
+    out, weights = settings.out, settings.out / "weights"
+    assert (weights / "base_editor" / "transformer" / "config.json").is_file()
+    assert not (weights / "numeric_transformer").exists()  # the numeric model is the base + its file
+    assert "train base editor" in result.seconds
+    numeric = load_numeric_weights(weights / "numeric_demo.safetensors")
+    kontinuous = load_kontinuous(weights / "kontinuous_demo.safetensors")
+    assert numeric.lora_rank == kontinuous.lora_rank == 2 and numeric.lora_state and kontinuous.lora_state
+    # the base's samples: every frame unchanged under the empty prompt, two frames up / down in both text forms
+    edits = json.loads((out / "data" / "base" / "edits.json").read_text())["edits"]
+    frames = read_manifest(out / "data" / "frames")
+    per_trajectory = ND.TRAIN_FRAMES + 2 * 2 * (ND.TRAIN_FRAMES - ND.BASE_STEP)
+    assert len(edits) == len(frames) * per_trajectory
+    from kontext_sliders.core.numeric.parser import NUMBER_RE
+    tasks = ND.demo_tasks(settings)
+    expected = {()} | {(line,) for t in tasks for line in t.instructions} | {
+        (NUMBER_RE.sub("#", DEFAULT_REGISTRY.task(t.name).render(d)),) for t in tasks for d in (1.0, -1.0)}
+    assert {tuple(e["instructions"]) for e in edits} == expected and len(expected) == 9
+    assert all(e["target"] == e["image"] for e in edits if not e["instructions"])
+    # one text encoder for the three runs: the base's prompt vectors are the fine-tunes'
+    n_config, k_config = ND.numeric_config(settings, out, weights / "base_editor"), ND.kontinuous_config(
+        settings, out, weights / "base_editor")
+    encoders = [text_encoder_for(c, torch.device("cpu")) for c in (
+        ND.base_config(settings, out / "data" / "base"), k_config)]
+    encoders.append(text_encoder_for(n_config, torch.device("cpu"), n_config.numeric.max_edits))
+    assert all(isinstance(e, LineTextEncoder) for e in encoders) and len({e.id for e in encoders}) == 1
+    # the exported Kontinuous file on the base is the trained model
+    trained = build_model(k_config)
+    trainable, _ = load_checkpoint(latest_checkpoint(out / "run"))
+    trained.load_state_dict(trainable, strict=False)
+    loaded = ND.kontinuous_on_base(k_config, weights / "kontinuous_demo.safetensors")
+    text = encoders[1].encode("increase the exposure")
+    x, src = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+    args = (x, src, torch.tensor([0.3, 0.7]), torch.tensor([0.5, 0.5]), text["context"].expand(2, -1, -1),
+            text["pooled"].expand(2, -1))
+    with torch.no_grad():
+        assert torch.equal(trained.eval()(*args), loaded(*args))
+        plain = build_model(k_config).eval()  # the base with a zero LoRA and an untrained projector
+        assert not torch.allclose(plain(*args), loaded(*args))
+
+
 class Oracle:
     """The exact operators at the requested values: knows the photos, the sources' values, and the values of
     every image it returned (so chained edits compose)."""
@@ -157,6 +207,10 @@ def test_train_transformer_trains_every_weight_and_no_lora(tmp_path):
 def test_numeric_demo_needs_two_registry_tasks(tmp_path, capsys):
     assert cli_main(["demo", "--method", "numeric", "--tasks", "exposure", "--out", str(tmp_path / "x")]) == 2
     assert "two-edit" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+    for bad in (["--base-steps", "-1"], ["--base-steps", "10", "--finetune-rank", "0"]):
+        assert cli_main(["demo", "--method", "numeric", "--out", str(tmp_path / "x"), *bad]) == 2
+        assert "--base-steps must be >= 0 and --finetune-rank >= 1" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
 

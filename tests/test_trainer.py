@@ -154,6 +154,37 @@ def test_a_few_steps_reduce_the_loss_on_a_fixed_batch(data, tmp_path):
     assert losses[-1] < 0.5 * losses[0], losses
 
 
+def test_lines_text_gives_a_kontinuous_run_the_fixed_text_an_offline_editor_reads(data, tmp_path):
+    """``data.text_encoder: lines``: no trainable text embedding; each instruction's cached features are the
+    per-line encoder's (what ``method: editor`` / ``numeric`` runs read for the same line), and they reach the
+    transformer."""
+    from kontext_sliders.trainer.config import config_from_dict
+    from kontext_sliders.trainer.loop import flow_matching_loss
+    from kontext_sliders.trainer.slideredit import text_encoder_for
+    raw = tiny_config(data, tmp_path / "out")
+    raw["data"]["text_encoder"] = "lines"
+    method, model = prepared_method(raw, tmp_path / "cache")
+    assert model.text_encoder is None
+    assert not [n for n, p in model.named_parameters() if n.startswith("text_encoder")]
+    lines = text_encoder_for(config_from_dict(raw), torch.device("cpu"))
+    rows = method.rows(0, 0, 4)
+    batch = method.load(rows, torch.device("cpu"))
+    for i, instruction in enumerate(batch["instructions"]):
+        expected = lines.encode_lines([instruction])
+        assert torch.equal(batch["context"][i], expected["context"])
+        assert torch.equal(batch["pooled"][i], expected["pooled"])
+    assert {"make it brighter", "brighter please"} == set(method.dataset.instructions)
+    # the text reaches the velocity: each row given the other instruction's vectors, another loss
+    swapped = [lines.encode_lines(["make it brighter" if i == "brighter please" else "brighter please"])
+               for i in batch["instructions"]]
+    other = dict(batch, context=torch.stack([x["context"] for x in swapped]),
+                 pooled=torch.stack([x["pooled"] for x in swapped]))
+    assert not torch.equal(flow_matching_loss(model, batch), flow_matching_loss(model, other))
+    with pytest.raises(ConfigError, match="data.text_encoder must be one of flux, learned, lines, got 'bert'"):
+        from kontext_sliders.trainer.config import check_ready_to_train
+        check_ready_to_train(config_from_dict(dict(raw, data=dict(raw["data"], text_encoder="bert"))))
+
+
 def test_the_step_rows_are_a_pure_function_of_seed_and_step(data, tmp_path):
     from kontext_sliders.trainer.features import FeatureCache, PixelCodec, cache_trajectories
     from kontext_sliders.trainer.loop import rows_for_step

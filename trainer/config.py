@@ -20,6 +20,9 @@ OFFICIAL_LORA_TARGETS = ("attn.to_k", "attn.to_q", "attn.to_v", "attn.to_out.0",
                          "ff_context.net.0.proj", "ff_context.net.2")
 
 
+TEXT_ENCODERS = ("flux", "learned", "lines")  # data.text_encoder
+
+
 class ConfigError(ValueError):
     """A config file or override that cannot be used; the message names the key."""
 
@@ -57,7 +60,11 @@ class DataSection:
     trajectories: list[str] = field(default_factory=list)  # folders in the generic trajectory format
     resolution: int = 512
     cache_dir: str | None = None  # default: <output_dir>/cache
-    text_encoder: str = "flux"  # "flux": CLIP-L + T5 of `model.pretrained`; "learned": one embedding per instruction
+    # "flux": CLIP-L + T5 of `model.pretrained`. Offline (no text model): "learned": for method kontinuous one
+    # trainable embedding per instruction, for the other methods the fixed per-line vectors of "lines";
+    # "lines": fixed vectors seeded from each sub-instruction's text (features.LineTextEncoder), nothing trained,
+    # for every method: how a Kontinuous run reads the text of a base editor trained offline (method editor)
+    text_encoder: str = "flux"
     pixel_space: bool = False  # the demo: images are the latents (no VAE)
     learned_text_tokens: int = 4  # slideredit: tokens per sub-instruction
     # method slideredit: folders in the SliderEdit edit format (``edits.json``: an image + its sub-instruction
@@ -330,6 +337,8 @@ def check_ready_to_train(config: TrainConfig) -> None:
     if (m.pretrained is None) == (m.scratch is None):
         raise ConfigError("set exactly one of model.pretrained (a FLUX.1 Kontext diffusers folder or hub id) "
                           "and model.scratch (a FluxTransformer2DModel config, for a model trained from scratch)")
+    if d.text_encoder not in TEXT_ENCODERS:
+        raise ConfigError(f"data.text_encoder must be one of {', '.join(TEXT_ENCODERS)}, got {d.text_encoder!r}")
     if d.text_encoder == "flux" and m.pretrained is None:
         raise ConfigError("data.text_encoder 'flux' needs model.pretrained (or use data.text_encoder: learned)")
     if config.method == "editor" and not d.edits:

@@ -406,6 +406,12 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--extents", default=",".join(f"{x:g}" for x in n.extents),
                         help="numeric: fractions of each task's range the training trajectories span, one drawn "
                              "per trajectory; the baseline's 0-1 strength is per trajectory (default: %(default)s)")
+    parser.add_argument("--base-steps", type=int, default=n.base_steps,
+                        help="numeric: > 0 trains a base editor for this many steps first and fine-tunes both "
+                             "models on it (adapter + LoRA, projector + LoRA), the paper's setting; 0: both from "
+                             "scratch (default: %(default)s)")
+    parser.add_argument("--finetune-rank", type=int, default=n.finetune_rank,
+                        help="numeric with --base-steps: LoRA rank of both fine-tunes (default: %(default)s)")
     parser.add_argument("--editor-steps", type=int, default=e.editor_steps,
                         help="slideredit: steps of the base editor (default: %(default)s)")
     parser.add_argument("--slider-steps", type=int, default=e.slider_steps,
@@ -491,7 +497,12 @@ def _run_numeric_command(args: argparse.Namespace, common: dict) -> int:
     except ValueError as e:
         print(f"demo: error: {e}", file=sys.stderr)
         return 2
-    settings = NumericDemoSettings(args.out, extents=extents, **common,
+    if args.base_steps < 0 or args.finetune_rank < 1:
+        print(f"demo: error: --base-steps must be >= 0 and --finetune-rank >= 1, got {args.base_steps} and "
+              f"{args.finetune_rank}", file=sys.stderr)
+        return 2
+    settings = NumericDemoSettings(args.out, extents=extents, base_steps=args.base_steps,
+                                   finetune_rank=args.finetune_rank, **common,
                                    **({} if args.steps is None else {"steps": args.steps}))
     result = _run_or_report(run_numeric_demo, settings)
     if result is None:

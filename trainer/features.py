@@ -163,6 +163,11 @@ class LineTextEncoder:
                              dtype=torch.int64).reshape(-1, 2)
         return {"context": context, "pooled": pooled, "spans": spans}
 
+    def encode(self, text: str) -> dict[str, torch.Tensor]:
+        """A whole instruction (``data.text_encoder: lines`` for a Kontinuous run): its lines as a prompt."""
+        from ..core.instructions import split_instructions
+        return self.encode_lines(split_instructions(text))
+
     def release(self):
         pass
 

@@ -24,7 +24,7 @@ import torch
 import yaml
 
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .config import TrainConfig, check_ready_to_train, save_resolved_config
+from .config import TEXT_ENCODERS, TrainConfig, check_ready_to_train, save_resolved_config
 from .features import CachedDataset, FeatureCache, FluxTextEncoder, FluxVaeCodec, PixelCodec, cache_trajectories
 from .model import KontextSliderModel, build_model
 from .validation import render_validation
@@ -59,8 +59,8 @@ def rows_for_step(seed: int, step: int, global_batch: int, dataset: CachedDatase
 def make_codecs(config: TrainConfig, device: torch.device, text: bool = True):
     """(image codec, FLUX text encoder or None); ``text=False``: the caller makes its own text encoder."""
     d = config.data
-    if d.text_encoder not in ("flux", "learned"):
-        raise ValueError(f"data.text_encoder must be 'flux' or 'learned', got {d.text_encoder!r}")
+    if d.text_encoder not in TEXT_ENCODERS:
+        raise ValueError(f"data.text_encoder must be one of {', '.join(TEXT_ENCODERS)}, got {d.text_encoder!r}")
     if d.pixel_space:
         codec = PixelCodec(d.resolution)
     else:
@@ -68,6 +68,9 @@ def make_codecs(config: TrainConfig, device: torch.device, text: bool = True):
     encoder = None
     if text and d.text_encoder == "flux":
         encoder = FluxTextEncoder(config.model.pretrained, device, torch.bfloat16)
+    elif text and d.text_encoder == "lines":
+        from .slideredit import text_encoder_for
+        encoder = text_encoder_for(config, device)
     return codec, encoder
 
 

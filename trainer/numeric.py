@@ -79,10 +79,11 @@ def pair_delta(task: NumericTask, source_value: float, target_value: float) -> f
 
 def encoder_text(config: TrainConfig, line: str) -> str:
     """What the text encoder reads of an instruction line: the line itself for FLUX's T5 (which reads the
-    number), or, for the offline ``learned`` encoder, the line with its number replaced by ``#``: that encoder's
-    vectors are seeded from the text (a hash, blind to what a number means), so with the number in it every
-    value would get unrelated text vectors and an unseen value untrained ones; the numeric token says how much."""
-    if config.data.text_encoder != "learned":
+    number), or, for the offline per-line encoder (``learned`` or ``lines``), the line with its number replaced
+    by ``#``: that encoder's vectors are seeded from the text (a hash, blind to what a number means), so with
+    the number in it every value would get unrelated text vectors and an unseen value untrained ones; the
+    numeric token says how much."""
+    if config.data.text_encoder == "flux":
         return line
     from ..core.numeric.parser import NUMBER_RE
     return NUMBER_RE.sub("#", line)

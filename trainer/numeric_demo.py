@@ -64,6 +64,14 @@ class NumericDemoSettings(DemoSettings):
     # say and a number with a unit does. Default: every trajectory the whole range (README: (2/3, 1) measured too;
     # 2/3 keeps every trained delta off the evaluation's odd eighths)
     extents: tuple[float, ...] = (1.0,)
+    # > 0: the paper's setting, both methods fine-tuned from one base editor: first a plain editor (``method:
+    # editor``, from scratch, this many steps) on the same frames at one fixed amount per instruction (half the
+    # range, as an editor without a slider does: "increase the exposure"), in both text forms; then NumeriKontrol
+    # (adapter + Q/K/V LoRA) and Kontinuous (projector + LoRA) on that frozen base, ``steps`` each, LoRA rank
+    # ``finetune_rank``, the same fixed per-line text vectors for all three (``data.text_encoder: lines``).
+    # 0: both models from scratch, every weight trained (the default: README)
+    base_steps: int = 0
+    finetune_rank: int = 16
 
 
 @dataclass
@@ -122,15 +130,77 @@ def kontinuous_pairs(root: Path, frames_dir: Path, trajectories: list[Trajectory
     return root
 
 
-def numeric_config(s: NumericDemoSettings, frames_dir: Path) -> TrainConfig:
-    """The Kontinuous demo's recipe (steps, batch, lr schedule, seed, transformer) as a numeric run."""
+BASE_STEP = 2  # the base editor's one amount: two frames (half the range at 5 frames), up or down
+
+
+def base_edits(root: Path, frames_dir: Path, trajectories: list[Trajectory], tasks: dict[str, cat.CatTask]) -> Path:
+    """The base editor's samples under ``root`` (``edits.json``, images are the numeric run's frame files): per
+    trajectory, every frame edited ``BASE_STEP`` frames up ("increase ...") and down ("decrease ..."), each
+    in both text forms the sliders read (the Kontinuous instruction; the numeric line with its number as the
+    offline encoder reads it), and every frame unchanged under the empty prompt."""
+    from ..core.numeric import DEFAULT_REGISTRY
+    from ..core.numeric.parser import NUMBER_RE
+    from .data.edits import EditSample, write_edits
+    rel = Path(os.path.relpath(frames_dir, root))
+    samples = []
+    for t in trajectories:
+        task, spec = tasks[t.task], DEFAULT_REGISTRY.task(t.task)
+        for k, source in enumerate(t.frames):
+            image = str(rel / source.path)
+            samples.append(EditSample(f"{t.id}/{k}/none", image, (), image))
+            for j, direction in ((k + BASE_STEP, 0), (k - BASE_STEP, 1)):
+                if not 0 <= j < len(t.frames):
+                    continue
+                target = t.frames[j]
+                numeric_line = NUMBER_RE.sub("#", spec.render(target.value - source.value))
+                for form, line in (("kontinuous", task.instructions[direction]), ("numeric", numeric_line)):
+                    samples.append(EditSample(f"{t.id}/{k}-{j}/{form}", image, (line,), str(rel / target.path)))
+    root.mkdir(parents=True, exist_ok=True)
+    return write_edits(root, samples, tool="kontext-sliders demo --method numeric (base editor)")
+
+
+def _finetune(d: dict, s: NumericDemoSettings, base: Path | None) -> dict:
+    """A run on the frozen base editor (its transformer folder ``base``) with the base's text vectors."""
+    if base is not None:
+        d["model"]["pretrained"], d["model"]["scratch"] = str(base), None
+        d["data"]["text_encoder"] = "lines"
+        d.setdefault("slideredit", {})["max_lines"] = s.max_edits  # the same prompt length as the base's
+    return d
+
+
+def base_config(s: NumericDemoSettings, edits: Path) -> TrainConfig:
+    """The base editor: the demo's transformer from scratch, the demo's optimiser, ``base_steps`` steps."""
+    d = demo_config(s, edits).to_dict()
+    d["method"] = "editor"
+    d.pop("projector", None)
+    d["data"].update(trajectories=[], edits=[str(edits)], text_encoder="lines", cache_dir=str(s.out / "cache_base"))
+    d["slideredit"] = {"max_lines": s.max_edits}
+    d["run"].update(output_dir=str(s.out / "base_run"), max_steps=s.base_steps,
+                    checkpoint_every=max(s.base_steps // 3, 1), validation_pairs=4)
+    d["run"].pop("validation_strengths", None)
+    return config_from_dict(d)
+
+
+def numeric_config(s: NumericDemoSettings, frames_dir: Path, base: Path | None = None) -> TrainConfig:
+    """The Kontinuous demo's recipe (steps, batch, lr schedule, seed, transformer) as a numeric run; on the
+    ``base`` editor (adapter + LoRA of rank ``finetune_rank``) when given."""
     d = demo_config(s, frames_dir).to_dict()
     d["method"] = "numeric"
     d.pop("projector", None)
-    d["numeric"] = {"train_transformer": True, "max_edits": s.max_edits}
+    d["numeric"] = ({"train_transformer": True, "max_edits": s.max_edits} if base is None else
+                    {"max_edits": s.max_edits, "rank": s.finetune_rank})
     d["data"]["cache_dir"] = str(s.out / "cache_numeric")
     d["run"]["output_dir"] = str(s.out / "numeric_run")
-    return config_from_dict(d)
+    return config_from_dict(_finetune(d, s, base))
+
+
+def kontinuous_config(s: NumericDemoSettings, pairs_dir: Path, base: Path | None = None) -> TrainConfig:
+    """The Kontinuous demo's recipe; on the ``base`` editor (projector + LoRA of rank ``finetune_rank`` on the
+    official targets) when given."""
+    d = demo_config(s, pairs_dir).to_dict()
+    if base is not None:
+        d["lora"] = {"enabled": True, "rank": s.finetune_rank, "alpha": float(s.finetune_rank)}
+    return config_from_dict(_finetune(d, s, base))
 
 
 def trajectory_extents(trajectories: list[Trajectory], tasks: list[cat.CatTask]) -> list[float]:
@@ -168,19 +238,42 @@ class NumericEditor:
         return ((out + 1) / 2).clamp(0, 1)
 
 
-def kontinuous_editor(model, sample_steps: int, seed: int, mean_extent: float = 1.0):
+def kontinuous_editor(model, sample_steps: int, seed: int, mean_extent: float = 1.0, text=None):
     """(sources, task, delta in the task's unit) -> the baseline's edit: the task's increasing or decreasing
     instruction by the delta's sign, strength |delta| / (``mean_extent`` x the task's range): its training
-    strengths were fractions of each trajectory's extent, so its "1" is on average that far."""
+    strengths were fractions of each trajectory's extent, so its "1" is on average that far. ``text``: an
+    offline per-line encoder for a model without its own learned text embedding."""
     @torch.no_grad()
     def edit(sources: torch.Tensor, task: cat.CatTask, delta: float) -> torch.Tensor:
         n = sources.shape[0]
         strength = abs(delta) / (mean_extent * abs(task.range[1] - task.range[0]))
         up = (delta >= 0) == (task.range[1] >= task.range[0])
+        instruction = task.instructions[0 if up else 1]
+        prompt = {"instructions": [instruction] * n}
+        if text is not None:
+            t = text.encode(instruction)
+            prompt = {"context": t["context"].expand(n, -1, -1), "pooled": t["pooled"].expand(n, -1)}
         out = sample_edit(model, sources * 2 - 1, torch.full((n,), strength), sample_steps,
-                          torch.Generator().manual_seed(seed), instructions=[task.instructions[0 if up else 1]] * n)
+                          torch.Generator().manual_seed(seed), **prompt)
         return ((out + 1) / 2).clamp(0, 1)
     return edit
+
+
+def kontinuous_on_base(config: TrainConfig, weights_file: Path) -> torch.nn.Module:
+    """The exported Kontinuous file (projector + LoRA, the loader's format) on the base editor of
+    ``config.model.pretrained``: the trainer's model with the file's tensors in place of its trainable ones."""
+    from ..core.formats import load_kontinuous
+    from .model import build_model
+    weights = load_kontinuous(weights_file)
+    model = build_model(config)
+    lora = {k.replace(".lora_A.weight", ".lora_A.default.weight").replace(".lora_B.weight", ".lora_B.default.weight"):
+            v for k, v in weights.lora_state.items()}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad and "lora_" in n}
+    if set(lora) != trainable:
+        raise ValueError(f"{weights_file}: LoRA modules differ from the run's ({len(lora)} vs {len(trainable)})")
+    model.load_state_dict(lora, strict=False)
+    model.projector.load_state_dict(weights.projector_state)
+    return model.requires_grad_(False).eval()
 
 
 # ---------------------------------------------------------------- evaluation
@@ -289,31 +382,49 @@ def _run(s: NumericDemoSettings) -> NumericDemoResult:
     frames_dir, pairs_dir = s.out / "data" / "frames", s.out / "data" / "kontinuous"
     trajectories = cat.synthesize(frames_dir, train_photos, tasks, TRAIN_FRAMES, s.seed, s.background, s.extents)
     kontinuous_pairs(pairs_dir, frames_dir, trajectories, {t.name: t for t in tasks})
+    if s.base_steps:
+        base_edits(s.out / "data" / "base", frames_dir, trajectories, {t.name: t for t in tasks})
     seconds["data"] = time.perf_counter() - t0
+
+    weights, base = s.out / "weights", None
+    if s.base_steps:
+        t0 = time.perf_counter()
+        torch.manual_seed(s.seed)
+        base_result = train(base_config(s, s.out / "data" / "base"))
+        base = weights / "base_editor"
+        export_checkpoint(base_result.output_dir, base)
+        seconds["train base editor"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     torch.manual_seed(s.seed)
-    n_config = numeric_config(s, frames_dir)
+    n_config = numeric_config(s, frames_dir, base)
     n_result = train(n_config)
-    weights = s.out / "weights"
     numeric_file = weights / "numeric_demo.safetensors"
     export_checkpoint(n_result.output_dir, numeric_file)
-    from .checkpoint import latest_checkpoint, load_checkpoint
-    trainable, _ = load_checkpoint(latest_checkpoint(n_result.output_dir))
-    export_editor(trainable, n_config, weights / "numeric_transformer")
+    if base is None:
+        from .checkpoint import latest_checkpoint, load_checkpoint
+        trainable, _ = load_checkpoint(latest_checkpoint(n_result.output_dir))
+        export_editor(trainable, n_config, weights / "numeric_transformer")
     seconds["train numeric"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     torch.manual_seed(s.seed)
-    k_config = demo_config(s, pairs_dir)
+    k_config = kontinuous_config(s, pairs_dir, base)
     k_result = train(k_config)
-    instructions = sorted({i for t in tasks for i in t.instructions})
-    k_model = export_editor_model(k_config, k_result, instructions, weights / "kontinuous")
+    text = None
+    if base is None:
+        instructions = sorted({i for t in tasks for i in t.instructions})
+        k_model = export_editor_model(k_config, k_result, instructions, weights / "kontinuous")
+    else:
+        export_checkpoint(k_result.output_dir, weights / "kontinuous_demo.safetensors")
+        k_model = kontinuous_on_base(k_config, weights / "kontinuous_demo.safetensors")
+        text = text_encoder_for(k_config, torch.device("cpu"))
     seconds["train Kontinuous"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    numeric = NumericEditor(n_config, weights / "numeric_transformer", numeric_file, s.sample_steps, s.seed)
-    kontinuous = kontinuous_editor(k_model, s.sample_steps, s.seed, _mean(trajectory_extents(trajectories, tasks)))
+    numeric = NumericEditor(n_config, base or weights / "numeric_transformer", numeric_file, s.sample_steps, s.seed)
+    kontinuous = kontinuous_editor(k_model, s.sample_steps, s.seed, _mean(trajectory_extents(trajectories, tasks)),
+                                   text)
     photos = torch.stack([p.image for p in held_out])
     singles, strips = [], {}
     for task in tasks:

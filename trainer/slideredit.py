@@ -82,8 +82,8 @@ def edit_rows_for_step(seed: int, step: int, global_batch: int, line_counts: lis
 
 
 def text_encoder_for(config: TrainConfig, device: torch.device, max_lines: int | None = None):
-    """FLUX's CLIP-L + T5 (``flux``), or the per-line offline encoder (``learned``), sized for the transformer,
-    with room for ``max_lines`` lines (default ``slideredit.max_lines``)."""
+    """FLUX's CLIP-L + T5 (``flux``), or the per-line offline encoder (``learned``, ``lines``), sized for the
+    transformer, with room for ``max_lines`` lines (default ``slideredit.max_lines``)."""
     if config.data.text_encoder == "flux":
         return FluxTextEncoder(config.model.pretrained, device, torch.bfloat16)
     if config.model.scratch is not None:
