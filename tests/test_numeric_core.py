@@ -148,6 +148,16 @@ def test_rendered_wording():
     assert REG.task("saturation").render(1.5) == "Increase the saturation by 1.5x"
     assert REG.task("temperature").render(-800) == "Decrease the colour temperature by 800 K"
     assert REG.task("noise").render(0.00001) == "Increase the noise by 0.00001"  # no exponent
+    # no change reads either way (the trainer words half of its no-change pairs as a decrease)
+    assert REG.task("exposure").render(0.0) == "Increase the exposure by 0 EV"
+    assert REG.task("exposure").render(0.0, decrease=True) == "Decrease the exposure by 0 EV"
+    assert REG.task("contrast").render(1.0, decrease=True) == "Decrease the contrast by 1x"
+    for task, none in (("exposure", 0.0), ("contrast", 1.0), ("hue", 0.0)):
+        edit = parse_line(REG.task(task).render(none, decrease=True))
+        assert (edit.task, edit.delta) == (task, none)
+    assert REG.task("exposure").render(-0.5, decrease=True) == "Decrease the exposure by 0.5 EV"
+    with pytest.raises(ValueError, match="exposure: 0.5 is an increase; only no change may be worded as a decrease"):
+        REG.task("exposure").render(0.5, decrease=True)
 
 
 def test_factor_deltas_and_normalisation():

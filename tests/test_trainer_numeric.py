@@ -155,8 +155,9 @@ def test_rows_are_pure_frame_pairs_of_one_trajectory_with_deltas_and_texts_from_
     from kontext_sliders.trainer.features import LineTextEncoder
     method, _ = prepared(cat_data, tmp_path)
     assert len(method.dataset.trajectories) == 4 and method.skipped == {}
-    # exposure: deltas k/3 * 2 EV between any two of 4 frames -> 7 texts; contrast: factors (1 + b/3) / (1 + a/3)
-    assert len(method.dataset.text_keys) == 7 + 13
+    # exposure: deltas k/3 * 2 EV between any two of 4 frames -> 7 texts; contrast: factors (1 + b/3) / (1 + a/3);
+    # no change worded both ways: one more text per task
+    assert len(method.dataset.text_keys) == 7 + 13 + 2
     assert method.rows(0, 7, 4) == method.rows(0, 7, 4) != method.rows(0, 8, 4)
     rows = [r for step in range(60) for r in method.rows(0, step, 4)]
     assert {r.source for r in rows} == {r.target for r in rows} == {0, 1, 2, 3}
@@ -169,7 +170,8 @@ def test_rows_are_pure_frame_pairs_of_one_trajectory_with_deltas_and_texts_from_
         (task_id, delta), = batch["edits"][i]
         assert task_id == DEFAULT_REGISTRY.task_id(traj.task)
         assert delta == pytest.approx(task.delta_between(traj.values[r.source], traj.values[r.target]), rel=1e-5)  # 6 digits
-        line = task.render(delta)
+        line = task.render(delta, r.decrease_wording)
+        assert r.decrease_wording <= (r.source == r.target)
         parsed = parse_line(line)
         assert (parsed.task, parsed.delta) == (traj.task, delta)
         # the offline encoder reads the line with its number as '#' (the numeric token carries the value)
@@ -178,6 +180,16 @@ def test_rows_are_pure_frame_pairs_of_one_trajectory_with_deltas_and_texts_from_
         assert torch.equal(batch["target"][i], method._image(traj.frames[r.target]))
         signs.add(task.direction(delta))
     assert signs == {-1, 0, 1}
+    # no-change pairs: both wordings, about half each; pairs that change something: their own wording only
+    same = [r for r in rows if r.source == r.target]
+    assert 0.25 < sum(r.decrease_wording for r in same) / len(same) < 0.75
+    assert not any(r.decrease_wording for r in rows if r.source != r.target)
+    worded = method.load([r for r in same if r.decrease_wording][:1], torch.device("cpu"))
+    r = next(r for r in same if r.decrease_wording)
+    traj = method.dataset.trajectories[r.trajectory]
+    line = DEFAULT_REGISTRY.task(traj.task).render(DEFAULT_REGISTRY.task(traj.task).identity, decrease=True)
+    assert line.startswith("Decrease") and worded["edits"][0][0][1] == DEFAULT_REGISTRY.task(traj.task).identity
+    assert torch.equal(worded["context"][0], encoder.encode_lines([encoder_text(method.config, line)])["context"])
 
 
 def test_a_few_steps_reduce_the_loss_on_a_fixed_batch(cat_data, tmp_path):

@@ -70,6 +70,9 @@ class NumericRow:
     target: int  # frame index
     sigma: float
     noise_seed: int
+    # a no-change pair (source = target) worded "decrease ... by 0" rather than "increase ... by 0": half of them,
+    # so that both wordings are anchored at no change and small deltas of either sign sit between trained ones
+    decrease_wording: bool = False
 
 
 def pair_delta(task: NumericTask, source_value: float, target_value: float) -> float:
@@ -97,7 +100,8 @@ def numeric_rows_for_step(seed: int, step: int, global_batch: int, frame_counts:
         t = int(torch.randint(len(frame_counts), (1,), generator=g))
         source, target = (int(v) for v in torch.randint(frame_counts[t], (2,), generator=g))
         sigma = float(TRAIN_SIGMAS[int(torch.randint(1000, (1,), generator=g))])
-        rows.append(NumericRow(t, source, target, sigma, seed * 1_000_003 + step * 4096 + i))
+        decrease = source == target and bool(torch.randint(2, (1,), generator=g))
+        rows.append(NumericRow(t, source, target, sigma, seed * 1_000_003 + step * 4096 + i, decrease))
     return rows
 
 
@@ -144,7 +148,9 @@ class NumericMethod(Method):
             log.warning("deltas outside the registry's range for %s: the adapter's coordinate goes past +-1 there",
                         ", ".join(outside))
         text_encoder = text_encoder_for(config, device, config.numeric.max_edits)
-        instructions = sorted({self.registry.task(task).render(d) for task, d in deltas})
+        instructions = sorted({self.registry.task(task).render(d) for task, d in deltas}
+                              | {self.registry.task(task).render(d, decrease=True) for task, d in deltas
+                                 if self.registry.task(task).direction(d) == 0})
         keys = {text: cached_lines([encoder_text(config, text)], cache, text_encoder) for text in instructions}
         text_encoder.release()
         self.dataset = NumericDataset(trajectories, keys, cached.skipped + skipped)
@@ -166,18 +172,21 @@ class NumericMethod(Method):
     def rows(self, seed: int, step: int, global_batch: int) -> list[NumericRow]:
         return numeric_rows_for_step(seed, step, global_batch, [len(t.frames) for t in self.dataset.trajectories])
 
-    def edit(self, trajectory: NumericTrajectory, source: int, target: int) -> tuple[int, float, str]:
-        """(task id, delta, instruction) of the pair of frames."""
+    def edit(self, trajectory: NumericTrajectory, source: int, target: int,
+             decrease_wording: bool = False) -> tuple[int, float, str]:
+        """(task id, delta, instruction) of the pair of frames; ``decrease_wording``: a no change pair's line
+        says "decrease"."""
         task = self.registry.task(trajectory.task)
         delta = pair_delta(task, trajectory.values[source], trajectory.values[target])
-        return self.registry.task_id(task.name), delta, task.render(delta)
+        decrease = decrease_wording and task.direction(delta) == 0
+        return self.registry.task_id(task.name), delta, task.render(delta, decrease)
 
     def _image(self, key: str) -> torch.Tensor:
         return self.cache.get("image", key)["latent"]
 
     def load(self, rows: list[NumericRow], device: torch.device) -> dict:
         trajs = [self.dataset.trajectories[r.trajectory] for r in rows]
-        edits = [self.edit(t, r.source, r.target) for t, r in zip(trajs, rows)]
+        edits = [self.edit(t, r.source, r.target, r.decrease_wording) for t, r in zip(trajs, rows)]
         texts = [self.cache.get("text", self.dataset.text_keys[e[2]]) for e in edits]
         target = torch.stack([self._image(t.frames[r.target]) for t, r in zip(trajs, rows)])
         batch = {"source": torch.stack([self._image(t.frames[r.source]) for t, r in zip(trajs, rows)]),

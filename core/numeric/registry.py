@@ -168,9 +168,14 @@ class NumericTask:
         names = f", also called {', '.join(repr(n) for n in self.names)}" if self.names else ""
         return f"{self.name} {span} ({units}{names})"
 
-    def render(self, delta: float) -> str:
-        """The instruction line for ``delta`` (the template filled in), which ``parse_line`` reads back to it."""
-        up = self.direction(delta) >= 0
+    def render(self, delta: float, decrease: bool = False) -> str:
+        """The instruction line for ``delta`` (the template filled in), which ``parse_line`` reads back to it.
+        No change reads either way ("increase ... by 0" by default; ``decrease``: "decrease ... by 0");
+        ``decrease`` with a delta that changes something is an error."""
+        direction = self.direction(delta)
+        if decrease and direction > 0:
+            raise ValueError(f"{self.name}: {delta} is an increase; only no change may be worded as a decrease")
+        up = direction > 0 or (direction == 0 and not decrease)
         if self.scale == "log":
             magnitude = delta if up else 1.0 / delta
         else:
