@@ -3,6 +3,7 @@ import itertools
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -91,17 +92,30 @@ def test_numeric_demo_on_a_base_editor_tiny(tmp_path):
     numeric = load_numeric_weights(weights / "numeric_demo.safetensors")
     kontinuous = load_kontinuous(weights / "kontinuous_demo.safetensors")
     assert numeric.lora_rank == kontinuous.lora_rank == 2 and numeric.lora_state and kontinuous.lora_state
-    # the base's samples: every frame unchanged under the empty prompt, two frames up / down in both text forms
+    # the base's samples: every frame unchanged under the empty prompt, two frames up / down in both text forms;
+    # per photo a two-line edit (both forms, both orders) on the composed truth
     edits = json.loads((out / "data" / "base" / "edits.json").read_text())["edits"]
     frames = read_manifest(out / "data" / "frames")
     per_trajectory = ND.TRAIN_FRAMES + 2 * 2 * (ND.TRAIN_FRAMES - ND.BASE_STEP)
-    assert len(edits) == len(frames) * per_trajectory
+    singles = [e for e in edits if len(e["instructions"]) < 2]
+    assert len(singles) == len(frames) * per_trajectory
     from kontext_sliders.core.numeric.parser import NUMBER_RE
     tasks = ND.demo_tasks(settings)
     expected = {()} | {(line,) for t in tasks for line in t.instructions} | {
         (NUMBER_RE.sub("#", DEFAULT_REGISTRY.task(t.name).render(d)),) for t in tasks for d in (1.0, -1.0)}
-    assert {tuple(e["instructions"]) for e in edits} == expected and len(expected) == 9
+    assert {tuple(e["instructions"]) for e in singles} == expected and len(expected) == 9
     assert all(e["target"] == e["image"] for e in edits if not e["instructions"])
+    pairs = [e for e in edits if len(e["instructions"]) == 2]
+    photos = {t.id.split("/", 1)[1] for t in frames}
+    assert len(pairs) == len(photos) * 4
+    exposure, hue = tasks
+    from PIL import Image
+    for e in pairs:
+        assert ["exposure" in line for line in e["instructions"]] in ([True, False], [False, True])
+        assert ["hue" in line for line in e["instructions"]] in ([True, False], [False, True])
+        source, target = (torch.tensor(np.asarray(Image.open(out / "data" / "base" / e[k])), dtype=torch.float)
+                          for k in ("image", "target"))
+        assert (source - target).abs().mean() > 1  # both edits applied (8-bit levels)
     # one text encoder for the three runs: the base's prompt vectors are the fine-tunes'
     n_config, k_config = ND.numeric_config(settings, out, weights / "base_editor"), ND.kontinuous_config(
         settings, out, weights / "base_editor")

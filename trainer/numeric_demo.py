@@ -133,28 +133,59 @@ def kontinuous_pairs(root: Path, frames_dir: Path, trajectories: list[Trajectory
 BASE_STEP = 2  # the base editor's one amount: two frames (half the range at 5 frames), up or down
 
 
-def base_edits(root: Path, frames_dir: Path, trajectories: list[Trajectory], tasks: dict[str, cat.CatTask]) -> Path:
-    """The base editor's samples under ``root`` (``edits.json``, images are the numeric run's frame files): per
-    trajectory, every frame edited ``BASE_STEP`` frames up ("increase ...") and down ("decrease ..."), each
-    in both text forms the sliders read (the Kontinuous instruction; the numeric line with its number as the
-    offline encoder reads it), and every frame unchanged under the empty prompt."""
+def _base_lines(task: cat.CatTask, delta: float) -> dict[str, str]:
+    """The base editor's line for an edit by ``delta`` in each text form the fine-tunes read: the Kontinuous
+    instruction, and the numeric line with its number as the offline encoder reads it."""
     from ..core.numeric import DEFAULT_REGISTRY
     from ..core.numeric.parser import NUMBER_RE
+    up = (delta >= 0) == (task.range[1] >= task.range[0])
+    return {"kontinuous": task.instructions[0 if up else 1],
+            "numeric": NUMBER_RE.sub("#", DEFAULT_REGISTRY.task(task.name).render(delta))}
+
+
+def base_edits(root: Path, frames_dir: Path, trajectories: list[Trajectory], tasks: list[cat.CatTask],
+               photos: list[cat.Photo], seed: int) -> Path:
+    """The base editor's samples under ``root`` (``edits.json``): per trajectory (its images are the numeric
+    run's frame files), every frame edited ``BASE_STEP`` frames up ("increase ...") and down ("decrease ..."),
+    in both text forms (``_base_lines``), and every frame unchanged under the empty prompt; per photo, one
+    two-line edit of the first two tasks (each from a random frame-grid value, ``BASE_STEP`` frames up or down,
+    composed A then B as the evaluation's truth; images under ``root/composed``), in both forms and both line
+    orders: an editor that, like FLUX.1 Kontext, knows prompts of several instructions, while the sliders
+    trained on it see single edits only."""
     from .data.edits import EditSample, write_edits
+    by_name = {t.name: t for t in tasks}
     rel = Path(os.path.relpath(frames_dir, root))
     samples = []
     for t in trajectories:
-        task, spec = tasks[t.task], DEFAULT_REGISTRY.task(t.task)
+        task = by_name[t.task]
         for k, source in enumerate(t.frames):
             image = str(rel / source.path)
             samples.append(EditSample(f"{t.id}/{k}/none", image, (), image))
-            for j, direction in ((k + BASE_STEP, 0), (k - BASE_STEP, 1)):
-                if not 0 <= j < len(t.frames):
-                    continue
-                target = t.frames[j]
-                numeric_line = NUMBER_RE.sub("#", spec.render(target.value - source.value))
-                for form, line in (("kontinuous", task.instructions[direction]), ("numeric", numeric_line)):
-                    samples.append(EditSample(f"{t.id}/{k}-{j}/{form}", image, (line,), str(rel / target.path)))
+            for j in (k + BASE_STEP, k - BASE_STEP):
+                if 0 <= j < len(t.frames):
+                    for form, line in _base_lines(task, t.frames[j].value - source.value).items():
+                        samples.append(EditSample(f"{t.id}/{k}-{j}/{form}", image, (line,),
+                                                  str(rel / t.frames[j].path)))
+    a, b = tasks[:2]
+    last = TRAIN_FRAMES - 1
+    for photo in photos:
+        g = torch.Generator().manual_seed(cat.trajectory_seed(seed, f"composed/{photo.name}"))
+        ka, kb = (int(v) for v in torch.randint(TRAIN_FRAMES, (2,), generator=g))
+        ja = ka + BASE_STEP if ka + BASE_STEP <= last else ka - BASE_STEP
+        jb = kb + BASE_STEP if kb + BASE_STEP <= last else kb - BASE_STEP
+        noise_seed = cat.trajectory_seed(seed, f"composed/{photo.name}/noise")
+        paths = []
+        for i, j in ((ka, kb), (ja, jb)):
+            path = f"composed/{photo.name}/{i}-{j}.png"
+            image = b.apply(a.apply(photo.image.unsqueeze(0), a.value_at(i / last), noise_seed), b.value_at(j / last),
+                            noise_seed)[0]
+            cat.save_png(image, root / path)
+            paths.append(path)
+        la = _base_lines(a, a.value_at(ja / last) - a.value_at(ka / last))
+        lb = _base_lines(b, b.value_at(jb / last) - b.value_at(kb / last))
+        for form in la:
+            for order, lines in (("ab", (la[form], lb[form])), ("ba", (lb[form], la[form]))):
+                samples.append(EditSample(f"composed/{photo.name}/{form}-{order}", paths[0], lines, paths[1]))
     root.mkdir(parents=True, exist_ok=True)
     return write_edits(root, samples, tool="kontext-sliders demo --method numeric (base editor)")
 
@@ -383,7 +414,7 @@ def _run(s: NumericDemoSettings) -> NumericDemoResult:
     trajectories = cat.synthesize(frames_dir, train_photos, tasks, TRAIN_FRAMES, s.seed, s.background, s.extents)
     kontinuous_pairs(pairs_dir, frames_dir, trajectories, {t.name: t for t in tasks})
     if s.base_steps:
-        base_edits(s.out / "data" / "base", frames_dir, trajectories, {t.name: t for t in tasks})
+        base_edits(s.out / "data" / "base", frames_dir, trajectories, tasks, train_photos, s.seed)
     seconds["data"] = time.perf_counter() - t0
 
     weights, base = s.out / "weights", None

@@ -543,7 +543,7 @@ def trajectory_seed(seed: int, trajectory_id: str) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def _save_png(image: torch.Tensor, path: Path) -> None:
+def save_png(image: torch.Tensor, path: Path) -> None:
     array = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
 
@@ -570,13 +570,13 @@ def synthesize_trajectory(out: Path, task: CatTask, photo: Photo, frames: int, s
             image = t.apply(image, value if t.name == task.name else v, noise_seed)
         return image[0]
 
-    _save_png(render(task.identity), out / tid / "source.png")
+    save_png(render(task.identity), out / tid / "source.png")
     records = []
     for k in range(frames):
         strength = k / n * extent
         value = task.value_at(strength)
         path = f"{tid}/{k:0{width}d}.png"
-        _save_png(render(value), out / path)
+        save_png(render(value), out / path)
         records.append(Frame(path, strength, value))
     extra = {"background": {t.name: v for t, v in chain if t.name != task.name}} if background else {}
     return Trajectory(tid, f"{tid}/source.png", task.instruction(), tuple(records), task.name, task.unit, extra)
