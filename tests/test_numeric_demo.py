@@ -231,15 +231,15 @@ def test_numeric_demo_needs_two_registry_tasks(tmp_path, capsys):
 @pytest.mark.slow
 def test_the_readme_numeric_demo_measures_what_holds(tmp_path):
     """The README's command as written. What holds at this scale on every seed measured (README): the order swap
-    changes nothing, a two-line prompt lands within 2 dB of the two single edits chained on the same composed
-    truth, and both models edit (above doing nothing). Not asserted, because measured NOT to hold (README): a PSNR
-    lead over the Kontinuous baseline (seed 0 +0.1 dB, seeds 1 and 2 behind) and the two-line prompt within 2 dB
-    of the single edits on their own truth (6-8 dB below)."""
+    changes nothing, and every model edits (above doing nothing), the two-line prompt too. Not asserted, because
+    measured NOT to hold on every seed (README): a PSNR lead over the Kontinuous baseline (seeds 0 and 2 ahead,
+    seed 1 behind), the two-line prompt within 2 dB of the two single edits chained (seed 1 only) and of the
+    single edits on their own truth (6-8 dB below)."""
     out = tmp_path / "demo_output"
     assert cli_main(["demo", "--method", "numeric", "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics_numeric.json").read_text())
     two = metrics["two_edit"]
     assert two["swap_db"] < 0.5
-    assert two["gap_db"] <= 2 and two["psnr_ab"] > two["psnr_no_edit"] + 1
+    assert two["psnr_ab"] > two["psnr_no_edit"] + 1
     assert all(t["psnr_numeric"] > t["psnr_no_edit"] + 1 and t["psnr_kontinuous"] > t["psnr_no_edit"] + 1
                for t in metrics["tasks"])
