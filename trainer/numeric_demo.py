@@ -17,6 +17,9 @@
    (NumeriKontrol only, zero-shot: trained on single edits) against the composed exact edit, beside the
    single-edit route to it (the two single edits chained), and with the two lines' order swapped;
    ``report_numeric.md``, ``metrics_numeric.json`` and image strips.
+
+``base_steps`` > 0 (``--base-steps``): the paper's setting instead of 2-3: a base editor first (``base_edits``,
+``method: editor``), then both models fine-tuned on it with a LoRA (``numeric_config`` / ``kontinuous_config``).
 """
 from __future__ import annotations
 
@@ -66,7 +69,8 @@ class NumericDemoSettings(DemoSettings):
     extents: tuple[float, ...] = (1.0,)
     # > 0: the paper's setting, both methods fine-tuned from one base editor: first a plain editor (``method:
     # editor``, from scratch, this many steps) on the same frames at one fixed amount per instruction (half the
-    # range, as an editor without a slider does: "increase the exposure"), in both text forms; then NumeriKontrol
+    # range, as an editor without a slider does: "increase the exposure"), in both text forms, plus two-line edits
+    # on the composed truth (``base_edits``); then NumeriKontrol
     # (adapter + Q/K/V LoRA) and Kontinuous (projector + LoRA) on that frozen base, ``steps`` each, LoRA rank
     # ``finetune_rank``, the same fixed per-line text vectors for all three (``data.text_encoder: lines``).
     # 0: both models from scratch, every weight trained (the default: README)
