@@ -31,6 +31,16 @@ def lora_from_trainable(trainable: dict[str, torch.Tensor], dtype: torch.dtype =
     return lora
 
 
+def trainable_from_lora(lora: dict[str, torch.Tensor], adapter: str = "default") -> dict[str, torch.Tensor]:
+    """The inverse of ``lora_from_trainable``: diffusers' LoRA keys -> peft's (adapter ``adapter``)."""
+    out = {}
+    for key, value in lora.items():
+        m = LORA_KEY.match(key)
+        if m:
+            out[f"transformer.{m['module']}.{m['half']}.{adapter}.weight"] = value
+    return out
+
+
 def weights_from_trainable(trainable: dict[str, torch.Tensor], lora_alpha: float | None,
                            dtype: torch.dtype = torch.float32) -> KontinuousWeights:
     projector = {k[len("projector."):]: v.to(dtype) for k, v in trainable.items() if k.startswith("projector.")}

@@ -39,7 +39,7 @@ from .data import cat
 from .data.trajectories import Frame, Trajectory, write_manifest
 from .demo import (TRAIN_FRAMES, DemoSettings, demo_config, demo_photos, demo_tasks, export_editor_model, with_threads)
 from .editor import export_editor
-from .export import export_checkpoint
+from .export import export_checkpoint, trainable_from_lora
 from .metrics import psnr
 from .numeric import encoder_text
 from .numeric_model import NumericModel
@@ -70,9 +70,9 @@ class NumericDemoSettings(DemoSettings):
     # > 0: the paper's setting, both methods fine-tuned from one base editor: first a plain editor (``method:
     # editor``, from scratch, this many steps) on the same frames at one fixed amount per instruction (half the
     # range, as an editor without a slider does: "increase the exposure"), in both text forms, plus two-line edits
-    # on the composed truth (``base_edits``); then NumeriKontrol
-    # (adapter + Q/K/V LoRA) and Kontinuous (projector + LoRA) on that frozen base, ``steps`` each, LoRA rank
-    # ``finetune_rank``, the same fixed per-line text vectors for all three (``data.text_encoder: lines``).
+    # on the composed truth (``base_edits``); then NumeriKontrol (adapter + Q/K/V LoRA) and Kontinuous (projector
+    # + LoRA) on that frozen base, ``steps`` each, LoRA rank ``finetune_rank``, the same fixed per-line text
+    # vectors for all three (``data.text_encoder: lines``).
     # 0: both models from scratch, every weight trained (the default: README)
     base_steps: int = 0
     finetune_rank: int = 16
@@ -301,8 +301,7 @@ def kontinuous_on_base(config: TrainConfig, weights_file: Path) -> torch.nn.Modu
     from .model import build_model
     weights = load_kontinuous(weights_file)
     model = build_model(config)
-    lora = {k.replace(".lora_A.weight", ".lora_A.default.weight").replace(".lora_B.weight", ".lora_B.default.weight"):
-            v for k, v in weights.lora_state.items()}
+    lora = trainable_from_lora(weights.lora_state)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad and "lora_" in n}
     if set(lora) != trainable:
         raise ValueError(f"{weights_file}: LoRA modules differ from the run's ({len(lora)} vs {len(trainable)})")
