@@ -210,9 +210,10 @@ def test_extents_make_trajectories_stop_short_of_the_range(tmp_path, capsys):
         assert [f.strength for f in t.frames] == [extent * k / 4 for k in range(5)]
         assert [f.value for f in t.frames] == [task.value_at(f.strength) for f in t.frames]
     assert spans == {0.5, 1.0}
-    for bad in ("0", "1.5", "x", ""):
+    assert C.parse_extents("1/3, 2/3,1") == (1 / 3, 2 / 3, 1.0)  # fractions as the README writes them
+    for bad in ("0", "1.5", "x", "", "1/0", "4/3"):
         assert C.run_cat(_cat_args("--out", str(tmp_path / "bad"), *common, "--extents", bad)) == 2
-        assert "--extents takes comma-separated numbers in (0, 1]" in capsys.readouterr().err
+        assert "--extents takes comma-separated numbers or fractions in (0, 1]" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
 
 

@@ -625,13 +625,15 @@ def synthesize(out: str | Path, photos: Sequence[Photo], tasks: Sequence[CatTask
 # ---------------------------------------------------------------- command line
 
 def parse_extents(text: str) -> tuple[float, ...]:
-    """'0.667,1' -> (0.667, 1.0); each in (0, 1]."""
+    """'0.667,1' or '1/3,2/3,1' -> the fractions as floats; each in (0, 1]."""
+    from fractions import Fraction
+    message = f"--extents takes comma-separated numbers or fractions in (0, 1], e.g. '0.667,1' or '1/3,2/3,1'; got {text!r}"
     try:
-        extents = tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise ValueError(f"--extents takes comma-separated numbers in (0, 1], e.g. '0.667,1'; got {text!r}") from None
+        extents = tuple(float(Fraction(x.strip())) for x in text.split(",") if x.strip())
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(message) from None
     if not extents or not all(0 < e <= 1 for e in extents):
-        raise ValueError(f"--extents takes comma-separated numbers in (0, 1], e.g. '0.667,1'; got {text!r}")
+        raise ValueError(message)
     return extents
 
 
