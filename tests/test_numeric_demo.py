@@ -207,15 +207,16 @@ def test_composed_error_psnr_adds_mean_squared_errors():
 
 def test_train_transformer_trains_every_weight_and_no_lora(tmp_path):
     from kontext_sliders.trainer.numeric import NumericMethod
-    base = {"method": "numeric", "model": {"scratch": DEMO_TRANSFORMER, "gradient_checkpointing": False},
-            "data": {"text_encoder": "learned", "pixel_space": True}, "numeric": {"train_transformer": True}}
+    base = {"method": "numeric", "model": {"scratch": DEMO_TRANSFORMER, "gradient_checkpointing": False,
+                                           "train_transformer": True},
+            "data": {"text_encoder": "learned", "pixel_space": True}}
     method = NumericMethod(config_from_dict(base))
     method.registry = DEFAULT_REGISTRY
     model = method.build_model()
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {n for n, _ in model.named_parameters()} and not any("lora_" in n for n in trainable)
-    with pytest.raises(ConfigError, match="from scratch"):
-        config_from_dict(base | {"model": {"pretrained": str(tmp_path)}})
+    with pytest.raises(ConfigError, match="model.train_transformer must be true or false"):
+        config_from_dict(base | {"model": {"scratch": DEMO_TRANSFORMER, "train_transformer": "yes"}})
 
 
 def test_numeric_demo_needs_two_registry_tasks(tmp_path, capsys):

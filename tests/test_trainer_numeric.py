@@ -426,3 +426,72 @@ def test_train_on_the_pretrained_folder_vae_and_t5_path(cat_data, tmp_path):
     assert len(lora) == 2 * (6 + 3)  # 1 double block (Q/K/V of both streams) + 1 single block (joint Q/K/V)
     assert all(trained[k].abs().max() > 0 for k in lora if "lora_B" in k)
     assert (tmp_path / "run" / "validation" / "step-00000002" / "numeric.png").is_file()
+
+
+def test_a_full_fine_tune_of_a_pretrained_base_trains_and_exports_the_transformer(cat_data, exported, tmp_path):
+    """model.train_transformer on a pretrained folder: every transformer weight and the adapter train, no LoRA;
+    export writes the trained transformer beside the numeric file, refuses to drop it, and refuses a transformer
+    folder for a LoRA-only run. The base folder itself is never written."""
+    import contextlib
+    import io
+    from diffusers import FluxTransformer2DModel
+    from safetensors.torch import load_file
+    from kontext_sliders.core.numeric import load_numeric_weights
+    from kontext_sliders.trainer.checkpoint import latest_checkpoint
+    from kontext_sliders.trainer.cli import main
+    from kontext_sliders.trainer.config import config_from_dict
+    from kontext_sliders.trainer.loop import train
+    torch.manual_seed(3)
+    FluxTransformer2DModel(**TINY).save_pretrained(tmp_path / "base" / "transformer")
+    before = load_file(tmp_path / "base" / "transformer" / "diffusion_pytorch_model.safetensors")
+    raw = numeric_config(cat_data, tmp_path / "run", max_steps=2)
+    raw["model"] = {"pretrained": str(tmp_path / "base"), "gradient_checkpointing": False, "train_transformer": True}
+    train(config_from_dict(raw))
+    trainable = load_file(latest_checkpoint(tmp_path / "run") / "trainable.safetensors")
+    base_names = {f"transformer.{k}" for k in before}
+    assert base_names <= set(trainable) and not any("lora_" in k for k in trainable)
+    assert any(k.startswith("adapter.") for k in trainable)
+    changed = [k for k in before if not torch.equal(before[k], trainable[f"transformer.{k}"])]
+    assert changed  # the base's own weights trained ...
+    after = load_file(tmp_path / "base" / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(before[k], after[k]) for k in before)  # ... in the run, not in the base folder
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "n.safetensors")]) == 2
+    assert "--transformer-out" in err.getvalue() and not (tmp_path / "n.safetensors").exists()
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "n.safetensors"),
+                     "--transformer-out", str(tmp_path / "tuned")]) == 0
+    weights = load_numeric_weights(tmp_path / "n.safetensors")
+    assert weights.lora_state == {} and weights.adapter_state
+    tuned = FluxTransformer2DModel.from_pretrained(str(tmp_path / "tuned"), subfolder="transformer").state_dict()
+    assert set(tuned) == set(before)
+    assert all(torch.equal(tuned[k], trainable[f"transformer.{k}"]) for k in tuned)
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):  # a LoRA-only run has no transformer to write
+        assert main(["export", str(exported[0]), "--out", str(tmp_path / "m.safetensors"),
+                     "--transformer-out", str(tmp_path / "none")]) == 2
+    assert "drop --transformer-out" in err.getvalue() and not (tmp_path / "none").exists()
+
+
+def test_train_transformer_config_errors(tmp_path):
+    from kontext_sliders.trainer.config import ConfigError, config_from_dict
+    from kontext_sliders.trainer.model import build_transformer
+    (tmp_path / "base" / "transformer").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="SliderEdit run keeps its base frozen"):
+        config_from_dict({"method": "slideredit", "model": {"pretrained": str(tmp_path), "train_transformer": True}})
+    with pytest.raises(ConfigError, match="set lora.enabled: false"):
+        config_from_dict({"model": {"pretrained": str(tmp_path), "train_transformer": True}})
+    # a full Kontinuous fine-tune: every weight of the pretrained base trains, no LoRA
+    from diffusers import FluxTransformer2DModel
+    FluxTransformer2DModel(**TINY).save_pretrained(tmp_path / "base" / "transformer")
+    config = config_from_dict({"model": {"pretrained": str(tmp_path / "base"), "train_transformer": True},
+                               "lora": {"enabled": False}})
+    transformer = build_transformer(config)
+    assert all(p.requires_grad for p in transformer.parameters())
+    assert not any("lora_" in n for n, _ in transformer.named_parameters())
+    frozen = build_transformer(config_from_dict({"model": {"pretrained": str(tmp_path / "base")},
+                                                 "lora": {"enabled": False}}))
+    assert not any(p.requires_grad for p in frozen.parameters())

@@ -65,10 +65,17 @@ def _export(args) -> int:
         raise UsageError(f"{path} is neither a checkpoint folder nor a run folder with checkpoints "
                          "(pass run.output_dir of a training run, or one of its checkpoints/checkpoint-N)")
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
-    weights = export_checkpoint(path, args.out, args.official_dir, dtype)
+    try:
+        weights = export_checkpoint(path, args.out, args.official_dir, dtype, args.transformer_out)
+    except ValueError as e:  # the run and the flags do not fit (each message names the fix)
+        raise UsageError(str(e)) from None
+    if weights is None:  # an editor run: its transformer folder
+        print(f"exported the editor's transformer to {Path(args.out) / 'transformer'}")
+        return 0
     what = (weights.describe() if hasattr(weights, "describe") else
             f"projector {weights.projector_config} + LoRA ({len(weights.lora_state) // 2} modules)")
-    print(f"exported {what} to " + ", ".join(str(p) for p in (args.out, args.official_dir) if p))
+    written = [args.out, args.official_dir, args.transformer_out and Path(args.transformer_out) / "transformer"]
+    print(f"exported {what} to " + ", ".join(str(p) for p in written if p))
     return 0
 
 
@@ -104,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also write the official layout into this folder (Kontinuous: slider_projector.pth "
                              "+ LoRA; SliderEdit: the authors' selective_lora.safetensors or "
                              "pytorch_lora_weights.safetensors)")
+    export.add_argument("--transformer-out", metavar="DIR",
+                        help="a run that trained the transformer itself (model.train_transformer, or from scratch): "
+                             "write the trained transformer into DIR/transformer (a diffusers folder), the base the "
+                             "slider file runs on")
     export.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
                         help="precision of the written tensors (default: %(default)s)")
 

@@ -33,6 +33,11 @@ class ModelSection:
     # A FluxTransformer2DModel config for a model trained from scratch (the offline demo); then every
     # transformer weight is trainable, since there is no pretrained base to adapt.
     scratch: dict | None = None
+    # Every transformer weight trains too: a full fine-tune of model.pretrained (kontinuous, editor: with
+    # lora.enabled false; numeric: no LoRA is added). From scratch, kontinuous and editor runs train every weight
+    # anyway; a scratch numeric run needs it (without it its transformer stays frozen under the numeric LoRA).
+    # Export then writes the transformer too (`export --transformer-out DIR`).
+    train_transformer: bool = False
     gradient_checkpointing: bool = True
     guidance: float = 1.0  # the guidance embedding's value during training (official: 1.0)
 
@@ -182,9 +187,6 @@ class NumericSection:
     init: str = "gaussian"  # peft's init_lora_weights: "gaussian" (A ~ N(0, 1/r)) or "default" (kaiming); B zeros
     guidance: float = 1.0  # the guidance embedding's value in training (the paper: "CFG 1.0")
     max_edits: int = 3  # data.text_encoder learned: room for this many sub-instructions in a prompt
-    # model.scratch only: every transformer weight trains with the adapter and no LoRA is added (a LoRA on weights
-    # that train anyway adds nothing); how the offline demo trains its whole editor, as the Kontinuous demo does
-    train_transformer: bool = False
 
     def __post_init__(self):
         for key in ("frequencies", "encoder_width", "embed_width", "decoder_width", "max_edits"):
@@ -197,8 +199,6 @@ class NumericSection:
             if bad or not self.targets:
                 raise ConfigError(f"numeric.targets: cannot target {', '.join(map(repr, bad)) or 'nothing'}; "
                                   f"allowed: {', '.join(OFFICIAL_LORA_TARGETS)}")
-        if not isinstance(self.train_transformer, bool):
-            raise ConfigError(f"numeric.train_transformer must be true or false, got {self.train_transformer!r}")
         if self.init not in ("gaussian", "default"):
             raise ConfigError(f"numeric.init must be gaussian or default, got {self.init!r}")
         if isinstance(self.registry, str):
@@ -280,9 +280,15 @@ def config_from_dict(data: dict) -> TrainConfig:
     defaults = TrainConfig()
     config = TrainConfig(method=method, **{name: _section_from_dict(type(getattr(defaults, name)),
                                                                     data.get(name, {}), name) for name in sections})
-    if method == "numeric" and config.numeric.train_transformer and config.model.scratch is None:
-        raise ConfigError("numeric.train_transformer is for a transformer trained from scratch (model.scratch); "
-                          "a pretrained base stays frozen and trains the numeric LoRA")
+    if not isinstance(config.model.train_transformer, bool):
+        raise ConfigError(f"model.train_transformer must be true or false, got {config.model.train_transformer!r}")
+    if config.model.train_transformer and method == "slideredit":
+        raise ConfigError("model.train_transformer: a SliderEdit run keeps its base frozen (the base on the full "
+                          "prompt is its teacher); set it to false")
+    if (config.model.train_transformer and method in ("kontinuous", "editor") and config.model.pretrained is not None
+            and config.lora.enabled):
+        raise ConfigError("model.train_transformer trains every weight of the base: a LoRA on weights that train "
+                          "anyway adds nothing; set lora.enabled: false (or model.train_transformer: false)")
     if method == "numeric" and config.numeric.registry is None:  # the registry travels with the run
         config.numeric.registry = config.numeric.task_registry().to_json()
     return config

@@ -221,10 +221,11 @@ def load_editor(editor_file: Path, projector_file: Path | None = None) -> Kontex
 
 def export_editor_model(config: TrainConfig, result, instructions: list[str], weights_dir: Path) -> KontextSliderModel:
     """A scratch Kontinuous run's files: the projector the ComfyUI loader reads
-    (``kontinuous_demo.safetensors``) and the whole editor (``demo_editor.safetensors``); returns the editor
-    rebuilt from those files, so what is evaluated is exactly what was written."""
+    (``kontinuous_demo.safetensors``), its transformer as a diffusers folder (``transformer/``) and the whole editor
+    (``demo_editor.safetensors``: transformer, learned text embedding, projector); returns the editor rebuilt from
+    the last file, so what is evaluated is exactly what was written."""
     projector_file = weights_dir / "kontinuous_demo.safetensors"
-    export_checkpoint(result.output_dir, projector_file)
+    export_checkpoint(result.output_dir, projector_file, transformer_dir=weights_dir)
     trainable, _ = load_checkpoint(latest_checkpoint(result.output_dir))
     trained = build_model(config, instructions)
     missing = {n for n, p in trained.named_parameters() if p.requires_grad} - set(trainable)

@@ -53,8 +53,13 @@ def weights_from_trainable(trainable: dict[str, torch.Tensor], lora_alpha: float
 
 def export_checkpoint(checkpoint: str | Path, out_file: str | Path | None = None,
                       official_dir: str | Path | None = None,
-                      dtype: torch.dtype = torch.float32) -> KontinuousWeights | SliderEditWeights:
+                      dtype: torch.dtype = torch.float32,
+                      transformer_dir: str | Path | None = None) -> KontinuousWeights | SliderEditWeights:
     """``checkpoint``: a checkpoint folder, or a run's output folder (its newest checkpoint).
+
+    A run that trained the transformer's own weights (``model.train_transformer``, or a scratch transformer)
+    needs ``transformer_dir`` too: the trained transformer goes there as a diffusers folder
+    (``<transformer_dir>/transformer``, ``editor.export_editor``), beside the slider file that runs on it.
 
     A NumeriKontrol run (``method: numeric``) goes to one NumeriKontrol file (``core.numeric.save_numeric_weights``:
     adapter + LoRA + the registry).
@@ -76,6 +81,21 @@ def export_checkpoint(checkpoint: str | Path, out_file: str | Path | None = None
             raise ValueError("an editor run exports to a folder: give --out DIR (its transformer goes to DIR/transformer)")
         export_editor(trainable, config, out_file)
         return None
+    trained_base = any(k.startswith("transformer.") and "lora_" not in k for k in trainable)
+    if config.get("method") in ("kontinuous", "numeric", None):
+        if trained_base and transformer_dir is None:
+            raise ValueError(f"{path}: this run trained the transformer's own weights (model.train_transformer or a "
+                             "transformer from scratch); the slider file alone would run on an untrained base: give "
+                             "--transformer-out DIR as well (the trained transformer, a diffusers folder)")
+        if transformer_dir is not None and not trained_base:
+            raise ValueError(f"{path}: this run trained no transformer weight (only the slider and its LoRA): "
+                             "there is no transformer to write; drop --transformer-out")
+        if transformer_dir is not None:
+            from .editor import export_editor
+            export_editor(trainable, config, transformer_dir)
+    elif transformer_dir is not None:
+        raise ValueError(f"--transformer-out is for kontinuous and numeric runs that train the transformer; this "
+                         f"is a {config['method']} run")
     if config.get("method") == "numeric":
         if official_dir:
             raise ValueError("a numeric run has no official layout (there is no released code): give --out FILE only")

@@ -121,9 +121,10 @@ def kontext_velocity(transformer, noisy: torch.Tensor, source: torch.Tensor, sig
 def build_transformer(config: TrainConfig, dtype: torch.dtype = torch.float32):
     """The FLUX transformer: pretrained (frozen, LoRA added) or from scratch (everything trainable).
 
-    SliderEdit (``method: slideredit``) keeps the base frozen either way (it is its own teacher) and adds
-    no peft LoRA: its adapter is ``slideredit_model.SliderEditAdapter``. NumeriKontrol (``method: numeric``) adds
-    its own LoRA to a frozen base, except from scratch with ``numeric.train_transformer`` (every weight trains).
+    ``model.train_transformer``: every weight trains, pretrained too (a full fine-tune). SliderEdit
+    (``method: slideredit``) keeps the base frozen either way (it is its own teacher) and adds no peft LoRA: its
+    adapter is ``slideredit_model.SliderEditAdapter``. NumeriKontrol (``method: numeric``) adds its own LoRA to a
+    frozen transformer (trainer/numeric.py), none when every weight trains.
     """
     from diffusers import FluxTransformer2DModel
     m = config.model
@@ -134,9 +135,8 @@ def build_transformer(config: TrainConfig, dtype: torch.dtype = torch.float32):
         transformer = FluxTransformer2DModel.from_pretrained(m.pretrained, subfolder="transformer", torch_dtype=dtype)
     else:
         transformer = FluxTransformer2DModel(**m.scratch)
-    peft_lora = config.method in ("kontinuous", "editor")  # SliderEdit brings its own adapter
-    whole = config.method == "numeric" and config.numeric.train_transformer  # a scratch numeric run, whole
-    if m.pretrained is not None or not (peft_lora or whole):
+    peft_lora = config.method in ("kontinuous", "editor")  # SliderEdit and NumeriKontrol bring their own
+    if not (m.train_transformer or (m.scratch is not None and peft_lora)):
         transformer.requires_grad_(False)
     # a scratch editor trains every weight; a scratch Kontinuous run keeps its LoRA as configured (as before)
     if peft_lora and config.lora.enabled and (m.pretrained is not None or config.method == "kontinuous"):

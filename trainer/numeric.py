@@ -19,8 +19,9 @@ skipped and counted.
 One step, per row: x_sigma = (1 - sigma) target + sigma eps; the model's velocity from (x_sigma, the source
 frame's latent, the instruction's T5 tokens with the numeric token in front); loss = MSE against eps - target
 in fp32. Trainable: the adapter (task embeddings included) and the LoRA; the transformer is frozen
-(``numeric.train_transformer``, scratch only: the adapter and every transformer weight, no LoRA; the numeric
-file then holds the adapter alone and the transformer goes out as an editor folder, ``editor.export_editor``). Which
+(``model.train_transformer``: the adapter and every transformer weight, no LoRA, pretrained or from scratch; the
+numeric file then holds the adapter alone and the transformer goes out as a diffusers folder, ``export
+--transformer-out``). Which
 trajectory and frames, sigma and noise are a pure function of (seed, step, row), so resume is exact.
 """
 from __future__ import annotations
@@ -164,7 +165,7 @@ class NumericMethod(Method):
     def build_model(self) -> NumericModel:
         nc = self.config.numeric
         transformer = build_transformer(self.config)  # frozen: the method adds its own LoRA ...
-        if not nc.train_transformer:  # ... unless every weight of a scratch transformer trains
+        if not self.config.model.train_transformer:  # ... unless every weight trains
             add_numeric_lora(transformer, nc.rank, nc.alpha, nc.targets, nc.init)
         adapter = NumericAdapter(self.registry, adapter_config(self.config, transformer.config.joint_attention_dim))
         return NumericModel(transformer, adapter, nc.guidance)

@@ -2,7 +2,7 @@
 
 1. data: ``synth cat`` trajectories (frames at strengths 0, 1/4, ..., 1 of each task's range) on the Kontinuous
    demo's training crops (``demo.demo_photos``: two photos held out entirely);
-2. NumeriKontrol (``method: numeric``, ``numeric.train_transformer``): the demo's tiny FLUX transformer from
+2. NumeriKontrol (``method: numeric``, ``model.train_transformer``): the demo's tiny FLUX transformer from
    scratch, every weight trained with the numeric adapter, no LoRA; rows = any two frames of one trajectory,
    the delta in the task's unit, the instruction from the registry's template;
 3. the baseline, Kontinuous (``method: kontinuous``, the Kontinuous demo's recipe: ``demo.demo_config``) on the
@@ -38,7 +38,6 @@ from .config import TrainConfig, config_from_dict
 from .data import cat
 from .data.trajectories import Frame, Trajectory, write_manifest
 from .demo import (TRAIN_FRAMES, DemoSettings, demo_config, demo_photos, demo_tasks, export_editor_model, with_threads)
-from .editor import export_editor
 from .export import export_checkpoint, trainable_from_lora
 from .metrics import psnr
 from .numeric import encoder_text
@@ -222,8 +221,8 @@ def numeric_config(s: NumericDemoSettings, frames_dir: Path, base: Path | None =
     d = demo_config(s, frames_dir).to_dict()
     d["method"] = "numeric"
     d.pop("projector", None)
-    d["numeric"] = ({"train_transformer": True, "max_edits": s.max_edits} if base is None else
-                    {"max_edits": s.max_edits, "rank": s.finetune_rank})
+    d["numeric"] = {"max_edits": s.max_edits} if base is None else {"max_edits": s.max_edits, "rank": s.finetune_rank}
+    d["model"]["train_transformer"] = base is None
     d["data"]["cache_dir"] = str(s.out / "cache_numeric")
     d["run"]["output_dir"] = str(s.out / "numeric_run")
     return config_from_dict(_finetune(d, s, base))
@@ -434,11 +433,8 @@ def _run(s: NumericDemoSettings) -> NumericDemoResult:
     n_config = numeric_config(s, frames_dir, base)
     n_result = train(n_config)
     numeric_file = weights / "numeric_demo.safetensors"
-    export_checkpoint(n_result.output_dir, numeric_file)
-    if base is None:
-        from .checkpoint import latest_checkpoint, load_checkpoint
-        trainable, _ = load_checkpoint(latest_checkpoint(n_result.output_dir))
-        export_editor(trainable, n_config, weights / "numeric_transformer")
+    export_checkpoint(n_result.output_dir, numeric_file,
+                      transformer_dir=weights / "numeric_transformer" if n_config.model.train_transformer else None)
     seconds["train numeric"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
