@@ -177,6 +177,41 @@ class Oracle:
         return self(sources, [(task.name, delta)])
 
 
+def test_numeric_demo_whole_fine_tunes_on_a_base_editor_tiny(tmp_path):
+    """``finetune="whole"``: both fine-tunes train every weight of the base (no LoRA) at ``finetune_lr``; each
+    exports its own transformer, the evaluated models are those files, and the base folder is not written."""
+    from kontext_sliders.core.formats import load_kontinuous
+    from kontext_sliders.trainer.checkpoint import latest_checkpoint, load_checkpoint
+    from kontext_sliders.trainer.model import build_model
+    from safetensors.torch import load_file
+    settings = tiny(tmp_path / "demo", base_steps=3, finetune="whole", finetune_lr=3e-4)
+    n_config = ND.numeric_config(settings, tmp_path, tmp_path / "base")
+    k_config = ND.kontinuous_config(settings, tmp_path, tmp_path / "base")
+    for c in (n_config, k_config):
+        assert c.model.train_transformer and c.optim.lr == 3e-4 and not c.lora.enabled
+    result = ND.run_numeric_demo(settings)
+    weights = settings.out / "weights"
+    assert load_numeric_weights(weights / "numeric_demo.safetensors").lora_state == {}
+    assert load_kontinuous(weights / "kontinuous_demo.safetensors").lora_state == {}
+    base = load_file(weights / "base_editor" / "transformer" / "diffusion_pytorch_model.safetensors")
+    tuned = {name: load_file(weights / name / "transformer" / "diffusion_pytorch_model.safetensors")
+             for name in ("numeric_transformer", "kontinuous_transformer")}
+    for name, state in tuned.items():
+        assert set(state) == set(base) and any(not torch.equal(state[k], base[k]) for k in base), name
+    # the evaluated Kontinuous model is the run's: its fine-tuned transformer and projector
+    k_config = ND.kontinuous_config(settings, settings.out, weights / "base_editor")
+    loaded = ND.kontinuous_on_base(k_config, weights / "kontinuous_demo.safetensors",
+                                   weights / "kontinuous_transformer")
+    trained = build_model(k_config)
+    trainable, _ = load_checkpoint(latest_checkpoint(settings.out / "run"))
+    trained.load_state_dict(trainable, strict=False)
+    ours, theirs = loaded.state_dict(), trained.state_dict()
+    assert set(ours) == set(theirs) and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert math.isfinite(result.average["psnr_numeric"]) and math.isfinite(result.average["psnr_kontinuous"])
+    report = (settings.out / "report_numeric.md").read_text()
+    assert "every weight of the base" in report and "lr 0.0003" in report
+
+
 def test_exact_edits_score_perfectly():
     tasks = [cat.get_task("exposure"), cat.get_task("hue")]
     photos = torch.stack([p.image for p in cat.skimage_photos(["chelsea", "coffee"], 16)])
@@ -226,6 +261,11 @@ def test_numeric_demo_needs_two_registry_tasks(tmp_path, capsys):
     for bad in (["--base-steps", "-1"], ["--base-steps", "10", "--finetune-rank", "0"]):
         assert cli_main(["demo", "--method", "numeric", "--out", str(tmp_path / "x"), *bad]) == 2
         assert "--base-steps must be >= 0 and --finetune-rank >= 1" in capsys.readouterr().err
+    assert cli_main(["demo", "--method", "numeric", "--out", str(tmp_path / "x"), "--finetune-lr", "0"]) == 2
+    assert "--finetune-lr must be > 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse: the choices are named
+        cli_main(["demo", "--method", "numeric", "--out", str(tmp_path / "x"), "--finetune", "all"])
+    assert "invalid choice: 'all' (choose from" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
 

@@ -413,6 +413,13 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                              "scratch (default: %(default)s)")
     parser.add_argument("--finetune-rank", type=int, default=n.finetune_rank,
                         help="numeric with --base-steps: LoRA rank of both fine-tunes (default: %(default)s)")
+    parser.add_argument("--finetune", choices=("lora", "whole"), default=n.finetune,
+                        help="numeric with --base-steps: what the two fine-tunes train besides the adapter / "
+                             "projector: a LoRA, or every weight of the base (model.train_transformer) "
+                             "(default: %(default)s)")
+    parser.add_argument("--finetune-lr", type=float, default=n.finetune_lr,
+                        help="numeric with --base-steps: learning rate of both fine-tunes (default: --lr's, "
+                             f"{d.lr:g})")
     parser.add_argument("--editor-steps", type=int, default=e.editor_steps,
                         help="slideredit: steps of the base editor (default: %(default)s)")
     parser.add_argument("--slider-steps", type=int, default=e.slider_steps,
@@ -502,8 +509,12 @@ def _run_numeric_command(args: argparse.Namespace, common: dict) -> int:
         print(f"demo: error: --base-steps must be >= 0 and --finetune-rank >= 1, got {args.base_steps} and "
               f"{args.finetune_rank}", file=sys.stderr)
         return 2
+    if args.finetune_lr is not None and not args.finetune_lr > 0:
+        print(f"demo: error: --finetune-lr must be > 0, got {args.finetune_lr}", file=sys.stderr)
+        return 2
     settings = NumericDemoSettings(args.out, extents=extents, base_steps=args.base_steps,
-                                   finetune_rank=args.finetune_rank, **common,
+                                   finetune_rank=args.finetune_rank, finetune=args.finetune,
+                                   finetune_lr=args.finetune_lr, **common,
                                    **({} if args.steps is None else {"steps": args.steps}))
     result = _run_or_report(run_numeric_demo, settings)
     if result is None:

@@ -75,6 +75,11 @@ class NumericDemoSettings(DemoSettings):
     # 0: both models from scratch, every weight trained (the default: README)
     base_steps: int = 0
     finetune_rank: int = 16
+    # what the two fine-tunes train besides the adapter / the projector: "lora" (rank ``finetune_rank``; the
+    # numeric LoRA on Q/K/V, the Kontinuous one on its official targets) or "whole" (every weight of the base,
+    # ``model.train_transformer``); at ``finetune_lr`` (None: ``lr``)
+    finetune: str = "lora"
+    finetune_lr: float | None = None
 
 
 @dataclass
@@ -194,9 +199,14 @@ def base_edits(root: Path, frames_dir: Path, trajectories: list[Trajectory], tas
 
 
 def _finetune(d: dict, s: NumericDemoSettings, base: Path | None) -> dict:
-    """A run on the frozen base editor (its transformer folder ``base``) with the base's text vectors."""
+    """A run on the base editor (its transformer folder ``base``) with the base's text vectors: a LoRA on the
+    frozen base, or every weight of it (``s.finetune``), at ``s.finetune_lr``."""
     if base is not None:
         d["model"]["pretrained"], d["model"]["scratch"] = str(base), None
+        d["model"]["train_transformer"] = s.finetune == "whole"
+        if s.finetune == "whole":
+            d["lora"] = {"enabled": False}  # Kontinuous; a numeric run adds no LoRA when every weight trains
+        d["optim"]["lr"] = s.lr if s.finetune_lr is None else s.finetune_lr
         d["data"]["text_encoder"] = "lines"
         d.setdefault("slideredit", {})["max_lines"] = s.max_edits  # the same prompt length as the base's
     return d
@@ -232,7 +242,7 @@ def kontinuous_config(s: NumericDemoSettings, pairs_dir: Path, base: Path | None
     """The Kontinuous demo's recipe; on the ``base`` editor (projector + LoRA of rank ``finetune_rank`` on the
     official targets) when given."""
     d = demo_config(s, pairs_dir).to_dict()
-    if base is not None:
+    if base is not None and s.finetune == "lora":
         d["lora"] = {"enabled": True, "rank": s.finetune_rank, "alpha": float(s.finetune_rank)}
     return config_from_dict(_finetune(d, s, base))
 
@@ -293,12 +303,18 @@ def kontinuous_editor(model, sample_steps: int, seed: int, mean_extent: float = 
     return edit
 
 
-def kontinuous_on_base(config: TrainConfig, weights_file: Path) -> torch.nn.Module:
+def kontinuous_on_base(config: TrainConfig, weights_file: Path, transformer_dir: Path | None = None) -> torch.nn.Module:
     """The exported Kontinuous file (projector + LoRA, the loader's format) on the base editor of
-    ``config.model.pretrained``: the trainer's model with the file's tensors in place of its trainable ones."""
+    ``config.model.pretrained``, or on ``transformer_dir`` (the run's own fine-tuned transformer, ``export
+    --transformer-out``): the trainer's model with the file's tensors in place of its trainable ones."""
     from ..core.formats import load_kontinuous
     from .model import build_model
     weights = load_kontinuous(weights_file)
+    if transformer_dir is not None:
+        d = config.to_dict()
+        d["model"].update(pretrained=str(transformer_dir), train_transformer=False)
+        d["lora"]["enabled"] = False
+        config = config_from_dict(d)
     model = build_model(config)
     lora = trainable_from_lora(weights.lora_state)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad and "lora_" in n}
@@ -446,13 +462,15 @@ def _run(s: NumericDemoSettings) -> NumericDemoResult:
         instructions = sorted({i for t in tasks for i in t.instructions})
         k_model = export_editor_model(k_config, k_result, instructions, weights / "kontinuous")
     else:
-        export_checkpoint(k_result.output_dir, weights / "kontinuous_demo.safetensors")
-        k_model = kontinuous_on_base(k_config, weights / "kontinuous_demo.safetensors")
+        tuned = weights / "kontinuous_transformer" if k_config.model.train_transformer else None
+        export_checkpoint(k_result.output_dir, weights / "kontinuous_demo.safetensors", transformer_dir=tuned)
+        k_model = kontinuous_on_base(k_config, weights / "kontinuous_demo.safetensors", tuned)
         text = text_encoder_for(k_config, torch.device("cpu"))
     seconds["train Kontinuous"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    numeric = NumericEditor(n_config, base or weights / "numeric_transformer", numeric_file, s.sample_steps, s.seed)
+    numeric = NumericEditor(n_config, weights / "numeric_transformer" if n_config.model.train_transformer else base,
+                            numeric_file, s.sample_steps, s.seed)
     kontinuous = kontinuous_editor(k_model, s.sample_steps, s.seed, _mean(trajectory_extents(trajectories, tasks)),
                                    text)
     photos = torch.stack([p.image for p in held_out])

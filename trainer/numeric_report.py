@@ -14,6 +14,20 @@ def strip(frames, path: Path, rows: int = 4) -> None:
           for i in range(min(rows, frames[0][0].shape[0]))]).save(path)
 
 
+def _setting(s, numeric_run) -> str:
+    """How the two models were trained, in a sentence."""
+    budget = f"{numeric_run.steps} steps of batch {s.batch_size}"
+    if not s.base_steps:
+        return (f"Both models: the same tiny FLUX-architecture transformer from scratch (every weight trained, no "
+                f"LoRA), {budget}, lr {s.lr:g} cosine, seed {s.seed}.")
+    lr = s.lr if s.finetune_lr is None else s.finetune_lr
+    what = ("every weight of the base with the adapter / the projector" if s.finetune == "whole" else
+            f"the adapter + a Q/K/V LoRA / the projector + a LoRA on the official targets, rank {s.finetune_rank}")
+    return (f"The paper's setting: a base editor (`method: editor`, {s.base_steps} steps from scratch, one amount "
+            f"per instruction, two-line edits too), then both models fine-tuned on it ({what}), {budget} each, lr "
+            f"{lr:g} cosine, seed {s.seed}.")
+
+
 def write_numeric_report(s, tasks, result, strips: dict, numeric_run, kontinuous_run) -> Path:
     out = s.out
     for name, frames in strips.items():
@@ -24,18 +38,20 @@ def write_numeric_report(s, tasks, result, strips: dict, numeric_run, kontinuous
         "",
         f"Tasks: {', '.join(f'{t.name} ({t.range[0]:g} -> {t.range[1]:g} {t.unit})' for t in tasks)}; `synth cat` "
         f"trajectories of 5 frames (strengths 0, 1/4, ..., 1) on crops of the training photos, "
-        f"{s.resolution} px. Both models: the same tiny FLUX-architecture transformer from scratch (every weight "
-        f"trained, no LoRA), {numeric_run.steps} steps of batch {s.batch_size}, lr {s.lr:g} cosine, seed {s.seed}.",
+        f"{s.resolution} px. {_setting(s, numeric_run)}",
         "",
         "- **NumeriKontrol**: rows = any two frames of one trajectory; numeric token (task, delta in the task's "
         "unit) in front of the registry template's text (e.g. 'Increase the exposure by 0.5 EV').",
         "- **Kontinuous (baseline)**: the same frame pairs with 0-1 normalised strengths: source = any frame, "
-        "'increase ...' or 'decrease ...' by the direction, strength = |delta| / the task's range.",
+        "'increase ...' or 'decrease ...' by the direction, strength = |delta| / the trajectory's own extent"
+        + (" (every trajectory spans the task's whole range)." if tuple(s.extents) == (1.0,) else
+           f" (each trajectory spans one of {', '.join(f'{e:.3g}' for e in s.extents)} of the range; asked "
+           "|delta| / (mean extent x range))."),
         "",
         f"Evaluation (from the exported files) on the held-out photos ({', '.join(s.held_out)}: each whole + crops): "
         f"sources at the middle of the range (the exact operator on the photo), deltas of +-1/8 and +-3/8 of the "
         f"range (held-out values; trained deltas are quarters); the baseline gets the same request as its "
-        f"direction + strength |delta| / range. PSNR against the exact frame; MAE = |value measured back (CAT "
+        f"direction + strength |delta| / (mean extent x range). PSNR against the exact frame; MAE = |value measured back (CAT "
         f"estimator, source -> output) - requested delta|, in the task's unit. {s.sample_steps} Euler steps, the "
         f"same noise for both models.",
         "",
