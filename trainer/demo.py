@@ -20,6 +20,7 @@ import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -404,7 +405,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                         help="scikit-image photos kept out of training (default: %(default)s)")
     parser.add_argument("--steps", type=int, help=f"training steps (default: {d.steps}; numeric: {n.steps} for each "
                                                   f"of the two models)")
-    parser.add_argument("--extents", default=",".join(f"{x:g}" for x in n.extents),
+    parser.add_argument("--extents", default=",".join(str(Fraction(x).limit_denominator(64)) for x in n.extents),
                         help="numeric: fractions of each task's range the training trajectories span, one drawn "
                              "per trajectory; the baseline's 0-1 strength is per trajectory (default: %(default)s)")
     parser.add_argument("--base-steps", type=int, default=n.base_steps,

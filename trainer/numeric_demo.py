@@ -63,9 +63,9 @@ class NumericDemoSettings(DemoSettings):
     background: bool = False
     # each trajectory spans one of these fractions of its task's range (``synth cat --extents``), and the
     # baseline's 0-1 strength is per trajectory: sequences that stop at different places, which a 0-1 label cannot
-    # say and a number with a unit does. Default: every trajectory the whole range (README: (2/3, 1) measured too;
-    # 2/3 keeps every trained delta off the evaluation's odd eighths)
-    extents: tuple[float, ...] = (1.0,)
+    # say and a number with a unit does (the paper's Table 1 comparison). README: measured against (1,), every
+    # trajectory the whole range, where both models get the same information
+    extents: tuple[float, ...] = (1 / 3, 2 / 3, 1.0)
     # > 0: the paper's setting, both methods fine-tuned from one base editor: first a plain editor (``method:
     # editor``, from scratch, this many steps) on the same frames at one fixed amount per instruction (half the
     # range, as an editor without a slider does: "increase the exposure"), in both text forms, plus two-line edits
