@@ -88,6 +88,8 @@ def test_numeric_demo_on_a_base_editor_tiny(tmp_path):
     out, weights = settings.out, settings.out / "weights"
     assert (weights / "base_editor" / "transformer" / "config.json").is_file()
     assert not (weights / "numeric_transformer").exists()  # the numeric model is the base + its file
+    assert cli_main(["export", str(out / "base_run"), "--out", str(tmp_path / "editor")]) == 0  # an editor run
+    assert (tmp_path / "editor" / "transformer" / "config.json").is_file()
     assert "train base editor" in result.seconds
     numeric = load_numeric_weights(weights / "numeric_demo.safetensors")
     kontinuous = load_kontinuous(weights / "kontinuous_demo.safetensors")

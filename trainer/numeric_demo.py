@@ -1,25 +1,26 @@
 """``kontext-sliders demo --method numeric``: NumeriKontrol against a 0-1 strength, offline, on 2 CPU cores.
 
-1. data: ``synth cat`` trajectories (frames at strengths 0, 1/4, ..., 1 of each task's range) on the Kontinuous
-   demo's training crops (``demo.demo_photos``: two photos held out entirely);
+1. data: ``synth cat`` trajectories (5 frames evenly over 1/3, 2/3 or all of each task's range, ``extents``) on
+   the Kontinuous demo's training crops (``demo.demo_photos``: two photos held out entirely);
 2. NumeriKontrol (``method: numeric``, ``model.train_transformer``): the demo's tiny FLUX transformer from
    scratch, every weight trained with the numeric adapter, no LoRA; rows = any two frames of one trajectory,
    the delta in the task's unit, the instruction from the registry's template;
 3. the baseline, Kontinuous (``method: kontinuous``, the Kontinuous demo's recipe: ``demo.demo_config``) on the
    SAME frame pairs with 0-1 normalised strengths, the paper's Table 1 comparison: each frame k of a trajectory
-   is a source twice, once with the frames above it ("increase ...", strength = |value - value_k| / the task's
-   range) and once with those below ("decrease ..."); same steps, batch, lr schedule, seed;
+   is a source twice, once with the frames above it ("increase ...", strength = |value - value_k| / the
+   trajectory's extent) and once with those below ("decrease ..."); same steps, batch, lr schedule, seed;
 4. export (the NumeriKontrol file + the transformer folder; the Kontinuous projector + editor) and evaluate from
    the exported files on the held-out photos: sources at the middle of the range (strength 1/2, the exact
    operator on the photo), requested deltas of +-1/8 and +-3/8 of the range (never a trained delta: those are
-   quarters) to the held-out values 1/8 ... 7/8, against the exact operator at the composed value: PSNR of both
+   multiples of 1/12, 1/6 or 1/4) to the held-out values 1/8 ... 7/8, against the exact operator at the composed value: PSNR of both
    models, the value measured back (CAT estimators) against the requested delta; two-edit instructions
    (NumeriKontrol only, zero-shot: trained on single edits) against the composed exact edit, beside the
    single-edit route to it (the two single edits chained), and with the two lines' order swapped;
    ``report_numeric.md``, ``metrics_numeric.json`` and image strips.
 
 ``base_steps`` > 0 (``--base-steps``): the paper's setting instead of 2-3: a base editor first (``base_edits``,
-``method: editor``), then both models fine-tuned on it with a LoRA (``numeric_config`` / ``kontinuous_config``).
+``method: editor``), then both models fine-tuned on it, with a LoRA or every weight (``finetune``;
+``numeric_config`` / ``kontinuous_config``).
 """
 from __future__ import annotations
 
