@@ -12,9 +12,9 @@
 4. export (the NumeriKontrol file + the transformer folder; the Kontinuous projector + editor) and evaluate from
    the exported files on the held-out photos: sources at the middle of the range (strength 1/2, the exact
    operator on the photo), requested deltas of +-1/8 and +-3/8 of the range (never a trained delta: those are
-   multiples of 1/12, 1/6 or 1/4) to the held-out values 1/8 ... 7/8, against the exact operator at the composed value: PSNR of both
-   models, the value measured back (CAT estimators) against the requested delta; two-edit instructions
-   (NumeriKontrol only, zero-shot: trained on single edits) against the composed exact edit, beside the
+   multiples of 1/12, 1/6 or 1/4) to the held-out values 1/8 ... 7/8, against the exact operator at the composed
+   value: PSNR of both models, the value measured back (CAT estimators) against the requested delta; two-edit
+   instructions (NumeriKontrol only, zero-shot: trained on single edits) against the composed exact edit, beside the
    single-edit route to it (the two single edits chained), and with the two lines' order swapped;
    ``report_numeric.md``, ``metrics_numeric.json`` and image strips.
 

@@ -50,8 +50,8 @@ def write_numeric_report(s, tasks, result, strips: dict, numeric_run, kontinuous
         "",
         f"Evaluation (from the exported files) on the held-out photos ({', '.join(s.held_out)}: each whole + crops): "
         f"sources at the middle of the range (the exact operator on the photo), deltas of +-1/8 and +-3/8 of the "
-        f"range (held-out values; trained deltas are quarters); the baseline gets the same request as its "
-        f"direction + strength |delta| / (mean extent x range). PSNR against the exact frame; MAE = |value measured back (CAT "
+        f"range (held-out values, never a trained delta); the baseline gets the same request as its direction + "
+        f"strength |delta| / (mean extent x range). PSNR against the exact frame; MAE = |value measured back (CAT "
         f"estimator, source -> output) - requested delta|, in the task's unit. {s.sample_steps} Euler steps, the "
         f"same noise for both models.",
         "",
