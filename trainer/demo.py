@@ -419,7 +419,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                              "projector: a LoRA, or every weight of the base (model.train_transformer) "
                              "(default: %(default)s)")
     parser.add_argument("--finetune-lr", type=float, default=n.finetune_lr,
-                        help="numeric with --base-steps: learning rate of both fine-tunes (default: --lr's, "
+                        help="numeric with --base-steps: learning rate of both fine-tunes (default: the demo's, "
                              f"{d.lr:g})")
     parser.add_argument("--editor-steps", type=int, default=e.editor_steps,
                         help="slideredit: steps of the base editor (default: %(default)s)")

@@ -23,6 +23,7 @@ import math
 import re
 import sys
 from dataclasses import dataclass, replace
+from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -626,8 +627,8 @@ def synthesize(out: str | Path, photos: Sequence[Photo], tasks: Sequence[CatTask
 
 def parse_extents(text: str) -> tuple[float, ...]:
     """'0.667,1' or '1/3,2/3,1' -> the fractions as floats; each in (0, 1]."""
-    from fractions import Fraction
-    message = f"--extents takes comma-separated numbers or fractions in (0, 1], e.g. '0.667,1' or '1/3,2/3,1'; got {text!r}"
+    message = (f"--extents takes comma-separated numbers or fractions in (0, 1], e.g. '0.667,1' or '1/3,2/3,1'; "
+               f"got {text!r}")
     try:
         extents = tuple(float(Fraction(x.strip())) for x in text.split(",") if x.strip())
     except (ValueError, ZeroDivisionError):
