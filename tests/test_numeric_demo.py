@@ -186,11 +186,12 @@ def test_numeric_demo_whole_fine_tunes_on_a_base_editor_tiny(tmp_path):
     from kontext_sliders.trainer.checkpoint import latest_checkpoint, load_checkpoint
     from kontext_sliders.trainer.model import build_model
     from safetensors.torch import load_file
-    settings = tiny(tmp_path / "demo", base_steps=3, finetune="whole", finetune_lr=3e-4)
+    settings = tiny(tmp_path / "demo", base_steps=3, finetune="whole", finetune_lr=3e-4, finetune_transformer_lr=1e-4)
     n_config = ND.numeric_config(settings, tmp_path, tmp_path / "base")
     k_config = ND.kontinuous_config(settings, tmp_path, tmp_path / "base")
     for c in (n_config, k_config):
         assert c.model.train_transformer and c.optim.lr == 3e-4 and not c.lora.enabled
+        assert c.optim.transformer_lr == 1e-4
     result = ND.run_numeric_demo(settings)
     weights = settings.out / "weights"
     assert load_numeric_weights(weights / "numeric_demo.safetensors").lora_state == {}
@@ -211,7 +212,7 @@ def test_numeric_demo_whole_fine_tunes_on_a_base_editor_tiny(tmp_path):
     assert set(ours) == set(theirs) and all(torch.equal(ours[k], theirs[k]) for k in ours)
     assert math.isfinite(result.average["psnr_numeric"]) and math.isfinite(result.average["psnr_kontinuous"])
     report = (settings.out / "report_numeric.md").read_text()
-    assert "every weight of the base" in report and "lr 0.0003" in report
+    assert "every weight of the base (the base's weights at lr 0.0001)" in report and "lr 0.0003" in report
 
 
 def test_exact_edits_score_perfectly():
@@ -256,6 +257,58 @@ def test_train_transformer_trains_every_weight_and_no_lora(tmp_path):
         config_from_dict(base | {"model": {"scratch": DEMO_TRANSFORMER, "train_transformer": "yes"}})
 
 
+def test_transformer_lr_trains_the_bases_own_weights_at_their_own_rate(tmp_path):
+    """optim.transformer_lr: the base transformer's weights (not a LoRA's) in their own optimiser group; one AdamW
+    step moves each weight by about its group's rate."""
+    from kontext_sliders.trainer.loop import make_optimizer, parameter_groups
+    from kontext_sliders.trainer.numeric import NumericMethod
+    config = config_from_dict({"method": "numeric", "data": {"text_encoder": "learned", "pixel_space": True},
+                               "model": {"scratch": DEMO_TRANSFORMER, "gradient_checkpointing": False,
+                                         "train_transformer": True},
+                               "optim": {"lr": 1e-3, "transformer_lr": 1e-5, "weight_decay": 0.0}})
+    method = NumericMethod(config)
+    method.registry = DEFAULT_REGISTRY
+    model = method.build_model()
+    names = {id(p): n for n, p in model.named_parameters()}
+    rest, base = parameter_groups(config, model)
+    assert {names[id(p)] for p in base["params"]} == {n for n, _ in model.named_parameters()
+                                                       if n.startswith("transformer.")}
+    assert all(names[id(p)].startswith("adapter.") for p in rest["params"]) and rest["params"]
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer, _ = make_optimizer(config, [rest, base])
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    step = {n: (p.detach() - before[n]).abs().max().item() for n, p in model.named_parameters()}
+    assert all(step[n] == pytest.approx(1e-5, rel=1e-2) for n in step if n.startswith("transformer."))
+    assert all(step[n] == pytest.approx(1e-3, rel=1e-2) for n in step if n.startswith("adapter."))
+    # unset: one group at optim.lr; a full Kontinuous fine-tune: the projector and text vectors at optim.lr
+    assert len(parameter_groups(config_from_dict({"method": "numeric"}), model)) == 1
+    kontinuous = config_from_dict({"model": {"scratch": DEMO_TRANSFORMER, "gradient_checkpointing": False,
+                                             "train_transformer": True}, "lora": {"enabled": False},
+                                   "data": {"text_encoder": "learned"}, "optim": {"transformer_lr": 1e-5}})
+    from kontext_sliders.trainer.model import build_model
+    k_model = build_model(kontinuous, ["a"])
+    k_names = {id(p): n for n, p in k_model.named_parameters()}
+    k_rest, k_base = parameter_groups(kontinuous, k_model)
+    assert {k_names[id(p)].split(".")[0] for p in k_rest["params"]} == {"projector", "text_encoder"}
+    assert len(k_base["params"]) == len(list(k_model.transformer.parameters())) and k_base["lr"] == 1e-5
+
+
+def test_transformer_lr_config_errors(tmp_path):
+    base = {"method": "numeric", "model": {"scratch": DEMO_TRANSFORMER, "train_transformer": True}}
+    for bad in (0, -1e-4, "fast", True):
+        with pytest.raises(ConfigError, match="optim.transformer_lr must be a number > 0"):
+            config_from_dict(base | {"optim": {"transformer_lr": bad}})
+    with pytest.raises(ConfigError, match="keeps them frozen; set model.train_transformer: true"):
+        config_from_dict({"method": "numeric", "model": {"scratch": DEMO_TRANSFORMER},
+                          "optim": {"transformer_lr": 1e-4}})
+    with pytest.raises(ConfigError, match="and lora.enabled: false for a kontinuous run"):  # the LoRA freezes it
+        config_from_dict({"model": {"scratch": DEMO_TRANSFORMER, "train_transformer": True},
+                          "optim": {"transformer_lr": 1e-4}})
+    assert config_from_dict(base | {"optim": {"transformer_lr": 1e-4}}).optim.transformer_lr == 1e-4
+
+
 def test_numeric_demo_needs_two_registry_tasks(tmp_path, capsys):
     assert cli_main(["demo", "--method", "numeric", "--tasks", "exposure", "--out", str(tmp_path / "x")]) == 2
     assert "two-edit" in capsys.readouterr().err
@@ -265,6 +318,12 @@ def test_numeric_demo_needs_two_registry_tasks(tmp_path, capsys):
         assert "--base-steps must be >= 0 and --finetune-rank >= 1" in capsys.readouterr().err
     assert cli_main(["demo", "--method", "numeric", "--out", str(tmp_path / "x"), "--finetune-lr", "0"]) == 2
     assert "--finetune-lr must be > 0" in capsys.readouterr().err
+    for bad in (["--finetune-transformer-lr", "1e-4"], ["--base-steps", "10", "--finetune-transformer-lr", "1e-4"]):
+        assert cli_main(["demo", "--method", "numeric", "--out", str(tmp_path / "x"), *bad]) == 2
+        assert "needs --base-steps > 0 and --finetune whole" in capsys.readouterr().err
+    assert cli_main(["demo", "--method", "numeric", "--out", str(tmp_path / "x"), "--base-steps", "10",
+                     "--finetune", "whole", "--finetune-transformer-lr", "-1"]) == 2
+    assert "--finetune-transformer-lr must be > 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # argparse: the choices are named
         cli_main(["demo", "--method", "numeric", "--out", str(tmp_path / "x"), "--finetune", "all"])
     assert "invalid choice: 'all' (choose from" in capsys.readouterr().err

@@ -81,6 +81,9 @@ class DataSection:
 @dataclass
 class OptimSection:
     lr: float = 2e-5
+    # the base transformer's own weights in a full fine-tune (``model.train_transformer``) at their own rate
+    # (None: ``lr``): adapters and projectors learn fast while the base moves little and keeps what it knew
+    transformer_lr: float | None = None
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 1e-4
     eps: float = 1e-8
@@ -289,6 +292,15 @@ def config_from_dict(data: dict) -> TrainConfig:
             and config.lora.enabled):
         raise ConfigError("model.train_transformer trains every weight of the base: a LoRA on weights that train "
                           "anyway adds nothing; set lora.enabled: false (or model.train_transformer: false)")
+    lr = config.optim.transformer_lr
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
+        raise ConfigError(f"optim.transformer_lr must be a number > 0 (or absent: optim.lr), got {lr!r}")
+    # a peft LoRA freezes the weights under it: the base trains only with model.train_transformer and no LoRA
+    if lr is not None and (not config.model.train_transformer
+                           or (method in ("kontinuous", "editor") and config.lora.enabled)):
+        raise ConfigError("optim.transformer_lr is the rate of the base transformer's own weights, and this run keeps "
+                          "them frozen; set model.train_transformer: true (and lora.enabled: false for a "
+                          f"{method} run) or drop optim.transformer_lr")
     if method == "numeric" and config.numeric.registry is None:  # the registry travels with the run
         config.numeric.registry = config.numeric.task_registry().to_json()
     return config

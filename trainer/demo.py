@@ -421,6 +421,9 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--finetune-lr", type=float, default=n.finetune_lr,
                         help="numeric with --base-steps: learning rate of both fine-tunes (default: the demo's, "
                              f"{d.lr:g})")
+    parser.add_argument("--finetune-transformer-lr", type=float, default=n.finetune_transformer_lr,
+                        help="numeric with --finetune whole: learning rate of the base's own weights, the adapter "
+                             "and the projector keeping --finetune-lr (default: one rate for all)")
     parser.add_argument("--editor-steps", type=int, default=e.editor_steps,
                         help="slideredit: steps of the base editor (default: %(default)s)")
     parser.add_argument("--slider-steps", type=int, default=e.slider_steps,
@@ -510,12 +513,19 @@ def _run_numeric_command(args: argparse.Namespace, common: dict) -> int:
         print(f"demo: error: --base-steps must be >= 0 and --finetune-rank >= 1, got {args.base_steps} and "
               f"{args.finetune_rank}", file=sys.stderr)
         return 2
-    if args.finetune_lr is not None and not args.finetune_lr > 0:
-        print(f"demo: error: --finetune-lr must be > 0, got {args.finetune_lr}", file=sys.stderr)
+    rates = (("--finetune-lr", args.finetune_lr), ("--finetune-transformer-lr", args.finetune_transformer_lr))
+    for flag, value in rates:
+        if value is not None and not value > 0:
+            print(f"demo: error: {flag} must be > 0, got {value}", file=sys.stderr)
+            return 2
+    if args.finetune_transformer_lr is not None and (args.finetune != "whole" or not args.base_steps):
+        print("demo: error: --finetune-transformer-lr is the rate of the base's weights in a whole fine-tune: it "
+              "needs --base-steps > 0 and --finetune whole", file=sys.stderr)
         return 2
     settings = NumericDemoSettings(args.out, extents=extents, base_steps=args.base_steps,
                                    finetune_rank=args.finetune_rank, finetune=args.finetune,
-                                   finetune_lr=args.finetune_lr, **common,
+                                   finetune_lr=args.finetune_lr,
+                                   finetune_transformer_lr=args.finetune_transformer_lr, **common,
                                    **({} if args.steps is None else {"steps": args.steps}))
     result = _run_or_report(run_numeric_demo, settings)
     if result is None:

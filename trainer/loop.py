@@ -120,7 +120,20 @@ def flow_matching_loss(model, batch: dict) -> torch.Tensor:
         pooled=batch.get("pooled"), instructions=batch["instructions"], keep=batch["keep"]))
 
 
-def make_optimizer(config: TrainConfig, params: list[torch.nn.Parameter]):
+def parameter_groups(config: TrainConfig, model: torch.nn.Module) -> list[dict]:
+    """The trainable parameters as optimiser groups: with ``optim.transformer_lr`` set, the base transformer's own
+    weights (``transformer.*``, not a LoRA's) at that rate, the rest at ``optim.lr``."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if config.optim.transformer_lr is None:
+        return [{"params": [p for _, p in named]}]
+    is_base = [n.startswith("transformer.") and "lora_" not in n for n, _ in named]
+    groups = [{"params": [p for (_, p), b in zip(named, is_base) if not b]},
+              {"params": [p for (_, p), b in zip(named, is_base) if b], "lr": config.optim.transformer_lr}]
+    return [g for g in groups if g["params"]]
+
+
+def make_optimizer(config: TrainConfig, params: list):
+    """AdamW (or 8-bit AdamW) over ``params`` (tensors or ``parameter_groups``) and its lr schedule."""
     o = config.optim
     if o.use_8bit_adam:
         try:
@@ -258,7 +271,7 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
     torch.manual_seed(run.seed)  # model init (scratch weights, LoRA A, projector): same on every rank
     model = method.build_model().to(accelerator.device)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer, scheduler = make_optimizer(config, params)
+    optimizer, scheduler = make_optimizer(config, parameter_groups(config, model))
     start = 0
     if resume:
         path = latest_checkpoint(out) if resume == "latest" else Path(resume)

@@ -81,6 +81,9 @@ class NumericDemoSettings(DemoSettings):
     # ``model.train_transformer``); at ``finetune_lr`` (None: ``lr``)
     finetune: str = "lora"
     finetune_lr: float | None = None
+    # "whole" only: the base's own weights at this rate (``optim.transformer_lr``), the adapter / projector at
+    # ``finetune_lr``; None: one rate for all
+    finetune_transformer_lr: float | None = None
 
 
 @dataclass
@@ -208,6 +211,8 @@ def _finetune(d: dict, s: NumericDemoSettings, base: Path | None) -> dict:
         if s.finetune == "whole":
             d["lora"] = {"enabled": False}  # Kontinuous; a numeric run adds no LoRA when every weight trains
         d["optim"]["lr"] = s.lr if s.finetune_lr is None else s.finetune_lr
+        if s.finetune == "whole" and s.finetune_transformer_lr is not None:
+            d["optim"]["transformer_lr"] = s.finetune_transformer_lr
         d["data"]["text_encoder"] = "lines"
         d.setdefault("slideredit", {})["max_lines"] = s.max_edits  # the same prompt length as the base's
     return d
@@ -315,6 +320,7 @@ def kontinuous_on_base(config: TrainConfig, weights_file: Path, transformer_dir:
         d = config.to_dict()
         d["model"].update(pretrained=str(transformer_dir), train_transformer=False)
         d["lora"]["enabled"] = False
+        d["optim"]["transformer_lr"] = None  # an evaluated model: nothing trains
         config = config_from_dict(d)
     model = build_model(config)
     lora = trainable_from_lora(weights.lora_state)
