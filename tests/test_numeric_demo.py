@@ -238,6 +238,24 @@ def test_exact_edits_score_perfectly():
     assert two["gap_db"] > 10 and two["swap_db"] > 0
 
 
+def test_base_composed_draws_more_two_line_edits_and_keeps_the_first(tmp_path):
+    """``base_composed``: that many two-line edits per photo, the first the one-draw data's, ids unique."""
+    tasks = [cat.get_task("exposure"), cat.get_task("hue")]
+    photos = cat.skimage_photos(["astronaut", "retina", "rocket"], 16)
+    frames = tmp_path / "frames"
+    trajectories = cat.synthesize(frames, photos, tasks, ND.TRAIN_FRAMES, 0, False, (1.0,))
+    pairs = {}
+    for n in (1, 3):
+        ND.base_edits(tmp_path / f"base{n}", frames, trajectories, tasks, photos, 0, n)
+        edits = json.loads((tmp_path / f"base{n}" / "edits.json").read_text())["edits"]
+        assert len({e["id"] for e in edits}) == len(edits)
+        pairs[n] = {e["id"]: e for e in edits if len(e["instructions"]) == 2}
+    assert len(pairs[1]) == len(photos) * 4 and len(pairs[3]) == 3 * len(pairs[1])
+    assert all(pairs[3][k] == v for k, v in pairs[1].items())
+    draws = {tuple(e["image"] for e in pairs[3].values() if e["id"].startswith(f"composed/{p.name}")) for p in photos}
+    assert any(len(set(d)) > 1 for d in draws)  # the draws differ (sources at other grid values)
+
+
 def test_composed_error_psnr_adds_mean_squared_errors():
     assert ND.composed_error_psnr(30.0, 30.0) == pytest.approx(30 - 10 * math.log10(2))
     assert ND.composed_error_psnr(20.0, 60.0) == pytest.approx(20.0, abs=1e-3)
@@ -313,9 +331,10 @@ def test_numeric_demo_needs_two_registry_tasks(tmp_path, capsys):
     assert cli_main(["demo", "--method", "numeric", "--tasks", "exposure", "--out", str(tmp_path / "x")]) == 2
     assert "two-edit" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
-    for bad in (["--base-steps", "-1"], ["--base-steps", "10", "--finetune-rank", "0"]):
+    for bad in (["--base-steps", "-1"], ["--base-steps", "10", "--finetune-rank", "0"],
+                ["--base-steps", "10", "--base-composed", "0"]):
         assert cli_main(["demo", "--method", "numeric", "--out", str(tmp_path / "x"), *bad]) == 2
-        assert "--base-steps must be >= 0 and --finetune-rank >= 1" in capsys.readouterr().err
+        assert "--base-steps must be >= 0, --finetune-rank and --base-composed >= 1" in capsys.readouterr().err
     assert cli_main(["demo", "--method", "numeric", "--out", str(tmp_path / "x"), "--finetune-lr", "0"]) == 2
     assert "--finetune-lr must be > 0" in capsys.readouterr().err
     for bad in (["--finetune-transformer-lr", "1e-4"], ["--base-steps", "10", "--finetune-transformer-lr", "1e-4"]):

@@ -412,6 +412,9 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                         help="numeric: > 0 trains a base editor for this many steps first and fine-tunes both "
                              "models on it (adapter + LoRA, projector + LoRA), the paper's setting; 0: both from "
                              "scratch (default: %(default)s)")
+    parser.add_argument("--base-composed", type=int, default=n.base_composed,
+                        help="numeric with --base-steps: two-line edits per training photo in the base editor's "
+                             "data (default: %(default)s)")
     parser.add_argument("--finetune-rank", type=int, default=n.finetune_rank,
                         help="numeric with --base-steps: LoRA rank of both fine-tunes (default: %(default)s)")
     parser.add_argument("--finetune", choices=("lora", "whole"), default=n.finetune,
@@ -509,9 +512,9 @@ def _run_numeric_command(args: argparse.Namespace, common: dict) -> int:
     except ValueError as e:
         print(f"demo: error: {e}", file=sys.stderr)
         return 2
-    if args.base_steps < 0 or args.finetune_rank < 1:
-        print(f"demo: error: --base-steps must be >= 0 and --finetune-rank >= 1, got {args.base_steps} and "
-              f"{args.finetune_rank}", file=sys.stderr)
+    if args.base_steps < 0 or args.finetune_rank < 1 or args.base_composed < 1:
+        print(f"demo: error: --base-steps must be >= 0, --finetune-rank and --base-composed >= 1, got "
+              f"{args.base_steps}, {args.finetune_rank} and {args.base_composed}", file=sys.stderr)
         return 2
     rates = (("--finetune-lr", args.finetune_lr), ("--finetune-transformer-lr", args.finetune_transformer_lr))
     for flag, value in rates:
@@ -523,6 +526,7 @@ def _run_numeric_command(args: argparse.Namespace, common: dict) -> int:
               "needs --base-steps > 0 and --finetune whole", file=sys.stderr)
         return 2
     settings = NumericDemoSettings(args.out, extents=extents, base_steps=args.base_steps,
+                                   base_composed=args.base_composed,
                                    finetune_rank=args.finetune_rank, finetune=args.finetune,
                                    finetune_lr=args.finetune_lr,
                                    finetune_transformer_lr=args.finetune_transformer_lr, **common,

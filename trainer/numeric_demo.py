@@ -84,6 +84,9 @@ class NumericDemoSettings(DemoSettings):
     # "whole" only: the base's own weights at this rate (``optim.transformer_lr``), the adapter / projector at
     # ``finetune_lr``; None: one rate for all
     finetune_transformer_lr: float | None = None
+    # two-line edits per training photo in the base editor's data (``base_edits``): how much of the base's data
+    # is several instructions at once (1: about a tenth)
+    base_composed: int = 1
 
 
 @dataclass
@@ -156,14 +159,14 @@ def _base_lines(task: cat.CatTask, delta: float) -> dict[str, str]:
 
 
 def base_edits(root: Path, frames_dir: Path, trajectories: list[Trajectory], tasks: list[cat.CatTask],
-               photos: list[cat.Photo], seed: int) -> Path:
+               photos: list[cat.Photo], seed: int, composed: int = 1) -> Path:
     """The base editor's samples under ``root`` (``edits.json``): per trajectory (its images are the numeric
     run's frame files), every frame edited ``BASE_STEP`` frames up ("increase ...") and down ("decrease ..."),
     in both text forms (``_base_lines``), and every frame unchanged under the empty prompt; per photo, one
     two-line edit of the first two tasks (each from a random frame-grid value, ``BASE_STEP`` frames up or down,
     composed A then B as the evaluation's truth; images under ``root/composed``), in both forms and both line
     orders: an editor that, like FLUX.1 Kontext, knows prompts of several instructions, while the sliders
-    trained on it see single edits only."""
+    trained on it see single edits only. ``composed`` > 1: that many two-line edits per photo, each its own draw."""
     from .data.edits import EditSample, write_edits
     by_name = {t.name: t for t in tasks}
     rel = Path(os.path.relpath(frames_dir, root))
@@ -181,23 +184,25 @@ def base_edits(root: Path, frames_dir: Path, trajectories: list[Trajectory], tas
     a, b = tasks[:2]
     last = TRAIN_FRAMES - 1
     for photo in photos:
-        g = torch.Generator().manual_seed(cat.trajectory_seed(seed, f"composed/{photo.name}"))
-        ka, kb = (int(v) for v in torch.randint(TRAIN_FRAMES, (2,), generator=g))
-        ja = ka + BASE_STEP if ka + BASE_STEP <= last else ka - BASE_STEP
-        jb = kb + BASE_STEP if kb + BASE_STEP <= last else kb - BASE_STEP
-        noise_seed = cat.trajectory_seed(seed, f"composed/{photo.name}/noise")
-        paths = []
-        for i, j in ((ka, kb), (ja, jb)):
-            path = f"composed/{photo.name}/{i}-{j}.png"
-            image = b.apply(a.apply(photo.image.unsqueeze(0), a.value_at(i / last), noise_seed), b.value_at(j / last),
-                            noise_seed)[0]
-            cat.save_png(image, root / path)
-            paths.append(path)
-        la = _base_lines(a, a.value_at(ja / last) - a.value_at(ka / last))
-        lb = _base_lines(b, b.value_at(jb / last) - b.value_at(kb / last))
-        for form in la:
-            for order, lines in (("ab", (la[form], lb[form])), ("ba", (lb[form], la[form]))):
-                samples.append(EditSample(f"composed/{photo.name}/{form}-{order}", paths[0], lines, paths[1]))
+        for draw in range(composed):
+            tag = f"composed/{photo.name}" if draw == 0 else f"composed/{photo.name}/draw{draw}"
+            g = torch.Generator().manual_seed(cat.trajectory_seed(seed, tag))
+            ka, kb = (int(v) for v in torch.randint(TRAIN_FRAMES, (2,), generator=g))
+            ja = ka + BASE_STEP if ka + BASE_STEP <= last else ka - BASE_STEP
+            jb = kb + BASE_STEP if kb + BASE_STEP <= last else kb - BASE_STEP
+            noise_seed = cat.trajectory_seed(seed, f"composed/{photo.name}/noise")
+            paths = []
+            for i, j in ((ka, kb), (ja, jb)):
+                path = f"composed/{photo.name}/{i}-{j}.png"  # one image per grid cell: draws may share it
+                image = b.apply(a.apply(photo.image.unsqueeze(0), a.value_at(i / last), noise_seed),
+                                b.value_at(j / last), noise_seed)[0]
+                cat.save_png(image, root / path)
+                paths.append(path)
+            la = _base_lines(a, a.value_at(ja / last) - a.value_at(ka / last))
+            lb = _base_lines(b, b.value_at(jb / last) - b.value_at(kb / last))
+            for form in la:
+                for order, lines in (("ab", (la[form], lb[form])), ("ba", (lb[form], la[form]))):
+                    samples.append(EditSample(f"{tag}/{form}-{order}", paths[0], lines, paths[1]))
     root.mkdir(parents=True, exist_ok=True)
     return write_edits(root, samples, tool="kontext-sliders demo --method numeric (base editor)")
 
@@ -439,7 +444,8 @@ def _run(s: NumericDemoSettings) -> NumericDemoResult:
     trajectories = cat.synthesize(frames_dir, train_photos, tasks, TRAIN_FRAMES, s.seed, s.background, s.extents)
     kontinuous_pairs(pairs_dir, frames_dir, trajectories, {t.name: t for t in tasks})
     if s.base_steps:
-        base_edits(s.out / "data" / "base", frames_dir, trajectories, tasks, train_photos, s.seed)
+        base_edits(s.out / "data" / "base", frames_dir, trajectories, tasks, train_photos, s.seed,
+                   s.base_composed)
     seconds["data"] = time.perf_counter() - t0
 
     weights, base = s.out / "weights", None

@@ -25,8 +25,9 @@ def _setting(s, numeric_run) -> str:
     base_rate = f" (the base's weights at lr {base_lr:g})" if s.finetune == "whole" and base_lr is not None else ""
     what = (f"every weight of the base{base_rate} with the adapter / the projector" if s.finetune == "whole" else
             f"the adapter + a Q/K/V LoRA / the projector + a LoRA on the official targets, rank {s.finetune_rank}")
+    composed = getattr(s, "base_composed", 1)
     return (f"The paper's setting: a base editor (`method: editor`, {s.base_steps} steps from scratch, one amount "
-            f"per instruction, two-line edits too), then both models fine-tuned on it ({what}), {budget} each, lr "
+            f"per instruction, two-line edits too: {composed} per photo), then both models fine-tuned on it ({what}), {budget} each, lr "
             f"{lr:g} cosine, seed {s.seed}.")
 
 
