@@ -184,13 +184,13 @@ def base_edits(root: Path, frames_dir: Path, trajectories: list[Trajectory], tas
     a, b = tasks[:2]
     last = TRAIN_FRAMES - 1
     for photo in photos:
+        noise_seed = cat.trajectory_seed(seed, f"composed/{photo.name}/noise")  # one per photo: draws share cells
         for draw in range(composed):
             tag = f"composed/{photo.name}" if draw == 0 else f"composed/{photo.name}/draw{draw}"
             g = torch.Generator().manual_seed(cat.trajectory_seed(seed, tag))
             ka, kb = (int(v) for v in torch.randint(TRAIN_FRAMES, (2,), generator=g))
             ja = ka + BASE_STEP if ka + BASE_STEP <= last else ka - BASE_STEP
             jb = kb + BASE_STEP if kb + BASE_STEP <= last else kb - BASE_STEP
-            noise_seed = cat.trajectory_seed(seed, f"composed/{photo.name}/noise")
             paths = []
             for i, j in ((ka, kb), (ja, jb)):
                 path = f"composed/{photo.name}/{i}-{j}.png"  # one image per grid cell: draws may share it

@@ -21,14 +21,13 @@ def _setting(s, numeric_run) -> str:
         return (f"Both models: the same tiny FLUX-architecture transformer from scratch (every weight trained, no "
                 f"LoRA), {budget}, lr {s.lr:g} cosine, seed {s.seed}.")
     lr = s.lr if s.finetune_lr is None else s.finetune_lr
-    base_lr = getattr(s, "finetune_transformer_lr", None)
+    base_lr = s.finetune_transformer_lr
     base_rate = f" (the base's weights at lr {base_lr:g})" if s.finetune == "whole" and base_lr is not None else ""
     what = (f"every weight of the base{base_rate} with the adapter / the projector" if s.finetune == "whole" else
             f"the adapter + a Q/K/V LoRA / the projector + a LoRA on the official targets, rank {s.finetune_rank}")
-    composed = getattr(s, "base_composed", 1)
     return (f"The paper's setting: a base editor (`method: editor`, {s.base_steps} steps from scratch, one amount "
-            f"per instruction, two-line edits too: {composed} per photo), then both models fine-tuned on it ({what}), {budget} each, lr "
-            f"{lr:g} cosine, seed {s.seed}.")
+            f"per instruction, two-line edits too: {s.base_composed} per photo), then both models fine-tuned on it "
+            f"({what}), {budget} each, lr {lr:g} cosine, seed {s.seed}.")
 
 
 def write_numeric_report(s, tasks, result, strips: dict, numeric_run, kontinuous_run) -> Path:
