@@ -10,7 +10,7 @@ import torch
 from kontext_sliders.core.numeric import DEFAULT_REGISTRY, load_numeric_weights
 from kontext_sliders.trainer import numeric_demo as ND
 from kontext_sliders.trainer.cli import main as cli_main
-from kontext_sliders.trainer.config import ConfigError, config_from_dict
+from kontext_sliders.trainer.config import ConfigError, check_ready_to_train, config_from_dict
 from kontext_sliders.trainer.data import cat
 from kontext_sliders.trainer.data.trajectories import read_manifest
 from kontext_sliders.trainer.demo import DEMO_TRANSFORMER
@@ -186,12 +186,15 @@ def test_numeric_demo_whole_fine_tunes_on_a_base_editor_tiny(tmp_path):
     from kontext_sliders.trainer.checkpoint import latest_checkpoint, load_checkpoint
     from kontext_sliders.trainer.model import build_model
     from safetensors.torch import load_file
-    settings = tiny(tmp_path / "demo", base_steps=3, finetune="whole", finetune_lr=3e-4, finetune_transformer_lr=1e-4)
+    settings = tiny(tmp_path / "demo", base_steps=3, finetune="whole", finetune_lr=3e-4, finetune_transformer_lr=1e-4,
+                    lines_pooled="sum")
     n_config = ND.numeric_config(settings, tmp_path, tmp_path / "base")
     k_config = ND.kontinuous_config(settings, tmp_path, tmp_path / "base")
     for c in (n_config, k_config):
         assert c.model.train_transformer and c.optim.lr == 3e-4 and not c.lora.enabled
         assert c.optim.transformer_lr == 1e-4
+    for c in (n_config, k_config, ND.base_config(settings, tmp_path)):
+        assert c.data.text_encoder == "lines" and c.data.lines_pooled == "sum"
     result = ND.run_numeric_demo(settings)
     weights = settings.out / "weights"
     assert load_numeric_weights(weights / "numeric_demo.safetensors").lora_state == {}
@@ -213,6 +216,34 @@ def test_numeric_demo_whole_fine_tunes_on_a_base_editor_tiny(tmp_path):
     assert math.isfinite(result.average["psnr_numeric"]) and math.isfinite(result.average["psnr_kontinuous"])
     report = (settings.out / "report_numeric.md").read_text()
     assert "every weight of the base (the base's weights at lr 0.0001)" in report and "lr 0.0003" in report
+    assert "pooled text vector the sum of its lines'" in report
+
+
+def test_lines_pooled_sum_keeps_each_lines_pooled_vector_whole():
+    """``data.lines_pooled: sum``: a prompt of several lines gets the sum of its lines' pooled vectors (the mean
+    by default); the token vectors, and everything of a one-line prompt, are the same either way."""
+    from kontext_sliders.trainer.features import LineTextEncoder
+    from kontext_sliders.trainer.slideredit import text_encoder_for
+    mean, total = LineTextEncoder(2, 3, 32, 16), LineTextEncoder(2, 3, 32, 16, "sum")
+    lines = ["increase the exposure by # EV", "rotate the hue by # degrees"]
+    one = [e.encode_lines(lines[1:]) for e in (mean, total)]
+    assert all(torch.equal(one[0][k], one[1][k]) for k in one[0])
+    a, b = (mean.encode_lines([line])["pooled"] for line in lines)
+    two_mean, two_sum = mean.encode_lines(lines), total.encode_lines(lines)
+    assert torch.equal(two_mean["context"], two_sum["context"])
+    assert torch.allclose(two_sum["pooled"], a + b) and torch.allclose(two_mean["pooled"], (a + b) / 2)
+    assert not torch.allclose(two_sum["pooled"], two_mean["pooled"])
+    assert torch.equal(total.encode_lines([])["pooled"], torch.zeros(16))
+    assert mean.id != total.id  # cached prompt features never mix the two
+    with pytest.raises(ValueError, match="pooled must be 'mean' or 'sum', got 'max'"):
+        LineTextEncoder(2, 3, 32, 16, "max")
+    config = {"model": {"scratch": DEMO_TRANSFORMER}, "data": {"text_encoder": "lines"}}
+    assert text_encoder_for(config_from_dict(config), torch.device("cpu")).pooled == "mean"
+    config["data"]["lines_pooled"] = "sum"
+    assert text_encoder_for(config_from_dict(config), torch.device("cpu")).pooled == "sum"
+    config["data"]["lines_pooled"] = "max"
+    with pytest.raises(ConfigError, match="data.lines_pooled must be one of mean, sum, got 'max'"):
+        check_ready_to_train(config_from_dict(config))
 
 
 def test_exact_edits_score_perfectly():
@@ -343,6 +374,9 @@ def test_numeric_demo_needs_two_registry_tasks(tmp_path, capsys):
     assert cli_main(["demo", "--method", "numeric", "--out", str(tmp_path / "x"), "--base-steps", "10",
                      "--finetune", "whole", "--finetune-transformer-lr", "-1"]) == 2
     assert "--finetune-transformer-lr must be > 0" in capsys.readouterr().err
+    assert cli_main(["demo", "--method", "numeric", "--out", str(tmp_path / "x"), "--lines-pooled", "sum"]) == 2
+    assert "--lines-pooled sets the text of the base editor and its fine-tunes: it needs --base-steps > 0" in (
+        capsys.readouterr().err)
     with pytest.raises(SystemExit):  # argparse: the choices are named
         cli_main(["demo", "--method", "numeric", "--out", str(tmp_path / "x"), "--finetune", "all"])
     assert "invalid choice: 'all' (choose from" in capsys.readouterr().err

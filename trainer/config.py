@@ -21,6 +21,7 @@ OFFICIAL_LORA_TARGETS = ("attn.to_k", "attn.to_q", "attn.to_v", "attn.to_out.0",
 
 
 TEXT_ENCODERS = ("flux", "learned", "lines")  # data.text_encoder
+LINES_POOLED = ("mean", "sum")  # data.lines_pooled
 
 
 class ConfigError(ValueError):
@@ -72,6 +73,9 @@ class DataSection:
     text_encoder: str = "flux"
     pixel_space: bool = False  # the demo: images are the latents (no VAE)
     learned_text_tokens: int = 4  # slideredit: tokens per sub-instruction
+    # the offline per-line encoder's pooled vector of a prompt of several lines: the "mean" of its lines' or
+    # their "sum" (each line's share of the modulation input as when it stands alone: README, NumeriKontrol demo)
+    lines_pooled: str = "mean"
     # method slideredit: folders in the SliderEdit edit format (``edits.json``: an image + its sub-instruction
     # lines; trainer/data/edits.py). Trajectory folders listed in ``trajectories`` count too: each trajectory
     # is one sample (its source image; its instruction split at newlines into sub-instructions).
@@ -357,6 +361,8 @@ def check_ready_to_train(config: TrainConfig) -> None:
                           "and model.scratch (a FluxTransformer2DModel config, for a model trained from scratch)")
     if d.text_encoder not in TEXT_ENCODERS:
         raise ConfigError(f"data.text_encoder must be one of {', '.join(TEXT_ENCODERS)}, got {d.text_encoder!r}")
+    if d.lines_pooled not in LINES_POOLED:
+        raise ConfigError(f"data.lines_pooled must be one of {', '.join(LINES_POOLED)}, got {d.lines_pooled!r}")
     if d.text_encoder == "flux" and m.pretrained is None:
         raise ConfigError("data.text_encoder 'flux' needs model.pretrained (or use data.text_encoder: learned)")
     if config.method == "editor" and not d.edits:

@@ -415,6 +415,9 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--base-composed", type=int, default=n.base_composed,
                         help="numeric with --base-steps: two-line edits per training photo in the base editor's "
                              "data (default: %(default)s)")
+    parser.add_argument("--lines-pooled", choices=("mean", "sum"), default=n.lines_pooled,
+                        help="numeric with --base-steps: the offline text encoder's pooled vector of a prompt of "
+                             "several lines, the mean of its lines' or their sum (default: %(default)s)")
     parser.add_argument("--finetune-rank", type=int, default=n.finetune_rank,
                         help="numeric with --base-steps: LoRA rank of both fine-tunes (default: %(default)s)")
     parser.add_argument("--finetune", choices=("lora", "whole"), default=n.finetune,
@@ -525,8 +528,12 @@ def _run_numeric_command(args: argparse.Namespace, common: dict) -> int:
         print("demo: error: --finetune-transformer-lr is the rate of the base's weights in a whole fine-tune: it "
               "needs --base-steps > 0 and --finetune whole", file=sys.stderr)
         return 2
+    if args.lines_pooled != "mean" and not args.base_steps:
+        print("demo: error: --lines-pooled sets the text of the base editor and its fine-tunes: it needs "
+              "--base-steps > 0", file=sys.stderr)
+        return 2
     settings = NumericDemoSettings(args.out, extents=extents, base_steps=args.base_steps,
-                                   base_composed=args.base_composed,
+                                   base_composed=args.base_composed, lines_pooled=args.lines_pooled,
                                    finetune_rank=args.finetune_rank, finetune=args.finetune,
                                    finetune_lr=args.finetune_lr,
                                    finetune_transformer_lr=args.finetune_transformer_lr, **common,

@@ -138,16 +138,21 @@ class LineTextEncoder:
     Each line owns ``tokens`` vectors and a pooled vector, fixed and seeded from the line's text (the base is
     frozen in SliderEdit, text encoder included: nothing of it trains). A prompt is its lines' tokens end to
     end, one end token, then pad tokens up to ``tokens * max_lines + 1``; so line i's span is exactly
-    [i * tokens, (i + 1) * tokens). Its pooled vector is the mean of its lines' (zeros for the empty prompt).
+    [i * tokens, (i + 1) * tokens). Its pooled vector is the mean of its lines' (``pooled="sum"``: their sum;
+    zeros for the empty prompt).
     """
 
-    def __init__(self, tokens: int, max_lines: int, context_dim: int, pooled_dim: int):
+    def __init__(self, tokens: int, max_lines: int, context_dim: int, pooled_dim: int, pooled: str = "mean"):
+        if pooled not in ("mean", "sum"):
+            raise ValueError(f"pooled must be 'mean' or 'sum', got {pooled!r}")
         self.tokens, self.max_lines, self.context_dim, self.pooled_dim = tokens, max_lines, context_dim, pooled_dim
-        self.length = tokens * max_lines + 1
-        self.id = f"learned-lines:{tokens}:{max_lines}:{context_dim}:{pooled_dim}"
+        self.length, self.pooled = tokens * max_lines + 1, pooled
+        # the line vectors are seeded from this id without the pooling: the same lines either way
+        self.seed_id = f"learned-lines:{tokens}:{max_lines}:{context_dim}:{pooled_dim}"
+        self.id = self.seed_id if pooled == "mean" else f"{self.seed_id}:pooled-sum"
 
     def _vectors(self, name: str, rows: int, dim: int) -> torch.Tensor:
-        seed = int.from_bytes(hashlib.sha256(f"{self.id}\0{name}".encode()).digest()[:8], "little") >> 1
+        seed = int.from_bytes(hashlib.sha256(f"{self.seed_id}\0{name}".encode()).digest()[:8], "little") >> 1
         return torch.randn(rows, dim, generator=torch.Generator().manual_seed(seed)) * 0.5
 
     def encode_lines(self, lines: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -157,8 +162,10 @@ class LineTextEncoder:
         pads = self.length - 1 - self.tokens * len(lines)
         context = torch.cat(parts + [self._vectors("<end>", 1, self.context_dim),
                                      self._vectors("<pad>", 1, self.context_dim).expand(pads, -1)])
-        pooled = (torch.stack([self._vectors("pooled:" + line, 1, self.pooled_dim)[0] for line in lines]).mean(0)
-                  if lines else torch.zeros(self.pooled_dim))
+        pooled = torch.zeros(self.pooled_dim)
+        if lines:
+            each = torch.stack([self._vectors("pooled:" + line, 1, self.pooled_dim)[0] for line in lines])
+            pooled = each.mean(0) if self.pooled == "mean" else each.sum(0)
         spans = torch.tensor([(i * self.tokens, (i + 1) * self.tokens) for i in range(len(lines))],
                              dtype=torch.int64).reshape(-1, 2)
         return {"context": context, "pooled": pooled, "spans": spans}

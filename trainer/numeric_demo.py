@@ -87,6 +87,10 @@ class NumericDemoSettings(DemoSettings):
     # two-line edits per training photo in the base editor's data (``base_edits``): how much of the base's data
     # is several instructions at once (1: about a tenth)
     base_composed: int = 1
+    # the offline line encoder's pooled vector of a two-line prompt (``data.lines_pooled``) in all three runs of
+    # the base setting: "mean" of the lines' or their "sum" (README: the sum keeps each line's modulation input as
+    # in its single edit, and the zero-shot two-line prompt composes)
+    lines_pooled: str = "mean"
 
 
 @dataclass
@@ -219,6 +223,7 @@ def _finetune(d: dict, s: NumericDemoSettings, base: Path | None) -> dict:
         if s.finetune == "whole" and s.finetune_transformer_lr is not None:
             d["optim"]["transformer_lr"] = s.finetune_transformer_lr
         d["data"]["text_encoder"] = "lines"
+        d["data"]["lines_pooled"] = s.lines_pooled
         d.setdefault("slideredit", {})["max_lines"] = s.max_edits  # the same prompt length as the base's
     return d
 
@@ -228,7 +233,8 @@ def base_config(s: NumericDemoSettings, edits: Path) -> TrainConfig:
     d = demo_config(s, edits).to_dict()
     d["method"] = "editor"
     d.pop("projector", None)
-    d["data"].update(trajectories=[], edits=[str(edits)], text_encoder="lines", cache_dir=str(s.out / "cache_base"))
+    d["data"].update(trajectories=[], edits=[str(edits)], text_encoder="lines", lines_pooled=s.lines_pooled,
+                     cache_dir=str(s.out / "cache_base"))
     d["slideredit"] = {"max_lines": s.max_edits}
     d["run"].update(output_dir=str(s.out / "base_run"), max_steps=s.base_steps,
                     checkpoint_every=max(s.base_steps // 3, 1), validation_pairs=4)

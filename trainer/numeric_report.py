@@ -26,7 +26,8 @@ def _setting(s, numeric_run) -> str:
     what = (f"every weight of the base{base_rate} with the adapter / the projector" if s.finetune == "whole" else
             f"the adapter + a Q/K/V LoRA / the projector + a LoRA on the official targets, rank {s.finetune_rank}")
     return (f"The paper's setting: a base editor (`method: editor`, {s.base_steps} steps from scratch, one amount "
-            f"per instruction, two-line edits too: {s.base_composed} per photo), then both models fine-tuned on it "
+            f"per instruction, two-line edits too: {s.base_composed} per photo; a prompt's pooled text vector the "
+            f"{s.lines_pooled} of its lines'), then both models fine-tuned on it "
             f"({what}), {budget} each, lr {lr:g} cosine, seed {s.seed}.")
 
 

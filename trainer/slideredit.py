@@ -92,7 +92,8 @@ def text_encoder_for(config: TrainConfig, device: torch.device, max_lines: int |
         from diffusers import FluxTransformer2DModel
         tc = FluxTransformer2DModel.load_config(config.model.pretrained, subfolder="transformer")
     return LineTextEncoder(config.data.learned_text_tokens, max_lines or config.slideredit.max_lines,
-                           tc.get("joint_attention_dim", 4096), tc.get("pooled_projection_dim", 768))
+                           tc.get("joint_attention_dim", 4096), tc.get("pooled_projection_dim", 768),
+                           config.data.lines_pooled)
 
 
 def cache_edits(roots: list[str], cache: FeatureCache, codec, text_encoder, loss: str | None, neutral_prompt: str,
