@@ -410,14 +410,14 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                              "per trajectory; the baseline's 0-1 strength is per trajectory (default: %(default)s)")
     parser.add_argument("--base-steps", type=int, default=n.base_steps,
                         help="numeric: > 0 trains a base editor for this many steps first and fine-tunes both "
-                             "models on it (adapter + LoRA, projector + LoRA), the paper's setting; 0: both from "
-                             "scratch (default: %(default)s)")
+                             "models on it (see --finetune), the paper's setting; 0: both from scratch "
+                             "(default: %(default)s)")
     parser.add_argument("--base-composed", type=int, default=n.base_composed,
                         help="numeric with --base-steps: two-line edits per training photo in the base editor's "
                              "data (default: %(default)s)")
-    parser.add_argument("--lines-pooled", choices=("mean", "sum"), default=n.lines_pooled,
+    parser.add_argument("--lines-pooled", choices=("mean", "sum"),
                         help="numeric with --base-steps: the offline text encoder's pooled vector of a prompt of "
-                             "several lines, the mean of its lines' or their sum (default: %(default)s)")
+                             f"several lines, the mean of its lines' or their sum (default: {n.lines_pooled})")
     parser.add_argument("--finetune-rank", type=int, default=n.finetune_rank,
                         help="numeric with --base-steps: LoRA rank of both fine-tunes (default: %(default)s)")
     parser.add_argument("--finetune", choices=("lora", "whole"), default=n.finetune,
@@ -425,8 +425,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                              "projector: a LoRA, or every weight of the base (model.train_transformer) "
                              "(default: %(default)s)")
     parser.add_argument("--finetune-lr", type=float, default=n.finetune_lr,
-                        help="numeric with --base-steps: learning rate of both fine-tunes (default: the demo's, "
-                             f"{d.lr:g})")
+                        help="numeric with --base-steps: learning rate of both fine-tunes (default: %(default)g)")
     parser.add_argument("--finetune-transformer-lr", type=float, default=n.finetune_transformer_lr,
                         help="numeric with --finetune whole: learning rate of the base's own weights, the adapter "
                              "and the projector keeping --finetune-lr (default: one rate for all)")
@@ -528,12 +527,13 @@ def _run_numeric_command(args: argparse.Namespace, common: dict) -> int:
         print("demo: error: --finetune-transformer-lr is the rate of the base's weights in a whole fine-tune: it "
               "needs --base-steps > 0 and --finetune whole", file=sys.stderr)
         return 2
-    if args.lines_pooled != "mean" and not args.base_steps:
+    if args.lines_pooled is not None and not args.base_steps:
         print("demo: error: --lines-pooled sets the text of the base editor and its fine-tunes: it needs "
               "--base-steps > 0", file=sys.stderr)
         return 2
     settings = NumericDemoSettings(args.out, extents=extents, base_steps=args.base_steps,
-                                   base_composed=args.base_composed, lines_pooled=args.lines_pooled,
+                                   base_composed=args.base_composed,
+                                   **({} if args.lines_pooled is None else {"lines_pooled": args.lines_pooled}),
                                    finetune_rank=args.finetune_rank, finetune=args.finetune,
                                    finetune_lr=args.finetune_lr,
                                    finetune_transformer_lr=args.finetune_transformer_lr, **common,
