@@ -388,8 +388,8 @@ def test_numeric_demo_needs_two_registry_tasks(tmp_path, capsys):
 
 def test_the_numeric_demo_defaults_are_the_setting_that_holds_its_claims(tmp_path, monkeypatch, capsys):
     """The command's defaults: a 3000-step base editor with the pooled sum, both models fine-tuned whole at 3e-4
-    for 3000 steps (README: every claim on five seeds of six); ``--base-steps 0``: both from scratch, and the
-    pooled vector's flag is then refused (nothing reads it)."""
+    for 3000 steps (README: every claim on five seeds of six); the options override them, ``--base-steps 0``
+    trains both from scratch."""
     seen = []
 
     def capture(settings):
@@ -412,7 +412,7 @@ def test_the_numeric_demo_defaults_are_the_setting_that_holds_its_claims(tmp_pat
 
 @pytest.mark.slow
 def test_the_readme_numeric_demo_from_scratch_measures_what_holds(tmp_path):
-    """The README's from-scratch command (``--base-steps 0 --steps 1500``, about 6 minutes: the defaults' 15 would
+    """The README's from-scratch command (``--base-steps 0 --steps 1500``, about 6 minutes: the defaults' 17 would
     take the test run past its time). What holds at this scale on every seed measured (README): the order swap
     changes nothing, and every model edits (above doing nothing), the two-line prompt too. Not asserted, because
     measured NOT to hold on every seed, or by too thin a margin to survive another thread count (README): the PSNR

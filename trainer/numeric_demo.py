@@ -71,9 +71,9 @@ class NumericDemoSettings(DemoSettings):
     # > 0: the paper's setting, both methods fine-tuned from one base editor: first a plain editor (``method:
     # editor``, from scratch, this many steps) on the same frames at one fixed amount per instruction (half the
     # range, as an editor without a slider does: "increase the exposure"), in both text forms, plus two-line edits
-    # on the composed truth (``base_edits``); then NumeriKontrol (adapter + Q/K/V LoRA) and Kontinuous (projector
-    # + LoRA) on that frozen base, ``steps`` each, LoRA rank ``finetune_rank``, the same fixed per-line text
-    # vectors for all three (``data.text_encoder: lines``).
+    # on the composed truth (``base_edits``); then NumeriKontrol (adapter) and Kontinuous (projector) fine-tuned on
+    # that base (``finetune``: every weight, or a LoRA on the frozen base), ``steps`` each, the same fixed per-line
+    # text vectors for all three (``data.text_encoder: lines``).
     # 0: both models from scratch, every weight trained. The defaults (base 3000 steps, whole fine-tunes at 3e-4,
     # 3000 steps each, the pooled sum) are the setting measured to hold every claim (README: five seeds of six)
     base_steps: int = 3000
