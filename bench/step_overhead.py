@@ -142,7 +142,7 @@ def slideredit_variant(base, conditioning, spec: dict, seed: int, rank: int = 16
     """SliderEdit Apply with a random STLoRA of ``rank`` on a prompt of ``lines`` sub-instructions (synthetic
     spans over the first half of the text), every line at a strength other than 1."""
     from kontext_sliders.core.instructions import InstructionSpans
-    from kontext_sliders.core.slideredit import STLORA_TARGETS, SliderEditWeights
+    from kontext_sliders.core.slideredit.weights import STLORA_TARGETS, SliderEditWeights
     from kontext_sliders.nodes.instruction_encode import METADATA_KEY, Deferred, InstructionConditioning
     from kontext_sliders.nodes.slideredit_nodes import LoadedSliderEdit, slideredit_model
     context, extra = conditioning[0]
@@ -234,8 +234,8 @@ def main():
     import_comfyui(device)
 
     import comfy.model_management
-    from kontext_sliders.core.formats import KontinuousWeights
-    from kontext_sliders.core.projector import ProjectorConfig, SliderProjector
+    from kontext_sliders.core.kontinuous.weights import KontinuousWeights
+    from kontext_sliders.core.kontinuous.projector import ProjectorConfig, SliderProjector
     from kontext_sliders.nodes.kontinuous_nodes import LoadedKontinuous, kontinuous_patched_model
 
     spec = SIZES[size]

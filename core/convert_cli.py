@@ -5,7 +5,7 @@ import argparse
 import sys
 from typing import Callable
 
-from .formats import WeightsFormatError
+from .weights_io import WeightsFormatError
 
 
 def run_converter(parser: argparse.ArgumentParser, argv: list[str] | None,

@@ -101,11 +101,8 @@ class InstructionSpans:
             raise ValueError("the pad position lies inside an instruction")
 
 
-# Accepted per-instruction strengths, per knob. Both formulas extrapolate linearly in s, so beyond a few
-# units from 1 an edit is amplified past anything a model was ever shown (and 1e30 overflows to NaN):
-# 1 +- 2 covers "suppressed" through "pushed the other way" and "exaggerated" with room to spare.
-SLIDER_RANGE = (-1.0, 3.0)  # KontextInstructionSliders: h <- pad + s (h - pad)
-GUIDANCE_RANGE = (-1.0, 3.0)  # KontextInstructionGuidance: v_full + (s - 1)(v_full - v_without)
+# Accepted per-instruction strengths unless a knob says otherwise (the training-free knobs' range).
+STRENGTH_RANGE = (-1.0, 3.0)
 
 # a plain decimal number: no '1_0' (Python's float() reads 10), no 'nan' / 'inf', no hex
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")  # ASCII digits only
@@ -134,7 +131,7 @@ def parse_number_list(text: str, what: str, hint: str) -> tuple[list[str], list[
 
 
 def parse_strengths(text: str, count: int, lines: Sequence[str] | None = None,
-                    accepted: tuple[float, float] = SLIDER_RANGE, knob: str = "strengths") -> list[float]:
+                    accepted: tuple[float, float] = STRENGTH_RANGE, knob: str = "strengths") -> list[float]:
     """'1, 0.5, 0' -> [1.0, 0.5, 0.0]; exactly one number per sub-instruction, each within ``accepted``."""
     parts, values = parse_number_list(text, knob, "write one plain decimal number per sub-instruction, "
                                                   "comma-separated, e.g. '1, 0.5'")
@@ -149,47 +146,3 @@ def parse_strengths(text: str, count: int, lines: Sequence[str] | None = None,
             raise ValueError(f"{knob}: {parts[i]} for line {i + 1}{line} is outside the accepted range "
                              f"{low:g} ... {high:g} (1 = as written, 0 = suppressed); use a value in that range")
     return values
-
-
-def toward_pad_plan(spans: InstructionSpans, strengths: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token (source index, weight) for h <- lerp(h[pad], h, w): w = s on instruction i's tokens.
-
-    Tokens outside every span (and instructions at strength 1) keep index = own position and w = 1,
-    for which ``torch.lerp`` returns h exactly (it computes end - (end - start) * (1 - w) for w >= 0.5).
-    """
-    if spans.pad_index is None:
-        raise ValueError("this prompt fills the whole padded text sequence, so no pad token is there to "
-                         "interpolate toward; shorten the prompt (it must leave at least one pad token)")
-    index = torch.arange(spans.length)
-    weight = torch.ones(spans.length)
-    for (start, end), s in zip(spans.spans, strengths):
-        if s != 1.0:
-            index[start:end] = spans.pad_index
-            weight[start:end] = s
-    return index, weight
-
-
-def lerp_toward_pad(txt: torch.Tensor, index: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """txt [B, L, D]; index [B, L] (long, the pad position per token); weight [B, L, 1] -> moved txt."""
-    pad = torch.gather(txt, 1, index.unsqueeze(-1).expand(-1, -1, txt.shape[-1]))
-    return torch.lerp(pad, txt, weight.to(txt.dtype))
-
-
-def combine_instruction_guidance(full: torch.Tensor, without: Sequence[torch.Tensor],
-                                 strengths: Sequence) -> torch.Tensor:
-    """v_full + sum_i (s_i - 1) (v_full - v_without_i); instructions at 1 cost nothing.
-
-    ``strengths[i]`` is one number, or one number per row of ``full`` (a sweep: each latent its own s_i).
-    """
-    out = full
-    for v_without, s in zip(without, strengths):
-        rows = [float(s)] if isinstance(s, (int, float)) else [float(r) for r in s]
-        if all(r == rows[0] for r in rows):  # one value for every row: a Python scalar, as always
-            if rows[0] != 1.0:
-                out = out + (rows[0] - 1.0) * (full - v_without)
-            continue
-        if len(rows) != full.shape[0]:
-            raise ValueError(f"{len(rows)} per-row strengths for a prediction of {full.shape[0]} rows")
-        coefficient = torch.tensor([r - 1.0 for r in rows], dtype=full.dtype, device=full.device)
-        out = out + coefficient.view(-1, *([1] * (full.ndim - 1))) * (full - v_without)
-    return out

@@ -5,7 +5,9 @@ import logging
 
 from comfy_api.latest import io
 
-from ..core.instructions import GUIDANCE_RANGE, SLIDER_RANGE, parse_strengths, toward_pad_plan
+from ..core.knobs.guidance import GUIDANCE_RANGE
+from ..core.knobs.toward_pad import SLIDER_RANGE, toward_pad_plan
+from ..core.instructions import parse_strengths
 from .instruction_encode import instruction_entries
 from .knobs import InstructionKnob, ModulationKnob
 from .runtime import flux_double_blocks, installed_runtime, patched_clone

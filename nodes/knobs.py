@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..core.offsets import NEGATIVE_SAME
+from ..core.kontinuous.offsets import NEGATIVE_SAME
 
 
 def items_for_chunk(values: tuple, chunk: int, what: str) -> tuple:

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import torch
 from comfy_api.latest import io
 
-from ..core.formats import KontinuousWeights, load_kontinuous
-from ..core.offsets import NEGATIVE_MODES, NEGATIVE_SAME, offset_table
-from ..core.projector import SliderProjector
+from ..core.kontinuous.weights import KontinuousWeights, load_kontinuous
+from ..core.kontinuous.offsets import NEGATIVE_MODES, NEGATIVE_SAME, offset_table
+from ..core.kontinuous.projector import SliderProjector
 from .kontinuous_patch import KontinuousKnob, apply_kontinuous_offsets, flux_double_blocks, flux_hidden_size
 from .lora import add_diffusers_lora
 from .model_folder import list_weight_entries, resolve_weight_entry

@@ -6,8 +6,9 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import folder_paths
 
-from ..core.formats import OFFICIAL_LORA, OFFICIAL_PROJECTOR, WeightsFormatError, header_format
-from ..core.slideredit import AUTHORS_STLORA, AUTHORS_STLORA_SAFETENSORS
+from ..core.kontinuous.weights import OFFICIAL_LORA, OFFICIAL_PROJECTOR
+from ..core.weights_io import WeightsFormatError, header_format
+from ..core.slideredit.weights import AUTHORS_STLORA, AUTHORS_STLORA_SAFETENSORS
 
 FOLDER_NAME = "kontext_sliders"
 _EXTENSIONS = {".safetensors", ".pth", ".pt"}

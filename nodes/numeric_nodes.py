@@ -11,7 +11,7 @@ from comfy_api.latest import io
 from ..core.instructions import joined_prompt, split_instructions
 from ..core.numeric import DEFAULT_REGISTRY, NumericAdapter, NumericEdit, NumericParseError, parse_line
 from ..core.numeric.weights import NumericWeights, load_numeric_weights, read_numeric_header
-from ..core.formats import WeightsFormatError
+from ..core.weights_io import WeightsFormatError
 from .instruction_encode import encode
 from .knobs import NumericKnob, PromptEntry
 from .lora import add_diffusers_lora

@@ -28,10 +28,11 @@ import comfy.ldm.flux.model
 import comfy.patcher_extension
 import torch
 
-from ..core.instructions import combine_instruction_guidance, lerp_toward_pad, toward_pad_plan
-from ..core.offsets import offsets_for_rows
-from ..core.projector import split_offsets
-from ..core.slideredit import add_lora_delta, stlora_token_scales
+from ..core.knobs.guidance import combine_instruction_guidance
+from ..core.knobs.toward_pad import lerp_toward_pad, toward_pad_plan
+from ..core.kontinuous.offsets import offsets_for_rows
+from ..core.kontinuous.projector import split_offsets
+from ..core.slideredit.lora import add_lora_delta, stlora_token_scales
 from .knobs import InstructionKnob, KontinuousKnob, ModulationKnob, NumericKnob, SliderEditKnob, items_for_chunk
 
 ATTACHMENT_KEY = "kontext_sliders.runtime"

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from comfy_api.latest import io
 
 from ..core.instructions import parse_strengths
-from ..core.slideredit import STRENGTH_RANGE, FluxSizes, SliderEditWeights, alpha_from_strength, fused_loras, \
-    load_slideredit
+from ..core.slideredit.weights import STRENGTH_RANGE, SliderEditWeights, alpha_from_strength, load_slideredit
+from ..core.families.flux1 import FluxSizes
+from ..core.slideredit.lora import fused_loras
 from .instruction_encode import instruction_entries
 from .knobs import SliderEditKnob
 from .lora import add_diffusers_lora

@@ -5,16 +5,15 @@ that the suite without ComfyUI never touches them.
 """
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from kontext_sliders.core.formats import KontinuousWeights
+from kontext_sliders.core.kontinuous.weights import KontinuousWeights
 from kontext_sliders.nodes import comfy_location
-from kontext_sliders.core.projector import ProjectorConfig, SliderProjector
+from kontext_sliders.core.kontinuous.projector import ProjectorConfig, SliderProjector
 
 PACK_DIR = Path(__file__).resolve().parents[1]
 
@@ -120,7 +119,7 @@ def slideredit_state(variant: str = "stlora", rank: int = 4, seed: int = 5, hidd
     suffixes (``attn.to_q/k/v`` also in the single blocks)."""
     from collections import OrderedDict
 
-    from kontext_sliders.core.slideredit import GSTLORA_TARGETS, STLORA_TARGETS
+    from kontext_sliders.core.slideredit.weights import GSTLORA_TARGETS, STLORA_TARGETS
     g = torch.Generator().manual_seed(seed)
     mlp = 4 * hidden
     blocks = [(f"transformer_blocks.{i}", STLORA_TARGETS if variant == "stlora" else GSTLORA_TARGETS)
@@ -140,7 +139,7 @@ def slideredit_state(variant: str = "stlora", rank: int = 4, seed: int = 5, hidd
 
 def slideredit_weights(variant: str = "stlora", **kwargs):
     """The same adapter as ``core.slideredit.SliderEditWeights`` (what the loader returns)."""
-    from kontext_sliders.core.slideredit import SliderEditWeights
+    from kontext_sliders.core.slideredit.weights import SliderEditWeights
     sd = slideredit_state(variant, **kwargs)
     modules = {k[:-len(".lora_A.weight")]: (v, sd[k.replace("lora_A", "lora_B")])
                for k, v in sd.items() if k.endswith(".lora_A.weight")}
@@ -303,7 +302,7 @@ def diffusers_seeded(seed: int, pooled_dim: int = POOLED_DIM):
 
 def diffusers_tiny(bfl_sd: dict[str, torch.Tensor]):
     """The tiny diffusers model holding the same weights as ``bfl_sd`` (BFL / ComfyUI names)."""
-    from kontext_sliders.core.flux_keys import bfl_to_diffusers
+    from kontext_sliders.core.families.flux1 import bfl_to_diffusers
     model = diffusers_seeded(0, pooled_dim=bfl_sd["vector_in.in_layer.weight"].shape[1])
     model.load_state_dict(bfl_to_diffusers(bfl_sd), strict=True)
     return model.eval()

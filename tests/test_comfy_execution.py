@@ -8,7 +8,7 @@ import torch
 import ks_fixtures as F
 
 pytestmark = pytest.mark.comfyui
-from kontext_sliders.core.formats import save_official_folder, save_single_file
+from kontext_sliders.core.kontinuous.weights import save_official_folder, save_single_file
 
 TEST_NODES = F.PACK_DIR / "tests" / "comfy_test_nodes"
 
@@ -38,7 +38,7 @@ def comfy_graph(tmp_path_factory):
     weights = F.tiny_projector_weights(seed=2)
     save_single_file(weights, models / "tiny.safetensors")
     save_official_folder(weights, models / "release")
-    from kontext_sliders.core.slideredit import save_slideredit
+    from kontext_sliders.core.slideredit.weights import save_slideredit
     save_slideredit(F.slideredit_weights("stlora"), models / "stlora.safetensors")
     (models / "authors").mkdir()
     torch.save(F.slideredit_state("stlora"), models / "authors" / "selective_lora.pt")

@@ -161,7 +161,8 @@ def test_strength_count_and_malformed_numbers_are_clear_errors(clip, patcher):
 
 @pytest.mark.parametrize("knob", ["sliders", "guidance"])
 def test_strengths_outside_the_accepted_range_are_refused_and_its_ends_stay_finite(clip, patcher, latents, knob):
-    from kontext_sliders.core.instructions import GUIDANCE_RANGE, SLIDER_RANGE
+    from kontext_sliders.core.knobs.guidance import GUIDANCE_RANGE
+    from kontext_sliders.core.knobs.toward_pad import SLIDER_RANGE
     from kontext_sliders.nodes.knob_nodes import instruction_guidance_model, instruction_sliders_model
     make, (low, high) = {"sliders": (instruction_sliders_model, SLIDER_RANGE),
                          "guidance": (instruction_guidance_model, GUIDANCE_RANGE)}[knob]

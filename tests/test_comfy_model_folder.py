@@ -4,7 +4,8 @@ import os
 import pytest
 
 import ks_fixtures as F
-from kontext_sliders.core.formats import WeightsFormatError, save_official_folder, save_single_file
+from kontext_sliders.core.weights_io import WeightsFormatError
+from kontext_sliders.core.kontinuous.weights import save_official_folder, save_single_file
 
 pytestmark = pytest.mark.comfyui
 

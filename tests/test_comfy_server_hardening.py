@@ -7,13 +7,13 @@ good prompt of each kind still runs, and no prompt ever finishes with a non-fini
 import json
 
 import pytest
-import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 import ks_fixtures as F
 from comfy_server import ComfyServer
-from kontext_sliders.core.formats import OFFICIAL_LORA, OFFICIAL_PROJECTOR, save_official_folder, save_single_file
+from kontext_sliders.core.kontinuous.weights import (OFFICIAL_LORA, OFFICIAL_PROJECTOR, save_official_folder,
+                                                     save_single_file)
 
 pytestmark = pytest.mark.comfyui
 

@@ -19,7 +19,7 @@ def loaded(tmp_path_factory, variant: str, **kwargs):
     """Written in the authors' layout (STLoRA: their .pt pickle; GSTLoRA: a diffusers LoRA) and loaded back."""
     from safetensors.torch import save_file
 
-    from kontext_sliders.core.slideredit import load_slideredit
+    from kontext_sliders.core.slideredit.weights import load_slideredit
     from kontext_sliders.nodes.slideredit_nodes import LoadedSliderEdit
     folder = tmp_path_factory.mktemp(variant)
     sd = F.slideredit_state(variant, **kwargs)
@@ -115,7 +115,7 @@ def test_effect_grows_with_distance_from_one(env):
 def test_stlora_equals_its_weights_merged_into_the_text_stream_when_every_token_is_adapted(env):
     """Mapping check: the per-token update at one alpha on all tokens == W' = W + alpha B A merged into
     ComfyUI's fused qkv row slices (diffusers q/k/v -> rows 0:H, H:2H, 2H:3H) and the other Linears."""
-    from kontext_sliders.core.flux_keys import diffusers_to_bfl
+    from kontext_sliders.core.families.flux1 import diffusers_to_bfl
     from kontext_sliders.nodes.runtime import installed_runtime, patched_clone
     model = apply(env, "0.4, 1, 1")
     runtime = installed_runtime(model)

@@ -34,8 +34,8 @@ def setup():
 
 def eased_kontinuous_weights(hidden=F.HIDDEN):
     """A Kontinuous projector whose offset is c (1 - cos(pi s)): slow near 0 and 1, fast mid-way."""
-    from kontext_sliders.core.formats import KontinuousWeights
-    from kontext_sliders.core.projector import ProjectorConfig, SliderProjector
+    from kontext_sliders.core.kontinuous.weights import KontinuousWeights
+    from kontext_sliders.core.kontinuous.projector import ProjectorConfig, SliderProjector
     config = ProjectorConfig(out_dim=2 * hidden, width=2 * hidden, n_layers=1, clip_dim=0)
     projector = SliderProjector(config)
     g = torch.Generator().manual_seed(11)

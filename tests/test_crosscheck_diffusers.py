@@ -14,7 +14,7 @@ def setup(tmp_path_factory):
     F.import_comfyui()
     from diffusers import FluxKontextPipeline
 
-    from kontext_sliders.core.formats import load_kontinuous, save_official_folder
+    from kontext_sliders.core.kontinuous.weights import load_kontinuous, save_official_folder
     from kontext_sliders.trainer.modulation_hook import ModulationOffsetHooks
 
     bfl = F.tiny_bfl_state_dict(seed=3)
@@ -37,7 +37,7 @@ def setup(tmp_path_factory):
 @pytest.mark.parametrize("strength", [0.0, 0.37, 1.0])
 @torch.no_grad()
 def test_comfy_node_patch_matches_diffusers_hook(setup, strength):
-    from kontext_sliders.core.offsets import offset_table
+    from kontext_sliders.core.kontinuous.offsets import offset_table
     from kontext_sliders.nodes.kontinuous_nodes import LoadedKontinuous, kontinuous_patched_model
 
     bfl, weights, model, hooks, i = setup
@@ -74,7 +74,7 @@ def _bias_rows_patched(linear_bias, offsets, hidden):
 
 @torch.no_grad()
 def test_hook_and_node_equal_a_bias_row_oracle(setup):
-    from kontext_sliders.core.offsets import offset_table
+    from kontext_sliders.core.kontinuous.offsets import offset_table
     from kontext_sliders.nodes.kontinuous_nodes import LoadedKontinuous, kontinuous_patched_model
 
     bfl, weights, _, _, i = setup

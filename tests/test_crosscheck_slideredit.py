@@ -25,7 +25,7 @@ def setup(tmp_path_factory):
     F.import_comfyui()
     from safetensors.torch import save_file
 
-    from kontext_sliders.core.slideredit import load_slideredit
+    from kontext_sliders.core.slideredit.weights import load_slideredit
     from kontext_sliders.nodes.instruction_encode import METADATA_KEY, encode_instructions
     clip = F.tiny_flux_clip(seed=3)
     bfl = F.tiny_bfl_state_dict(seed=0, pooled_dim=F.TINY_CLIP_L_POOLED)
@@ -68,7 +68,7 @@ def slideredit(s, variant, strengths):
 
 @pytest.mark.parametrize("strengths", [(1.0, 0.0, 1.0), (0.3, 1.5, -0.5), (2.0, 0.0, 1.0), (-1.0, 3.0, 0.5)])
 def test_stlora_diffusers_and_comfy_agree(setup, strengths):
-    from kontext_sliders.core.slideredit import stlora_token_scales
+    from kontext_sliders.core.slideredit.lora import stlora_token_scales
     s = setup
     length = s["context"].shape[1]
     scales = stlora_token_scales(s["spans"].spans, strengths, length).expand(s["x"].shape[0], -1)

@@ -11,7 +11,7 @@ pytest.importorskip("kornia")
 pytest.importorskip("matplotlib")
 pytest.importorskip("skimage")
 
-from kontext_sliders.core.formats import load_kontinuous  # noqa: E402
+from kontext_sliders.core.kontinuous.weights import load_kontinuous  # noqa: E402
 from kontext_sliders.trainer import demo as D  # noqa: E402
 from kontext_sliders.trainer.cli import main as cli_main  # noqa: E402
 from kontext_sliders.trainer.data import cat as C  # noqa: E402

@@ -2,7 +2,6 @@
 
 Runs the script with KS_DRY_RUN=1 (prints its commands) or against stub executables: nothing is installed.
 """
-import os
 import shutil
 import stat
 import subprocess

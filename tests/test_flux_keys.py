@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import ks_fixtures as F
-from kontext_sliders.core.flux_keys import bfl_to_diffusers, diffusers_to_bfl
+from kontext_sliders.core.families.flux1 import bfl_to_diffusers, diffusers_to_bfl
 
 pytest.importorskip("diffusers", reason="diffusers not installed: key-map tests skipped")
 

@@ -2,10 +2,13 @@
 import pytest
 import torch
 
-from kontext_sliders.core.instructions import (InstructionSpans, combine_instruction_guidance, leave_one_out_prompts,
-                                               lerp_toward_pad, parse_strengths, spans_from_lines,
-                                               split_instructions, toward_pad_plan)
-from kontext_sliders.core.instructions import GUIDANCE_RANGE, MAX_INSTRUCTIONS, SLIDER_RANGE
+from kontext_sliders.core.instructions import (InstructionSpans, leave_one_out_prompts, parse_strengths,
+                                               spans_from_lines, split_instructions)
+from kontext_sliders.core.knobs.guidance import combine_instruction_guidance
+from kontext_sliders.core.knobs.toward_pad import lerp_toward_pad, toward_pad_plan
+from kontext_sliders.core.knobs.guidance import GUIDANCE_RANGE
+from kontext_sliders.core.instructions import MAX_INSTRUCTIONS
+from kontext_sliders.core.knobs.toward_pad import SLIDER_RANGE
 
 
 def test_lines_and_leave_one_out_prompts():

@@ -9,7 +9,7 @@ pytest.importorskip("diffusers", reason="diffusers not installed: hook tests ski
 
 
 def loss_and_projector_grads(checkpointing: bool):
-    from kontext_sliders.core.projector import ProjectorConfig, SliderProjector
+    from kontext_sliders.core.kontinuous.projector import ProjectorConfig, SliderProjector
     from kontext_sliders.trainer.modulation_hook import ModulationOffsetHooks
     model = F.diffusers_seeded(0).train()
     model.requires_grad_(False)

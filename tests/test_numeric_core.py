@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from kontext_sliders.core.formats import METADATA_KEY, WeightsFormatError
+from kontext_sliders.core.weights_io import METADATA_KEY, WeightsFormatError
 from kontext_sliders.core.numeric import (DEFAULT_REGISTRY, DEFAULT_REGISTRY_DATA, AdapterConfig, NumericAdapter,
                                           NumericEdit, NumericParseError, Registry, RegistryError, featurize,
                                           multi_numeric_mask, numeric_metadata, parse_line, read_numeric_header)

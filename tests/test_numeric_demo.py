@@ -79,7 +79,7 @@ def test_numeric_demo_end_to_end_tiny(tmp_path):
 def test_numeric_demo_on_a_base_editor_tiny(tmp_path):
     """``base_steps``: one base editor, both methods fine-tuned on it (LoRA of ``finetune_rank``), the same fixed
     text vectors for all three runs; evaluation from the exported files on the base."""
-    from kontext_sliders.core.formats import load_kontinuous
+    from kontext_sliders.core.kontinuous.weights import load_kontinuous
     from kontext_sliders.trainer.checkpoint import latest_checkpoint, load_checkpoint
     from kontext_sliders.trainer.features import LineTextEncoder
     from kontext_sliders.trainer.model import build_model
@@ -183,7 +183,7 @@ class Oracle:
 def test_numeric_demo_whole_fine_tunes_on_a_base_editor_tiny(tmp_path):
     """``finetune="whole"``: both fine-tunes train every weight of the base (no LoRA) at ``finetune_lr``; each
     exports its own transformer, the evaluated models are those files, and the base folder is not written."""
-    from kontext_sliders.core.formats import load_kontinuous
+    from kontext_sliders.core.kontinuous.weights import load_kontinuous
     from kontext_sliders.trainer.checkpoint import latest_checkpoint, load_checkpoint
     from kontext_sliders.trainer.model import build_model
     from safetensors.torch import load_file

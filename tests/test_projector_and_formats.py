@@ -9,10 +9,11 @@ from safetensors.torch import save_file
 
 import ks_fixtures as F
 from kontext_sliders.core import convert_kontinuous
-from kontext_sliders.core.formats import (OFFICIAL_LORA, OFFICIAL_PROJECTOR, WeightsFormatError, load_kontinuous,
-                                          load_single_file, save_official_folder, save_single_file)
-from kontext_sliders.core.offsets import offset_table, offsets_for_rows
-from kontext_sliders.core.projector import ProjectorConfig, SliderProjector, encode_strength, split_offsets
+from kontext_sliders.core.kontinuous.weights import (OFFICIAL_LORA, OFFICIAL_PROJECTOR, load_kontinuous,
+                                                     load_single_file, save_official_folder, save_single_file)
+from kontext_sliders.core.weights_io import WeightsFormatError
+from kontext_sliders.core.kontinuous.offsets import offset_table, offsets_for_rows
+from kontext_sliders.core.kontinuous.projector import ProjectorConfig, SliderProjector, encode_strength, split_offsets
 
 RELEASED_SHAPES = {
     "pe_extender.weight": (768, 2), "pe_extender.bias": (768,),
@@ -232,7 +233,7 @@ def test_atomic_write_leaves_old_file_when_writing_fails(tmp_path):
 
 
 def test_offset_table_refuses_strengths_outside_the_code_period():
-    from kontext_sliders.core.offsets import STRENGTH_RANGE
+    from kontext_sliders.core.kontinuous.offsets import STRENGTH_RANGE
     weights = F.tiny_projector_weights(seed=1)
     projector = weights.build_projector()
     pooled = torch.randn(1, F.POOLED_DIM)

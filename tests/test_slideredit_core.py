@@ -8,12 +8,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import ks_fixtures as F
-from kontext_sliders.core import slideredit as S
+from kontext_sliders.core.families import flux1 as FL
+from kontext_sliders.core.slideredit import lora as L
+from kontext_sliders.core.slideredit import weights as S
 from kontext_sliders.core.convert_slideredit import main as convert_main
-from kontext_sliders.core.formats import WeightsFormatError
+from kontext_sliders.core.weights_io import WeightsFormatError
 
 HIDDEN, MLP, DOUBLE, SINGLE, CONTEXT = 32, 128, 3, 2, 32
-SIZES = S.FluxSizes(HIDDEN, MLP, DOUBLE, SINGLE, CONTEXT)
+SIZES = FL.FluxSizes(HIDDEN, MLP, DOUBLE, SINGLE, CONTEXT)
 
 
 def authors_state(variant: str = "stlora", rank: int = 4, seed: int = 0, hidden: int = HIDDEN):
@@ -103,12 +105,12 @@ def test_sizes_are_checked():
     w = S.SliderEditWeights("stlora", {k[:-len(".lora_A.weight")]: (v, authors_state()[k.replace("lora_A", "lora_B")])
                                        for k, v in authors_state().items() if k.endswith("lora_A.weight")})
     with pytest.raises(ValueError, match="hidden size 32, this model has 64"):
-        S.check_fits(w, S.FluxSizes(64, 256, DOUBLE, SINGLE, CONTEXT))
+        L.check_fits(w, FL.FluxSizes(64, 256, DOUBLE, SINGLE, CONTEXT))
     with pytest.raises(ValueError, match="2 double-stream blocks"):
-        S.check_fits(w, S.FluxSizes(HIDDEN, MLP, 2, SINGLE, CONTEXT))
+        L.check_fits(w, FL.FluxSizes(HIDDEN, MLP, 2, SINGLE, CONTEXT))
     w.context_in_dim = 4096
     with pytest.raises(ValueError, match="width 4096, this model reads 32"):
-        S.check_fits(w, SIZES)
+        L.check_fits(w, SIZES)
 
 
 def _write_pt(tmp_path, variant="stlora"):
@@ -119,12 +121,12 @@ def _write_pt(tmp_path, variant="stlora"):
 
 def test_fused_mapping_matches_the_bfl_weight_layout():
     """B @ A of every fused update equals the dense diffusers deltas fused as ComfyUI fuses the weights."""
-    from kontext_sliders.core.flux_keys import _fused
+    from kontext_sliders.core.families.flux1 import _fused
     sd = {f"transformer.{k}": v for k, v in authors_state("gstlora").items()}
     w = S.SliderEditWeights("gstlora", {k[len("transformer."):-len(".lora_A.weight")]:
                                         (v, sd[k.replace("lora_A", "lora_B")]) for k, v in sd.items()
                                         if k.endswith("lora_A.weight")}, alpha=8.0)
-    fused = {f.module: f for f in S.fused_loras(w, SIZES)}
+    fused = {f.module: f for f in L.fused_loras(w, SIZES)}
     dense = {m: 2.0 * b @ a for m, (a, b) in w.modules.items()}  # alpha / rank = 2
     for bfl, parts in _fused(DOUBLE, SINGLE):
         f = fused.get(bfl)
@@ -143,7 +145,7 @@ def test_add_lora_delta_leaves_other_rows_and_zero_scale_tokens_exact():
     out, x = torch.randn(2, 5, 96, generator=g), torch.randn(2, 5, 32, generator=g)
     A, B = torch.randn(8, 32, generator=g), torch.randn(32, 8, generator=g)
     scale = torch.tensor([[0, 1, 0, 0.5, 0], [0, 0, 0, 0, 0]], dtype=torch.float32).unsqueeze(-1)
-    y = S.add_lora_delta(out, x, A, B, (32, 64), scale)
+    y = L.add_lora_delta(out, x, A, B, (32, 64), scale)
     assert torch.equal(y[..., :32], out[..., :32]) and torch.equal(y[..., 64:], out[..., 64:])
     assert torch.equal(y[:, [0, 2, 4]], out[:, [0, 2, 4]]) and torch.equal(y[1], out[1])
     expected = out[0, 3, 32:64] + 0.5 * (x[0, 3] @ A.t() @ B.t())
@@ -151,11 +153,11 @@ def test_add_lora_delta_leaves_other_rows_and_zero_scale_tokens_exact():
 
 
 def test_token_scales_follow_the_authors_convention():
-    scales = S.stlora_token_scales([(1, 4), (5, 7)], [0.0, 1.5], 9)
+    scales = L.stlora_token_scales([(1, 4), (5, 7)], [0.0, 1.5], 9)
     assert scales.tolist() == [0, 1, 1, 1, 0, -0.5, -0.5, 0, 0]  # 1 - s on each span, 0 elsewhere
-    assert not S.stlora_token_scales([(1, 4)], [1.0], 9).any()  # strength 1: the base model
+    assert not L.stlora_token_scales([(1, 4)], [1.0], 9).any()  # strength 1: the base model
     with pytest.raises(ValueError, match="outside"):
-        S.stlora_token_scales([(5, 12)], [0.0], 9)
+        L.stlora_token_scales([(5, 12)], [0.0], 9)
 
 
 def test_converter_cli(tmp_path, capsys):

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from kontext_sliders.core.slideredit import load_slideredit
+from kontext_sliders.core.slideredit.weights import load_slideredit
 from kontext_sliders.trainer.cli import main as cli_main
 from kontext_sliders.trainer.data.edits import EditFormatError, read_edits
 from kontext_sliders.trainer import demo as D

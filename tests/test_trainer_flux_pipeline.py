@@ -212,7 +212,7 @@ def test_train_on_the_pretrained_folder_then_reuse_the_cache_then_export(kontext
     from safetensors.torch import load_file
     from test_trainer import brightness_trajectories
 
-    from kontext_sliders.core.formats import load_kontinuous
+    from kontext_sliders.core.kontinuous.weights import load_kontinuous
     from kontext_sliders.trainer import loop
     from kontext_sliders.trainer.checkpoint import latest_checkpoint
     from kontext_sliders.trainer.config import OFFICIAL_LORA_TARGETS

@@ -368,7 +368,7 @@ def test_export_round_trip_loads_back_equal_and_drives_the_same_model(exported):
 
 def test_weight_file_errors_are_one_clear_line(exported, tmp_path):
     from safetensors.torch import load_file, save_file
-    from kontext_sliders.core.formats import WeightsFormatError
+    from kontext_sliders.core.weights_io import WeightsFormatError
     from kontext_sliders.core.numeric import load_numeric_weights, numeric_metadata
     from kontext_sliders.core.numeric.weights import ADAPTER_PREFIX
     _, path, _, _ = exported

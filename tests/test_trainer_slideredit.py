@@ -9,7 +9,8 @@ pytest.importorskip("accelerate")
 
 from test_trainer import cli, write_config  # noqa: E402
 
-from kontext_sliders.core.slideredit import STLORA_TARGETS, stlora_token_scales  # noqa: E402
+from kontext_sliders.core.slideredit.weights import STLORA_TARGETS
+from kontext_sliders.core.slideredit.lora import stlora_token_scales  # noqa: E402
 from kontext_sliders.trainer.slideredit_model import SliderEditAdapter, SliderEditModel  # noqa: E402
 
 TINY = {"patch_size": 1, "in_channels": 12, "num_layers": 2, "num_single_layers": 1, "attention_head_dim": 16,
@@ -88,7 +89,7 @@ def test_stlora_leaves_every_token_outside_the_spans_exactly_base_in_every_adapt
 
 @pytest.mark.parametrize("variant", ["stlora", "gstlora"])
 def test_adapter_round_trips_through_slideredit_weights(variant, tmp_path):
-    from kontext_sliders.core.slideredit import load_slideredit, save_slideredit
+    from kontext_sliders.core.slideredit.weights import load_slideredit, save_slideredit
     transformer = tiny_transformer()
     adapter = randomise_(SliderEditAdapter(transformer, variant, rank=4, alpha=2.0))
     weights = adapter.to_weights(base_model="tiny", context_in_dim=32)
@@ -278,7 +279,7 @@ def test_two_process_run_keeps_identical_weights_and_equals_one_process(edits, t
 @pytest.mark.parametrize("variant", ["stlora", "gstlora"])
 def test_export_our_format_and_the_authors_layout_load_back_equal(edits, tmp_path, variant, capsys):
     from safetensors.torch import load_file
-    from kontext_sliders.core.slideredit import AUTHORS_GSTLORA, AUTHORS_STLORA_SAFETENSORS, load_slideredit
+    from kontext_sliders.core.slideredit.weights import AUTHORS_GSTLORA, AUTHORS_STLORA_SAFETENSORS, load_slideredit
     from kontext_sliders.trainer.checkpoint import latest_checkpoint
     from kontext_sliders.trainer.config import config_from_dict
     from kontext_sliders.trainer.loop import train

@@ -5,8 +5,6 @@ failed with a bare Python message ("could not convert string to float", "(EOFErr
 """
 import json
 import math
-import os
-import stat
 
 import pytest
 import torch
@@ -14,8 +12,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import ks_fixtures as F
-from kontext_sliders.core.formats import (OFFICIAL_LORA, OFFICIAL_PROJECTOR, WeightsFormatError, load_kontinuous,
-                                          save_official_folder, save_single_file)
+from kontext_sliders.core.kontinuous.weights import (OFFICIAL_LORA, OFFICIAL_PROJECTOR, load_kontinuous,
+                                                     save_official_folder, save_single_file)
+from kontext_sliders.core.weights_io import WeightsFormatError
 
 # Python's own wording for what used to leak out of a malformed header
 RAW_PYTHON_MESSAGES = ("could not convert", "has no attribute", "invalid literal", "EOFError", "object is not")

@@ -148,7 +148,7 @@ class SliderEditSection:
     batch_teacher: bool = True  # teacher + student in one forward of 2B rows; false: two forwards (less memory)
 
     def __post_init__(self):
-        from ..core.slideredit import VARIANTS
+        from ..core.slideredit.weights import VARIANTS
         if self.variant not in VARIANTS:
             raise ConfigError(f"slideredit.variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
         if self.loss is None:

@@ -28,7 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..core.atomic import atomic_write
-from ..core.formats import load_kontinuous
+from ..core.kontinuous.weights import load_kontinuous
 from .checkpoint import latest_checkpoint, load_checkpoint
 from .config import TrainConfig, config_from_dict
 from .data import cat

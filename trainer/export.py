@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from ..core.formats import KontinuousWeights, save_official_folder, save_single_file
-from ..core.projector import ProjectorConfig
-from ..core.slideredit import SliderEditWeights, save_authors_layout, save_slideredit
+from ..core.kontinuous.weights import KontinuousWeights, save_official_folder, save_single_file
+from ..core.kontinuous.projector import ProjectorConfig
+from ..core.slideredit.weights import SliderEditWeights, save_authors_layout, save_slideredit
 from .checkpoint import latest_checkpoint, load_checkpoint
 
 LORA_KEY = re.compile(r"^transformer\.(?P<module>.+)\.(?P<half>lora_[AB])\.(?:[^.]+\.)?weight$")

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from ..core.atomic import atomic_write
 from ..core.instructions import joined_prompt
-from ..core.slideredit import first_token_span
+from ..core.slideredit.lora import first_token_span
 from .data.trajectories import Trajectory, TrajectoryFormatError, read_manifest
 
 log = logging.getLogger("kontext_sliders.trainer")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..core.projector import ProjectorConfig, SliderProjector
+from ..core.kontinuous.projector import ProjectorConfig, SliderProjector
 from .config import TrainConfig
 from .modulation_hook import ModulationOffsetHooks
 

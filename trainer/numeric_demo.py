@@ -38,7 +38,8 @@ from ..core.numeric import load_numeric_weights
 from .config import TrainConfig, config_from_dict
 from .data import cat
 from .data.trajectories import Frame, Trajectory, write_manifest
-from .demo import (TRAIN_FRAMES, DemoSettings, demo_config, demo_photos, demo_tasks, export_editor_model, with_threads)
+from .demo import (TRAIN_FRAMES, DemoSettings, demo_config, demo_photos, demo_tasks, export_editor_model,
+                   with_threads)
 from .export import export_checkpoint, trainable_from_lora
 from .metrics import psnr
 from .numeric import encoder_text
@@ -326,7 +327,7 @@ def kontinuous_on_base(config: TrainConfig, weights_file: Path, transformer_dir:
     """The exported Kontinuous file (projector + LoRA, the loader's format) on the base editor of
     ``config.model.pretrained``, or on ``transformer_dir`` (the run's own fine-tuned transformer, ``export
     --transformer-out``): the trainer's model with the file's tensors in place of its trainable ones."""
-    from ..core.formats import load_kontinuous
+    from ..core.kontinuous.weights import load_kontinuous
     from .model import build_model
     weights = load_kontinuous(weights_file)
     if transformer_dir is not None:

@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 
 from ..core.instructions import joined_prompt
-from ..core.slideredit import SliderEditWeights, stlora_token_scales
+from ..core.slideredit.weights import SliderEditWeights
+from ..core.slideredit.lora import stlora_token_scales
 from .config import TrainConfig
 from .data.edits import EditFormatError, read_edits
 from .data.trajectories import TrajectoryFormatError

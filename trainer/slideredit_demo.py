@@ -25,7 +25,8 @@ import torch
 
 from ..core.atomic import atomic_write
 from ..core.instructions import InstructionSpans
-from ..core.slideredit import load_slideredit, stlora_token_scales
+from ..core.slideredit.weights import load_slideredit
+from ..core.slideredit.lora import stlora_token_scales
 from .config import config_from_dict
 from .data import cat
 from .data.edits import EditSample, write_edits

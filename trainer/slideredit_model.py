@@ -26,7 +26,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..core.slideredit import (GSTLORA_TARGETS, STLORA_TARGETS, VARIANTS, SliderEditWeights, add_lora_delta)
+from ..core.slideredit.weights import GSTLORA_TARGETS, STLORA_TARGETS, VARIANTS, SliderEditWeights
+from ..core.slideredit.lora import add_lora_delta
 from .model import kontext_velocity
 
 # Linears of the text stream (double blocks): their input is the [B, L_text, D] text sequence

@@ -10,7 +10,7 @@ import json
 import sys
 from typing import Sequence
 
-from ..formats import WeightsFormatError
+from ..weights_io import WeightsFormatError
 from .parser import NumericParseError, parse_line
 from .defaults import DEFAULT_REGISTRY
 from .weights import read_numeric_header

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .parser import NumericEdit
+from .grammar import NumericEdit
 from .registry import Registry
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .registry import REGISTRY_FORMAT, REGISTRY_VERSION, Registry
+from .registry import Registry
+from .tasks import REGISTRY_FORMAT, REGISTRY_VERSION
 
 
 _INCREASE = ("increase", "raise", "boost", "add", "more", "higher")

@@ -2,7 +2,7 @@
 
 Format: one ``.safetensors`` file.
 
-* metadata ``kontext_sliders`` (the pack's key, ``core.formats.METADATA_KEY``): a JSON object
+* metadata ``kontext_sliders`` (the pack's key, ``core.weights_io.METADATA_KEY``): a JSON object
   ``{"format": "numerikontrol", "version": 1, "registry": <Registry.to_json()>, "adapter": <AdapterConfig>}``;
   the registry is the one the weights were trained with: its order gives the task ids.
   With a LoRA the object also holds ``"lora": {"rank": r, "alpha": a}`` (the update is (a / r) · B A), and
@@ -25,8 +25,10 @@ from pathlib import Path
 import torch
 
 from ..atomic import atomic_write
-from ..formats import (METADATA_KEY, LoraInfo, WeightsFormatError, _check_alpha, _check_finite, _peft_metadata,
-                       _read_safetensors, _rank, header_error, lora_modules, read_header)
+from ..weights_io import (METADATA_KEY, LoraInfo, WeightsFormatError, check_alpha as _check_alpha,
+                          check_finite as _check_finite, peft_metadata as _peft_metadata,
+                          read_safetensors as _read_safetensors, lora_rank_of as _rank, header_error, lora_modules,
+                          read_header)
 from .adapter import AdapterConfig, NumericAdapter
 from .registry import Registry, RegistryError
 

@@ -1,14 +1,29 @@
-"""FLUX transformer state dicts: diffusers layout <-> BFL / ComfyUI layout.
+"""FLUX.1 / FLUX.1 Kontext: the family's layout facts and key maps (pure torch; no host imports).
 
-diffusers keeps q, k, v (and the single blocks' MLP input) as separate Linears; BFL fuses them
+What is FLUX.1-specific lives here and nowhere else in ``core``: the transformer's two state-dict
+layouts (diffusers <-> BFL / ComfyUI), where each diffusers Linear sits inside BFL's fused Linears
+(SliderEdit's adapters land there), the sizes a model offers an adapter, and the full-size facts.
+
+State dicts: diffusers keeps q, k, v (and the single blocks' MLP input) as separate Linears; BFL fuses them
 row-wise (``qkv``, ``linear1``). The final AdaLN emits (scale, shift) in diffusers and
 (shift, scale) in BFL, so its rows swap halves. Everything else is a rename.
 """
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import torch
+
+NAME = "flux1"
+DISPLAY = "FLUX.1 (Kontext)"
+# Full-size FLUX.1 [dev] / Kontext [dev]: width, MLP width, blocks, T5-XXL width, pooled CLIP-L width.
+HIDDEN_SIZE = 3072
+MLP_HIDDEN = 12288
+DOUBLE_BLOCKS = 19
+SINGLE_BLOCKS = 38
+CONTEXT_IN_DIM = 4096
+POOLED_DIM = 768
 
 # (BFL suffix, diffusers suffix) for plain renames; ".weight"/".bias" are appended per tensor.
 _TOP = [
@@ -157,3 +172,43 @@ def _check_all_used(sd, used, layout):
     if left:
         raise ValueError(f"{len(left)} {layout} Flux keys have no counterpart, e.g. {left[:4]}; "
                          "is this a FLUX.1 transformer state dict?")
+
+
+# ---------------------------------------------------------------- where diffusers Linears sit in BFL's
+
+# diffusers module suffix -> (ComfyUI module suffix, part index within a row-fused Linear or None, stream)
+DOUBLE_LINEARS = {
+    "attn.to_q": ("img_attn.qkv", 0, "img"), "attn.to_k": ("img_attn.qkv", 1, "img"),
+    "attn.to_v": ("img_attn.qkv", 2, "img"), "attn.to_out.0": ("img_attn.proj", None, "img"),
+    "ff.net.0.proj": ("img_mlp.0", None, "img"), "ff.net.2": ("img_mlp.2", None, "img"),
+    "attn.add_q_proj": ("txt_attn.qkv", 0, "txt"), "attn.add_k_proj": ("txt_attn.qkv", 1, "txt"),
+    "attn.add_v_proj": ("txt_attn.qkv", 2, "txt"), "attn.to_add_out": ("txt_attn.proj", None, "txt"),
+    "ff_context.net.0.proj": ("txt_mlp.0", None, "txt"), "ff_context.net.2": ("txt_mlp.2", None, "txt"),
+}
+SINGLE_LINEARS = {
+    "attn.to_q": ("linear1", 0, "joint"), "attn.to_k": ("linear1", 1, "joint"), "attn.to_v": ("linear1", 2, "joint"),
+    "proj_mlp": ("linear1", 3, "joint"), "proj_out": ("linear2", None, "joint"),
+}
+DIFFUSERS_MODULE = re.compile(r"^(?P<kind>transformer_blocks|single_transformer_blocks)\.(?P<index>\d+)\.(?P<suffix>.+)$")
+
+
+@dataclass(frozen=True)
+class FluxSizes:
+    """What a model offers the adapter: checked before anything is patched."""
+    hidden_size: int
+    mlp_hidden: int
+    double_blocks: int
+    single_blocks: int
+    context_in_dim: int
+
+
+def lora_shape(suffix: str, double: bool, sizes: FluxSizes) -> tuple[int, int]:
+    """(out, in) of the diffusers Linear ``suffix`` in a double (or single) block of a model of ``sizes``."""
+    h, mlp = sizes.hidden_size, sizes.mlp_hidden
+    if suffix in ("ff.net.0.proj", "ff_context.net.0.proj", "proj_mlp"):
+        return mlp, h
+    if suffix in ("ff.net.2", "ff_context.net.2"):
+        return h, mlp
+    if suffix == "proj_out":
+        return h, h + mlp
+    return h, h
