@@ -19,7 +19,7 @@ def pytest_configure(config):
     except ComfyUIPathError as e:
         raise pytest.UsageError(str(e)) from None
     config.addinivalue_line("markers", "comfyui: runs ComfyUI's own code (skips when ComfyUI is not found)")
-    config.addinivalue_line("markers", "slow: minutes, not seconds (the full offline demo); -m 'not slow' leaves them out")
+    config.addinivalue_line("markers", "slow: minutes, not seconds (the full demos); left out by default, `-m slow` runs them")
 
 
 def pytest_runtest_logreport(report):
