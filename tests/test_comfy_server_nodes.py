@@ -1,7 +1,8 @@
 """What a real ComfyUI server (tests/comfy_server.py) publishes for the pack, checked against the pack.
 
 - /object_info lists every node of nodes/entrypoint.py's NODES with the inputs its schema declares, and
-  the README's node tables and the web/docs help pages name the same inputs (and display names);
+  the reference pages' node tables (docs/*.md) and the web/docs help pages name the same inputs (and
+  display names);
 - the pack imported without errors, and /extensions serves each of its scripts exactly once;
 - every example workflow validates against that /object_info: node types exist, every link joins types
   ComfyUI's own validate_node_input accepts, every widget value is in range or among the options.
@@ -15,9 +16,9 @@ from comfy_server import ComfyServer
 from test_example_workflows import FRONTEND_ONLY, USER_FILE_COMBOS, WORKFLOWS, to_api_prompt
 
 pytestmark = pytest.mark.comfyui
-README = (F.PACK_DIR / "README.md").read_text(encoding="utf-8")
+REFERENCE = sorted((F.PACK_DIR / "docs").glob("*.md"))  # one page per method; each read on its own
 DOCS = F.PACK_DIR / "web" / "docs"
-# nodes whose README section is still to be written (by whoever owns them); each must really lack one,
+# nodes whose reference section is still to be written (by whoever owns them); each must really lack one,
 # so this list can only shrink
 NOT_YET_IN_README: set[str] = set()
 
@@ -49,12 +50,15 @@ def server_inputs(info):
 
 
 def readme_sections():
-    """{node id: (display name, [input names from its table's `in` rows])}."""
+    """{node id: (display name, [input names from its table's `in` rows])}, over the reference pages."""
     sections = {}
-    for match in re.finditer(r"^### (.+?) \(`(\w+)`\)\n(.*?)(?=^#)", README, re.S | re.M):
-        title, node_id, body = match.groups()
-        names = [n for row in re.findall(r"^\| in \| ([^|]+) \|", body, re.M) for n in re.findall(r"`(\w+)`", row)]
-        sections[node_id] = (title, names)
+    for page in REFERENCE:
+        text = page.read_text(encoding="utf-8")
+        for match in re.finditer(r"^### ([^\n]+?) \(`(\w+)`\)\n(.*?)(?=^#|\Z)", text, re.S | re.M):
+            title, node_id, body = match.groups()
+            names = [n for row in re.findall(r"^\| in \| ([^|]+) \|", body, re.M) for n in re.findall(r"`(\w+)`", row)]
+            assert node_id not in sections, f"{node_id} has a section in two reference pages"
+            sections[node_id] = (title, names)
     return sections
 
 
