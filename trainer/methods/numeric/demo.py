@@ -27,32 +27,29 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
+import argparse
 from dataclasses import asdict, dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import torch
 
-from ..core.atomic import atomic_write
-from ..core.numeric import load_numeric_weights
-from .config import TrainConfig, config_from_dict
-from .data import cat
-from .data.trajectories import Frame, Trajectory, write_manifest
-from .demo import (TRAIN_FRAMES, DemoSettings, demo_config, demo_photos, demo_tasks, export_editor_model,
-                   with_threads)
-from .export import export_checkpoint, trainable_from_lora
-from .metrics import psnr
-from .numeric import encoder_text
-from .numeric_model import NumericModel
-from .sampling import euler, sample_edit
-from .slideredit import text_encoder_for
-
-SOURCE_STRENGTH = 0.5  # sources in the middle of the range ...
-TARGET_STRENGTHS = (1 / 8, 3 / 8, 5 / 8, 7 / 8)  # ... edited to held-out values: deltas of +-1/8, +-3/8 of the range
-# two-edit requests: (strength of task A's target, of task B's), from both sources at 1/2: all four direction pairs
-TWO_EDIT_TARGETS = ((5 / 8, 7 / 8), (1 / 8, 5 / 8), (7 / 8, 3 / 8), (3 / 8, 1 / 8))
-TARGETS = {"two_edit_gap_db": 2.0, "swap_db": 0.5}
-
+from ....core.atomic import atomic_write
+from ...engine.config import TrainConfig, config_from_dict
+from ...data import cat
+from ...data.trajectories import Frame, Trajectory, write_manifest
+from ...engine.demo import (TRAIN_FRAMES, DemoSettings, demo_photos, demo_tasks, register_demo, run_or_report,
+                            targets_exit, with_threads)
+from ...engine.loop import train
+from ..kontinuous.demo import demo_config, export_editor_model
+from .report import write_numeric_report
+from ...engine.codecs import text_encoder_for
+from ...engine.export import export_checkpoint
+from .evaluation import (SOURCE_STRENGTH, TARGET_STRENGTHS, TARGETS, TWO_EDIT_TARGETS,  # noqa: F401 (for tests)
+                         NumericEditor, composed_error_psnr, evaluate_single, evaluate_two_edit, kontinuous_editor,
+                         kontinuous_on_base)
 
 @dataclass
 class NumericDemoSettings(DemoSettings):
@@ -158,8 +155,8 @@ BASE_STEP = 2  # the base editor's one amount: two frames (half the range at 5 f
 def _base_lines(task: cat.CatTask, delta: float) -> dict[str, str]:
     """The base editor's line for an edit by ``delta`` in each text form the fine-tunes read: the Kontinuous
     instruction, and the numeric line with its number as the offline encoder reads it."""
-    from ..core.numeric import DEFAULT_REGISTRY
-    from ..core.numeric.parser import NUMBER_RE
+    from ....core.numeric import DEFAULT_REGISTRY
+    from ....core.numeric.parser import NUMBER_RE
     up = (delta >= 0) == (task.range[1] >= task.range[0])
     return {"kontinuous": task.instructions[0 if up else 1],
             "numeric": NUMBER_RE.sub("#", DEFAULT_REGISTRY.task(task.name).render(delta))}
@@ -174,7 +171,7 @@ def base_edits(root: Path, frames_dir: Path, trajectories: list[Trajectory], tas
     composed A then B as the evaluation's truth; images under ``root/composed``), in both forms and both line
     orders: an editor that, like FLUX.1 Kontext, knows prompts of several instructions, while the sliders
     trained on it see single edits only. ``composed`` > 1: that many two-line edits per photo, each its own draw."""
-    from .data.edits import EditSample, write_edits
+    from ...data.edits import EditSample, write_edits
     by_name = {t.name: t for t in tasks}
     rel = Path(os.path.relpath(frames_dir, root))
     samples = []
@@ -275,174 +272,17 @@ def trajectory_extents(trajectories: list[Trajectory], tasks: list[cat.CatTask])
 
 # ---------------------------------------------------------------- the two models as editors
 
-class NumericEditor:
-    """The exported NumeriKontrol file on the exported transformer; prompts encoded as in training."""
-
-    def __init__(self, config: TrainConfig, transformer_dir: Path, weights_file: Path, sample_steps: int, seed: int):
-        from diffusers import FluxTransformer2DModel
-        transformer = FluxTransformer2DModel.from_pretrained(str(transformer_dir), subfolder="transformer")
-        self.weights = load_numeric_weights(weights_file)
-        self.model = NumericModel.from_weights(transformer, self.weights, config.numeric.guidance)
-        self.registry, self.config = self.weights.registry, config
-        self.text = text_encoder_for(config, torch.device("cpu"), config.numeric.max_edits)
-        self.sample_steps, self.seed = sample_steps, seed
-
-    @torch.no_grad()
-    def __call__(self, sources: torch.Tensor, edits: list[tuple[str, float]], lines: list[str] | None = None,
-                 ) -> torch.Tensor:
-        """``sources`` [B, 3, H, W] in [0, 1], the same ``edits`` (task, delta) for every row; the prompt's lines
-        default to the edits' rendered templates in the same order."""
-        lines = lines or [self.registry.task(t).render(d) for t, d in edits]
-        text = self.text.encode_lines([encoder_text(self.config, line) for line in lines])
-        b, src = sources.shape[0], sources * 2 - 1
-        context, pooled = text["context"].expand(b, -1, -1), text["pooled"].expand(b, -1)
-        row = [(self.registry.task_id(t), float(d)) for t, d in edits]
-        noise = torch.randn(src.shape, generator=torch.Generator().manual_seed(self.seed))
-        out = euler(lambda x, sigma: self.model(x, src, sigma, context, pooled, [row] * b), noise, self.sample_steps)
-        return ((out + 1) / 2).clamp(0, 1)
-
-
-def kontinuous_editor(model, sample_steps: int, seed: int, mean_extent: float = 1.0, text=None):
-    """(sources, task, delta in the task's unit) -> the baseline's edit: the task's increasing or decreasing
-    instruction by the delta's sign, strength |delta| / (``mean_extent`` x the task's range): its training
-    strengths were fractions of each trajectory's extent, so its "1" is on average that far. ``text``: an
-    offline per-line encoder for a model without its own learned text embedding."""
-    @torch.no_grad()
-    def edit(sources: torch.Tensor, task: cat.CatTask, delta: float) -> torch.Tensor:
-        n = sources.shape[0]
-        strength = abs(delta) / (mean_extent * abs(task.range[1] - task.range[0]))
-        up = (delta >= 0) == (task.range[1] >= task.range[0])
-        instruction = task.instructions[0 if up else 1]
-        prompt = {"instructions": [instruction] * n}
-        if text is not None:
-            t = text.encode(instruction)
-            prompt = {"context": t["context"].expand(n, -1, -1), "pooled": t["pooled"].expand(n, -1)}
-        out = sample_edit(model, sources * 2 - 1, torch.full((n,), strength), sample_steps,
-                          torch.Generator().manual_seed(seed), **prompt)
-        return ((out + 1) / 2).clamp(0, 1)
-    return edit
-
-
-def kontinuous_on_base(config: TrainConfig, weights_file: Path, transformer_dir: Path | None = None) -> torch.nn.Module:
-    """The exported Kontinuous file (projector + LoRA, the loader's format) on the base editor of
-    ``config.model.pretrained``, or on ``transformer_dir`` (the run's own fine-tuned transformer, ``export
-    --transformer-out``): the trainer's model with the file's tensors in place of its trainable ones."""
-    from ..core.kontinuous.weights import load_kontinuous
-    from .model import build_model
-    weights = load_kontinuous(weights_file)
-    if transformer_dir is not None:
-        d = config.to_dict()
-        d["model"].update(pretrained=str(transformer_dir), train_transformer=False)
-        d["lora"]["enabled"] = False
-        d["optim"]["transformer_lr"] = None  # an evaluated model: nothing trains
-        config = config_from_dict(d)
-    model = build_model(config)
-    lora = trainable_from_lora(weights.lora_state)
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad and "lora_" in n}
-    if set(lora) != trainable:
-        raise ValueError(f"{weights_file}: LoRA modules differ from the run's ({len(lora)} vs {len(trainable)})")
-    model.load_state_dict(lora, strict=False)
-    model.projector.load_state_dict(weights.projector_state)
-    return model.requires_grad_(False).eval()
-
-
-# ---------------------------------------------------------------- evaluation
-
-def measure(task: cat.CatTask, sources: torch.Tensor, edited: torch.Tensor) -> list[float]:
-    out = []
-    for src, e in zip(sources, edited):
-        try:
-            out.append(float(task.estimate_value(src, e)))
-        except ValueError:  # nothing measurable (e.g. every pixel clipped)
-            out.append(math.nan)
-    return out
-
-
-def evaluate_single(task: cat.CatTask, photos: torch.Tensor, numeric, kontinuous, seed: int):
-    """One task: sources at the middle of the range, every held-out target value; also the strips' frames."""
-    v0 = task.value_at(SOURCE_STRENGTH)
-    sources = task.apply(photos, v0, seed)
-    rows, frames = [], []
-    for s in TARGET_STRENGTHS:
-        v1 = task.value_at(s)
-        delta = float(f"{v1 - v0:.6g}")
-        truth = task.apply(photos, v1, seed)
-        outs = {"numeric": numeric(sources, [(task.name, delta)]), "kontinuous": kontinuous(sources, task, delta)}
-        row = {"delta": delta, "target_value": v1, "psnr_no_edit": float(psnr(sources, truth).mean())}
-        for name, out in outs.items():
-            measured = measure(task, sources, out)
-            row[f"psnr_{name}"] = float(psnr(out, truth).mean())
-            row[f"mae_{name}"] = _mean([abs(m - delta) for m in measured])
-        row["mae_exact"] = _mean([abs(m - delta) for m in measure(task, sources, truth)])  # the estimator's own
-        rows.append(row)
-        frames.append((sources, outs["numeric"], outs["kontinuous"], truth))
-    summary = {"task": task.name, "unit": task.unit, "source_value": v0, "per_delta": rows}
-    for k in ("psnr_numeric", "psnr_kontinuous", "psnr_no_edit", "mae_numeric", "mae_kontinuous", "mae_exact"):
-        summary[k] = _mean([r[k] for r in rows])
-    return summary, frames
-
-
-def composed_error_psnr(psnr_a: float, psnr_b: float) -> float:
-    """The PSNR two edits would reach together if each kept its single-edit error and the errors added
-    (independent, mean squared errors summed): what a perfect composition of these single edits scores."""
-    return -10 * math.log10(10 ** (-psnr_a / 10) + 10 ** (-psnr_b / 10))
-
-
-def evaluate_two_edit(a: cat.CatTask, b: cat.CatTask, photos: torch.Tensor, numeric: NumericEditor, seed: int,
-                      single_psnr: float):
-    """Two lines at once (zero-shot) against the composed exact edit (A then B); each order of the lines.
-
-    The reference on the same composed ground truth is the single-edit route: the two single edits one after the
-    other (two sampling passes), in either order; ``gap_db`` is the better chain's PSNR minus the two-line
-    instruction's. ``single_psnr`` (the single edits on their own ground truth) is reported beside it."""
-    compose = lambda va, vb: b.apply(a.apply(photos, va, seed), vb, seed)
-    va0, vb0 = a.value_at(SOURCE_STRENGTH), b.value_at(SOURCE_STRENGTH)
-    sources = compose(va0, vb0)
-    rows, frames = [], []
-    for sa, sb in TWO_EDIT_TARGETS:
-        va, vb = a.value_at(sa), b.value_at(sb)
-        edits = [(a.name, float(f"{va - va0:.6g}")), (b.name, float(f"{vb - vb0:.6g}"))]
-        truth = compose(va, vb)
-        ab = numeric(sources, edits)
-        ba = numeric(sources, edits[::-1])  # the prompt's lines and the numeric tokens both swapped
-        ba_tokens = numeric(sources, edits[::-1], [numeric.registry.task(t).render(d) for t, d in edits])
-        chain_ab = numeric(numeric(sources, edits[:1]), edits[1:])  # single edits, one after the other
-        chain_ba = numeric(numeric(sources, edits[1:]), edits[:1])
-        rows.append({"edits": edits, "psnr_ab": float(psnr(ab, truth).mean()), "psnr_ba": float(psnr(ba, truth).mean()),
-                     "psnr_chain_ab": float(psnr(chain_ab, truth).mean()),
-                     "psnr_chain_ba": float(psnr(chain_ba, truth).mean()),
-                     "psnr_no_edit": float(psnr(sources, truth).mean()),
-                     "psnr_ab_vs_ba": float(psnr(ab, ba).mean()),
-                     "psnr_ab_vs_ba_tokens_only": float(psnr(ab, ba_tokens).mean()),
-                     "max_abs_tokens_only": float((ab - ba_tokens).abs().max())})
-        frames.append((sources, ab, ba, chain_ab, truth))
-    two = {"tasks": [a.name, b.name], "per_request": rows, "single_edit_psnr": single_psnr}
-    for k in ("psnr_ab", "psnr_ba", "psnr_chain_ab", "psnr_chain_ba", "psnr_no_edit", "psnr_ab_vs_ba",
-              "psnr_ab_vs_ba_tokens_only"):
-        two[k] = _mean([r[k] for r in rows])
-    two["max_abs_tokens_only"] = max(r["max_abs_tokens_only"] for r in rows)
-    two["psnr_single_route"] = max(two["psnr_chain_ab"], two["psnr_chain_ba"])
-    two["gap_db"] = two["psnr_single_route"] - two["psnr_ab"]
-    two["gap_to_single_gt_db"] = single_psnr - two["psnr_ab"]
-    two["swap_db"] = abs(two["psnr_ab"] - two["psnr_ba"])
-    return two, frames
-
-
-# ---------------------------------------------------------------- the command
-
 def run_numeric_demo(s: NumericDemoSettings) -> NumericDemoResult:
     """The whole NumeriKontrol demo with ``s.threads`` torch threads."""
     return with_threads(s.threads, lambda: _run(s))
 
 
 def _run(s: NumericDemoSettings) -> NumericDemoResult:
-    from .loop import train
-    from .numeric_report import write_numeric_report
     tasks = demo_tasks(s)
     if len(tasks) < 2:
         raise ValueError(f"the NumeriKontrol demo measures two-edit instructions: give at least two tasks, "
                          f"got {s.tasks!r}")
-    from ..core.numeric import DEFAULT_REGISTRY
+    from ....core.numeric import DEFAULT_REGISTRY
     missing = [t.name for t in tasks if t.name not in DEFAULT_REGISTRY.names]
     if missing:
         raise ValueError(f"task(s) {missing} are not in the numeric registry ({', '.join(DEFAULT_REGISTRY.names)})")
@@ -517,3 +357,85 @@ def _run(s: NumericDemoSettings) -> NumericDemoResult:
          "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(s).items()}},
         indent=1), encoding="utf-8"))
     return result
+
+
+def run_command(args: argparse.Namespace, common: dict) -> int:
+    from ..methods.numeric.demo import NumericDemoSettings, run_numeric_demo
+    try:
+        extents = cat.parse_extents(args.extents)
+    except ValueError as e:
+        print(f"demo: error: {e}", file=sys.stderr)
+        return 2
+    if args.base_steps < 0 or args.finetune_rank < 1 or args.base_composed < 1:
+        print(f"demo: error: --base-steps must be >= 0, --finetune-rank and --base-composed >= 1, got "
+              f"{args.base_steps}, {args.finetune_rank} and {args.base_composed}", file=sys.stderr)
+        return 2
+    rates = (("--finetune-lr", args.finetune_lr), ("--finetune-transformer-lr", args.finetune_transformer_lr))
+    for flag, value in rates:
+        if value is not None and not value > 0:
+            print(f"demo: error: {flag} must be > 0, got {value}", file=sys.stderr)
+            return 2
+    if args.finetune_transformer_lr is not None and (args.finetune != "whole" or not args.base_steps):
+        print("demo: error: --finetune-transformer-lr is the rate of the base's weights in a whole fine-tune: it "
+              "needs --base-steps > 0 and --finetune whole", file=sys.stderr)
+        return 2
+    if args.lines_pooled is not None and not args.base_steps:
+        print("demo: error: --lines-pooled sets the text of the base editor and its fine-tunes: it needs "
+              "--base-steps > 0", file=sys.stderr)
+        return 2
+    settings = NumericDemoSettings(args.out, extents=extents, base_steps=args.base_steps,
+                                   base_composed=args.base_composed,
+                                   **({} if args.lines_pooled is None else {"lines_pooled": args.lines_pooled}),
+                                   finetune_rank=args.finetune_rank, finetune=args.finetune,
+                                   finetune_lr=args.finetune_lr,
+                                   finetune_transformer_lr=args.finetune_transformer_lr, **common,
+                                   **({} if args.steps is None else {"steps": args.steps}))
+    result = run_or_report(run_numeric_demo, settings)
+    if result is None:
+        return 2
+    for t in result.tasks:
+        print(f"{t['task']}: held-out PSNR NumeriKontrol {t['psnr_numeric']:.2f} dB, Kontinuous "
+              f"{t['psnr_kontinuous']:.2f} dB (no edit: {t['psnr_no_edit']:.2f} dB); measured-value MAE "
+              f"{t['mae_numeric']:.3g} {t['unit']} (Kontinuous {t['mae_kontinuous']:.3g}, exact {t['mae_exact']:.3g})")
+    avg, two = result.average, result.two_edit
+    print(f"average: NumeriKontrol {avg['psnr_numeric']:.2f} dB, Kontinuous {avg['psnr_kontinuous']:.2f} dB; "
+          f"two-edit {two['psnr_ab']:.2f} dB (the single edits chained: {two['psnr_single_route']:.2f} dB, gap "
+          f"{two['gap_db']:.2f} dB; single edits on their own truth: {two['single_edit_psnr']:.2f} dB), order swap "
+          f"{two['swap_db']:.3f} dB")
+    return targets_exit(args, result)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    n = NumericDemoSettings(Path("."))
+    parser.add_argument("--extents", default=",".join(str(Fraction(x).limit_denominator(64)) for x in n.extents),
+                        help="numeric: fractions of each task's range the training trajectories span, one drawn "
+                             "per trajectory; the baseline's 0-1 strength is per trajectory (default: %(default)s)")
+    parser.add_argument("--base-steps", type=int, default=n.base_steps,
+                        help="numeric: > 0 trains a base editor for this many steps first and fine-tunes both "
+                             "models on it (see --finetune), the paper's setting; 0: both from scratch "
+                             "(default: %(default)s)")
+    parser.add_argument("--base-composed", type=int, default=n.base_composed,
+                        help="numeric with --base-steps: two-line edits per training photo in the base editor's "
+                             "data (default: %(default)s)")
+    parser.add_argument("--lines-pooled", choices=("mean", "sum"),
+                        help="numeric with --base-steps: the offline text encoder's pooled vector of a prompt of "
+                             f"several lines, the mean of its lines' or their sum (default: {n.lines_pooled})")
+    parser.add_argument("--finetune-rank", type=int, default=n.finetune_rank,
+                        help="numeric with --base-steps: LoRA rank of both fine-tunes (default: %(default)s)")
+    parser.add_argument("--finetune", choices=("lora", "whole"), default=n.finetune,
+                        help="numeric with --base-steps: what the two fine-tunes train besides the adapter / "
+                             "projector: a LoRA, or every weight of the base (model.train_transformer) "
+                             "(default: %(default)s)")
+    parser.add_argument("--finetune-lr", type=float, default=n.finetune_lr,
+                        help="numeric with --base-steps: learning rate of both fine-tunes (default: %(default)g)")
+    parser.add_argument("--finetune-transformer-lr", type=float, default=n.finetune_transformer_lr,
+                        help="numeric with --finetune whole: learning rate of the base's own weights, the adapter "
+                             "and the projector keeping --finetune-lr (default: one rate for all)")
+
+
+_N = NumericDemoSettings(Path("."))
+register_demo("numeric", run_command, "NumeriKontrol against a Kontinuous baseline on the same frame pairs "
+              "(report_numeric.md)", add_arguments, order=2,
+              notes={"tasks": f"numeric: two or more, {_N.tasks}", "steps": f"numeric: {_N.steps} for each of the "
+                     "two models", "targets": "numeric: PSNR above Kontinuous on average and per task, a two-edit "
+                     "prompt within 2 dB of the single edits chained, on the composed truth; order swap < 0.5 dB"})
