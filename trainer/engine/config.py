@@ -137,7 +137,7 @@ def check_lora_fields(where: str, rank, alpha, targets) -> None:
 @dataclass
 class SliderEditSection:
     """``method: slideredit``: one shared low-rank adapter, trained self-supervised (PPS / SPPS) to cancel
-    sub-instructions; scaled by 1 - strength at inference (trainer/slideredit.py)."""
+    sub-instructions; scaled by 1 - strength at inference (trainer/methods/slideredit/)."""
     variant: str = "stlora"  # "stlora": text-stream LoRA on chosen tokens; "gstlora": all tokens, both streams
     loss: str | None = None  # "pps" | "spps"; null: pps for stlora, spps for gstlora (as the authors train them)
     rank: int = 16
@@ -181,7 +181,7 @@ class SliderEditSection:
 @dataclass
 class NumericSection:
     """``method: numeric``: NumeriKontrol, a numeric adapter (z = D(E(f(delta)) + emb(task))) whose tokens go in
-    front of the T5 tokens, and a LoRA on the attention Q/K/V (trainer/numeric.py, trainer/numeric_model.py)."""
+    front of the T5 tokens, and a LoRA on the attention Q/K/V (trainer/methods/numeric/method.py, model.py)."""
     # the task registry (units, ranges, templates): null = the default (the `synth cat` tasks), a path to a
     # registry JSON file, or the registry itself; a numeric run's resolved config holds it inline, so every
     # checkpoint carries the registry its task ids refer to
@@ -192,7 +192,7 @@ class NumericSection:
     decoder_width: int = 256
     rank: int = 128  # the paper's LoRA rank
     alpha: float | None = None  # null: alpha = rank (scale 1)
-    targets: list[str] | None = None  # diffusers Linear suffixes; null: Q/K/V of both streams (numeric_model.py)
+    targets: list[str] | None = None  # diffusers Linear suffixes; null: Q/K/V of both streams (methods/numeric/model.py)
     init: str = "gaussian"  # peft's init_lora_weights: "gaussian" (A ~ N(0, 1/r)) or "default" (kaiming); B zeros
     guidance: float = 1.0  # the guidance embedding's value in training (the paper: "CFG 1.0")
     max_edits: int = 3  # data.text_encoder learned: room for this many sub-instructions in a prompt

@@ -80,8 +80,8 @@ def build_transformer(config, dtype: torch.dtype = torch.float32):
 
     ``model.train_transformer``: every weight trains, pretrained too (a full fine-tune). SliderEdit
     (``method: slideredit``) keeps the base frozen either way (it is its own teacher) and adds no peft LoRA: its
-    adapter is ``slideredit_model.SliderEditAdapter``. NumeriKontrol (``method: numeric``) adds its own LoRA to a
-    frozen transformer (trainer/numeric.py), none when every weight trains.
+    adapter is ``methods/slideredit/model.SliderEditAdapter``. NumeriKontrol (``method: numeric``) adds its own LoRA to a
+    frozen transformer (trainer/methods/numeric/), none when every weight trains.
     """
     from diffusers import FluxTransformer2DModel
     m = config.model

@@ -131,7 +131,7 @@ def adapter_config(config: TrainConfig, out_dim: int) -> AdapterConfig:
 
 
 class NumericMethod(Method):
-    """The NumeriKontrol side of ``loop.train`` (the interface: ``loop.Method``)."""
+    """The NumeriKontrol side of ``engine.loop.train`` (the interface: ``engine.loop.Method``)."""
 
     def prepare(self, cache: FeatureCache, device: torch.device, progress: bool) -> None:
         config = self.config
