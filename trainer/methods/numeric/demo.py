@@ -263,7 +263,6 @@ def _run(s: NumericDemoSettings) -> NumericDemoResult:
 
 
 def run_command(args: argparse.Namespace, common: dict) -> int:
-    from ..methods.numeric.demo import NumericDemoSettings, run_numeric_demo
     try:
         extents = cat.parse_extents(args.extents)
     except ValueError as e:

@@ -262,7 +262,6 @@ def _run(s: SliderEditDemoSettings) -> SliderEditDemoResult:
 
 
 def run_command(args: argparse.Namespace, common: dict) -> int:
-    from ..methods.slideredit.demo import SliderEditDemoSettings, run_slideredit_demo
     settings = SliderEditDemoSettings(args.out, editor_steps=args.editor_steps, slider_steps=args.slider_steps,
                                       **common)
     result = run_or_report(run_slideredit_demo, settings)
