@@ -8,7 +8,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
 
 PACK = Path(__file__).resolve().parents[1]
 SIDES = ("core", "nodes", "trainer")
@@ -123,7 +122,6 @@ def test_the_graph_sees_relative_and_lazy_imports():
     assert "core.atomic" in graph["core.kontinuous.weights"]  # `from ..atomic import ...`
 
 
-@pytest.mark.xfail(strict=True, reason="the trainer's circles go with its move to engine/ + methods/ (issue 24)")
 def test_no_import_circles():
     cycles = find_cycles(import_graph())
     assert not cycles, "import circles (each list imports itself through the others): " + "; ".join(

@@ -44,7 +44,7 @@ def predict(model, cond, x, **kwargs):
 
 @torch.no_grad()
 def diffusers_velocity(env, conditioning, edits):
-    from kontext_sliders.trainer.numeric_model import NumericModel
+    from kontext_sliders.trainer.methods.numeric.model import NumericModel
     model = NumericModel.from_weights(F.diffusers_tiny(env["bfl"]), env["loaded"].weights, guidance=3.5)
     b = env["x"].shape[0]
     return model(env["x"], env["reference"].expand(b, -1, -1, -1), torch.full((b,), SIGMA),

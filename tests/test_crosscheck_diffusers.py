@@ -15,7 +15,7 @@ def setup(tmp_path_factory):
     from diffusers import FluxKontextPipeline
 
     from kontext_sliders.core.kontinuous.weights import load_kontinuous, save_official_folder
-    from kontext_sliders.trainer.modulation_hook import ModulationOffsetHooks
+    from kontext_sliders.trainer.methods.kontinuous.modulation_hook import ModulationOffsetHooks
 
     bfl = F.tiny_bfl_state_dict(seed=3)
     folder = tmp_path_factory.mktemp("official")
@@ -88,7 +88,7 @@ def test_hook_and_node_equal_a_bias_row_oracle(setup):
         oracle_bfl[key] = _bias_rows_patched(bfl[key], offsets, h)
 
     # diffusers: stock model (no LoRA) with the hook vs the bias-patched weights
-    from kontext_sliders.trainer.modulation_hook import ModulationOffsetHooks
+    from kontext_sliders.trainer.methods.kontinuous.modulation_hook import ModulationOffsetHooks
     plain_model = F.diffusers_tiny(bfl)
     hooks = ModulationOffsetHooks(plain_model)
     hooks.offsets = offsets

@@ -47,7 +47,7 @@ def setup(tmp_path_factory):
 
 
 def diffusers_velocity(s, weights, scales):
-    from kontext_sliders.trainer.slideredit_model import SliderEditAdapter, SliderEditModel
+    from kontext_sliders.trainer.methods.slideredit.model import SliderEditAdapter, SliderEditModel
     transformer = F.diffusers_tiny(s["bfl"])
     model = SliderEditModel(transformer, SliderEditAdapter.from_weights(transformer, weights), guidance=3.5)
     b = s["x"].shape[0]
@@ -106,8 +106,8 @@ def test_gstlora_per_item_strengths_in_one_batch_agree(setup):
 def test_training_free_sliders_diffusers_hooks_and_comfy_node_agree(setup, strengths):
     """The demo compares the trained sliders with KontextInstructionSliders through this diffusers twin."""
     from kontext_sliders.nodes.knob_nodes import instruction_sliders_model
-    from kontext_sliders.trainer.model import kontext_velocity
-    from kontext_sliders.trainer.toward_pad_hook import TowardPadHooks
+    from kontext_sliders.trainer.families.flux1 import kontext_velocity
+    from kontext_sliders.trainer.methods.slideredit.toward_pad_hook import TowardPadHooks
     s = setup
     transformer = F.diffusers_tiny(s["bfl"])
     hooks = TowardPadHooks(transformer)

@@ -12,10 +12,10 @@ pytest.importorskip("matplotlib")
 pytest.importorskip("skimage")
 
 from kontext_sliders.core.kontinuous.weights import load_kontinuous  # noqa: E402
-from kontext_sliders.trainer import demo as D  # noqa: E402
+from kontext_sliders.trainer.methods.kontinuous import demo as D  # noqa: E402
 from kontext_sliders.trainer.cli import main as cli_main  # noqa: E402
 from kontext_sliders.trainer.data import cat as C  # noqa: E402
-from kontext_sliders.trainer.metrics import PSNR_CAP_DB, pearson_r, psnr, triangle_deficit  # noqa: E402
+from kontext_sliders.trainer.engine.metrics import PSNR_CAP_DB, pearson_r, psnr, triangle_deficit  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +103,7 @@ def test_evaluation_reports_the_cast_that_the_saturation_value_misses(sources):
 
 def test_sweep_gif_has_a_strength_label_and_a_divider_between_model_and_exact(tmp_path):
     from PIL import Image, ImageSequence
-    from kontext_sliders.trainer import report as R
+    from kontext_sliders.trainer.methods.kontinuous import report as R
     g = torch.Generator().manual_seed(0)
     still = torch.rand(2, 3, 4, 4, generator=g)  # the same images at every strength: only the label moves
     sweeps = {"exposure": (still.expand(len(D.SWEEP), -1, -1, -1, -1), (1 - still).expand(len(D.SWEEP), -1, -1, -1, -1))}
@@ -128,7 +128,7 @@ def test_sweep_gif_has_a_strength_label_and_a_divider_between_model_and_exact(tm
 
 
 def test_psnr_plot_keeps_the_identical_point_out_of_range_and_labels_the_target(sources):
-    from kontext_sliders.trainer import report as R
+    from kontext_sliders.trainer.methods.kontinuous import report as R
     under = lambda x, task, s: task.apply(x, task.value_at(0.9 * s))  # strength 0: the identity, exactly
     e, _, _ = D.evaluate_task(under, C.TASKS["exposure"], sources)
     assert e.psnr_no_edit[0] == PSNR_CAP_DB and e.psnr_model[0] == PSNR_CAP_DB

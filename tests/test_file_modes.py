@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from kontext_sliders.core.atomic import atomic_write
-from kontext_sliders.trainer.checkpoint import save_checkpoint
+from kontext_sliders.trainer.engine.checkpoint import save_checkpoint
 
 
 @contextmanager

@@ -10,7 +10,7 @@ pytest.importorskip("diffusers", reason="diffusers not installed: hook tests ski
 
 def loss_and_projector_grads(checkpointing: bool):
     from kontext_sliders.core.kontinuous.projector import ProjectorConfig, SliderProjector
-    from kontext_sliders.trainer.modulation_hook import ModulationOffsetHooks
+    from kontext_sliders.trainer.methods.kontinuous.modulation_hook import ModulationOffsetHooks
     model = F.diffusers_seeded(0).train()
     model.requires_grad_(False)
     if checkpointing:
@@ -42,13 +42,13 @@ def test_offsets_apply_and_survive_gradient_checkpointing():
 
 
 def test_hook_refuses_a_model_without_double_blocks():
-    from kontext_sliders.trainer.modulation_hook import ModulationOffsetHooks
+    from kontext_sliders.trainer.methods.kontinuous.modulation_hook import ModulationOffsetHooks
     with pytest.raises(TypeError, match="no Flux double-stream blocks"):
         ModulationOffsetHooks(torch.nn.Linear(2, 2))
 
 
 def test_remove_restores_the_plain_model():
-    from kontext_sliders.trainer.modulation_hook import ModulationOffsetHooks
+    from kontext_sliders.trainer.methods.kontinuous.modulation_hook import ModulationOffsetHooks
     model = F.diffusers_seeded(0).eval()
     g = torch.Generator().manual_seed(5)
     x, ref = torch.randn(1, 16, 8, 8, generator=g), torch.randn(1, 16, 8, 8, generator=g)

@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from kontext_sliders.core.numeric import DEFAULT_REGISTRY, load_numeric_weights
-from kontext_sliders.trainer import numeric_demo as ND
+from kontext_sliders.trainer.methods.numeric import demo as ND
 from kontext_sliders.trainer.cli import main as cli_main
-from kontext_sliders.trainer.config import ConfigError, check_ready_to_train, config_from_dict
+from kontext_sliders.trainer.engine.config import ConfigError, check_ready_to_train, config_from_dict
 from kontext_sliders.trainer.data import cat
 from kontext_sliders.trainer.data.trajectories import read_manifest
-from kontext_sliders.trainer.demo import DEMO_TRANSFORMER
-from kontext_sliders.trainer.metrics import PSNR_CAP_DB
+from kontext_sliders.trainer.families.flux1 import DEMO_TRANSFORMER
+from kontext_sliders.trainer.engine.metrics import PSNR_CAP_DB
 
 pytest.importorskip("diffusers")
 pytest.importorskip("matplotlib")
@@ -80,10 +80,10 @@ def test_numeric_demo_on_a_base_editor_tiny(tmp_path):
     """``base_steps``: one base editor, both methods fine-tuned on it (LoRA of ``finetune_rank``), the same fixed
     text vectors for all three runs; evaluation from the exported files on the base."""
     from kontext_sliders.core.kontinuous.weights import load_kontinuous
-    from kontext_sliders.trainer.checkpoint import latest_checkpoint, load_checkpoint
-    from kontext_sliders.trainer.features import LineTextEncoder
-    from kontext_sliders.trainer.model import build_model
-    from kontext_sliders.trainer.slideredit import text_encoder_for
+    from kontext_sliders.trainer.engine.checkpoint import latest_checkpoint, load_checkpoint
+    from kontext_sliders.trainer.engine.features import LineTextEncoder
+    from kontext_sliders.trainer.methods.kontinuous.model import build_model
+    from kontext_sliders.trainer.engine.codecs import text_encoder_for
     settings = tiny(tmp_path / "demo", base_steps=3, finetune="lora", finetune_rank=2)
     result = ND.run_numeric_demo(settings)
     out, weights = settings.out, settings.out / "weights"
@@ -184,8 +184,8 @@ def test_numeric_demo_whole_fine_tunes_on_a_base_editor_tiny(tmp_path):
     """``finetune="whole"``: both fine-tunes train every weight of the base (no LoRA) at ``finetune_lr``; each
     exports its own transformer, the evaluated models are those files, and the base folder is not written."""
     from kontext_sliders.core.kontinuous.weights import load_kontinuous
-    from kontext_sliders.trainer.checkpoint import latest_checkpoint, load_checkpoint
-    from kontext_sliders.trainer.model import build_model
+    from kontext_sliders.trainer.engine.checkpoint import latest_checkpoint, load_checkpoint
+    from kontext_sliders.trainer.methods.kontinuous.model import build_model
     from safetensors.torch import load_file
     settings = tiny(tmp_path / "demo", base_steps=3, finetune="whole", finetune_lr=3e-4, finetune_transformer_lr=1e-4,
                     lines_pooled="sum")
@@ -223,8 +223,8 @@ def test_numeric_demo_whole_fine_tunes_on_a_base_editor_tiny(tmp_path):
 def test_lines_pooled_sum_keeps_each_lines_pooled_vector_whole():
     """``data.lines_pooled: sum``: a prompt of several lines gets the sum of its lines' pooled vectors (the mean
     by default); the token vectors, and everything of a one-line prompt, are the same either way."""
-    from kontext_sliders.trainer.features import LineTextEncoder
-    from kontext_sliders.trainer.slideredit import text_encoder_for
+    from kontext_sliders.trainer.engine.features import LineTextEncoder
+    from kontext_sliders.trainer.engine.codecs import text_encoder_for
     mean, total = LineTextEncoder(2, 3, 32, 16), LineTextEncoder(2, 3, 32, 16, "sum")
     lines = ["increase the exposure by # EV", "rotate the hue by # degrees"]
     one = [e.encode_lines(lines[1:]) for e in (mean, total)]
@@ -294,7 +294,7 @@ def test_composed_error_psnr_adds_mean_squared_errors():
 
 
 def test_train_transformer_trains_every_weight_and_no_lora(tmp_path):
-    from kontext_sliders.trainer.numeric import NumericMethod
+    from kontext_sliders.trainer.methods.numeric.method import NumericMethod
     base = {"method": "numeric", "model": {"scratch": DEMO_TRANSFORMER, "gradient_checkpointing": False,
                                            "train_transformer": True},
             "data": {"text_encoder": "learned", "pixel_space": True}}
@@ -310,8 +310,8 @@ def test_train_transformer_trains_every_weight_and_no_lora(tmp_path):
 def test_transformer_lr_trains_the_bases_own_weights_at_their_own_rate(tmp_path):
     """optim.transformer_lr: the base transformer's weights (not a LoRA's) in their own optimiser group; one AdamW
     step moves each weight by about its group's rate."""
-    from kontext_sliders.trainer.loop import make_optimizer, parameter_groups
-    from kontext_sliders.trainer.numeric import NumericMethod
+    from kontext_sliders.trainer.engine.loop import make_optimizer, parameter_groups
+    from kontext_sliders.trainer.methods.numeric.method import NumericMethod
     config = config_from_dict({"method": "numeric", "data": {"text_encoder": "learned", "pixel_space": True},
                                "model": {"scratch": DEMO_TRANSFORMER, "gradient_checkpointing": False,
                                          "train_transformer": True},
@@ -337,7 +337,7 @@ def test_transformer_lr_trains_the_bases_own_weights_at_their_own_rate(tmp_path)
     kontinuous = config_from_dict({"model": {"scratch": DEMO_TRANSFORMER, "gradient_checkpointing": False,
                                              "train_transformer": True}, "lora": {"enabled": False},
                                    "data": {"text_encoder": "learned"}, "optim": {"transformer_lr": 1e-5}})
-    from kontext_sliders.trainer.model import build_model
+    from kontext_sliders.trainer.methods.kontinuous.model import build_model
     k_model = build_model(kontinuous, ["a"])
     k_names = {id(p): n for n, p in k_model.named_parameters()}
     k_rest, k_base = parameter_groups(kontinuous, k_model)

@@ -4,7 +4,7 @@ import math
 import torch
 
 from kontext_sliders.trainer.data import cat
-from kontext_sliders.trainer.slider_metrics import ground_truth_editor, slider_sweep
+from kontext_sliders.trainer.methods.slideredit.metrics import ground_truth_editor, slider_sweep
 
 STRENGTHS = [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5]
 

@@ -6,8 +6,8 @@ import pytest
 from kontext_sliders.core.slideredit.weights import load_slideredit
 from kontext_sliders.trainer.cli import main as cli_main
 from kontext_sliders.trainer.data.edits import EditFormatError, read_edits
-from kontext_sliders.trainer import demo as D
-from kontext_sliders.trainer import slideredit_demo as SD
+from kontext_sliders.trainer.methods.kontinuous import demo as D
+from kontext_sliders.trainer.methods.slideredit import demo as SD
 
 pytest.importorskip("diffusers")
 pytest.importorskip("matplotlib")

@@ -13,8 +13,8 @@ from PIL import Image
 pytest.importorskip("diffusers")
 pytest.importorskip("accelerate")
 
-from kontext_sliders.trainer.checkpoint import latest_checkpoint, list_checkpoints, save_checkpoint  # noqa: E402
-from kontext_sliders.trainer.config import ConfigError, load_config  # noqa: E402
+from kontext_sliders.trainer.engine.checkpoint import latest_checkpoint, list_checkpoints, save_checkpoint  # noqa: E402
+from kontext_sliders.trainer.engine.config import ConfigError, load_config  # noqa: E402
 from kontext_sliders.trainer.data.trajectories import Frame, Trajectory, write_manifest  # noqa: E402
 
 TINY = {"patch_size": 1, "in_channels": 12, "num_layers": 1, "num_single_layers": 1, "attention_head_dim": 16,
@@ -60,9 +60,9 @@ def data(tmp_path):
 
 def prepared_method(raw: dict, cache: Path):
     """(the method of a raw config with its data prepared into the feature cache ``cache``, its model at seed 0)."""
-    from kontext_sliders.trainer.config import config_from_dict
-    from kontext_sliders.trainer.features import FeatureCache
-    from kontext_sliders.trainer.loop import make_method
+    from kontext_sliders.trainer.engine.config import config_from_dict
+    from kontext_sliders.trainer.engine.features import FeatureCache
+    from kontext_sliders.trainer.engine.loop import make_method
     method = make_method(config_from_dict(raw))
     method.prepare(FeatureCache(cache), torch.device("cpu"), progress=False)
     torch.manual_seed(0)
@@ -112,7 +112,7 @@ def test_bad_config_is_a_clear_error(tmp_path):
 
 def test_8bit_adam_uses_bitsandbytes_or_says_how_to_get_it(monkeypatch):
     import types
-    from kontext_sliders.trainer.loop import make_optimizer
+    from kontext_sliders.trainer.engine.loop import make_optimizer
     config = load_config(None, ["optim.use_8bit_adam=true", "optim.lr=3e-4", "optim.betas=[0.8, 0.95]"])
     params = [torch.nn.Parameter(torch.zeros(3))]
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # not installed
@@ -134,9 +134,10 @@ def test_8bit_adam_uses_bitsandbytes_or_says_how_to_get_it(monkeypatch):
 # ---------------------------------------------------------------- learning
 
 def test_a_few_steps_reduce_the_loss_on_a_fixed_batch(data, tmp_path):
-    from kontext_sliders.trainer.features import FeatureCache, PixelCodec, cache_trajectories
-    from kontext_sliders.trainer.loop import Batches, flow_matching_loss, make_optimizer, rows_for_step
-    from kontext_sliders.trainer.model import build_model
+    from kontext_sliders.trainer.engine.features import FeatureCache, PixelCodec, cache_trajectories
+    from kontext_sliders.trainer.methods.kontinuous.method import Batches, flow_matching_loss, rows_for_step
+    from kontext_sliders.trainer.engine.loop import make_optimizer
+    from kontext_sliders.trainer.methods.kontinuous.model import build_model
     config = load_config(write_config(tmp_path / "c.yaml", tiny_config(data, tmp_path / "out")))
     cache = FeatureCache(tmp_path / "cache")
     dataset = cache_trajectories([str(data)], cache, PixelCodec(16))
@@ -158,9 +159,9 @@ def test_lines_text_gives_a_kontinuous_run_the_fixed_text_an_offline_editor_read
     """``data.text_encoder: lines``: no trainable text embedding; each instruction's cached features are the
     per-line encoder's (what ``method: editor`` / ``numeric`` runs read for the same line), and they reach the
     transformer."""
-    from kontext_sliders.trainer.config import config_from_dict
-    from kontext_sliders.trainer.loop import flow_matching_loss
-    from kontext_sliders.trainer.slideredit import text_encoder_for
+    from kontext_sliders.trainer.engine.config import config_from_dict
+    from kontext_sliders.trainer.methods.kontinuous.method import flow_matching_loss
+    from kontext_sliders.trainer.engine.codecs import text_encoder_for
     raw = tiny_config(data, tmp_path / "out")
     raw["data"]["text_encoder"] = "lines"
     method, model = prepared_method(raw, tmp_path / "cache")
@@ -181,13 +182,13 @@ def test_lines_text_gives_a_kontinuous_run_the_fixed_text_an_offline_editor_read
                  pooled=torch.stack([x["pooled"] for x in swapped]))
     assert not torch.equal(flow_matching_loss(model, batch), flow_matching_loss(model, other))
     with pytest.raises(ConfigError, match="data.text_encoder must be one of flux, learned, lines, got 'bert'"):
-        from kontext_sliders.trainer.config import check_ready_to_train
+        from kontext_sliders.trainer.engine.config import check_ready_to_train
         check_ready_to_train(config_from_dict(dict(raw, data=dict(raw["data"], text_encoder="bert"))))
 
 
 def test_the_step_rows_are_a_pure_function_of_seed_and_step(data, tmp_path):
-    from kontext_sliders.trainer.features import FeatureCache, PixelCodec, cache_trajectories
-    from kontext_sliders.trainer.loop import rows_for_step
+    from kontext_sliders.trainer.engine.features import FeatureCache, PixelCodec, cache_trajectories
+    from kontext_sliders.trainer.methods.kontinuous.method import rows_for_step
     dataset = cache_trajectories([str(data)], FeatureCache(tmp_path / "cache"), PixelCodec(16))
     assert rows_for_step(3, 5, 4, dataset, 0.1) == rows_for_step(3, 5, 4, dataset, 0.1)
     assert rows_for_step(3, 5, 4, dataset, 0.1) != rows_for_step(3, 6, 4, dataset, 0.1)
@@ -240,8 +241,8 @@ def test_checkpoints_are_atomic_and_pruned(tmp_path):
 
 
 def test_bad_samples_are_skipped_and_counted(data, tmp_path):
-    from kontext_sliders.trainer.config import config_from_dict
-    from kontext_sliders.trainer.loop import train
+    from kontext_sliders.trainer.engine.config import config_from_dict
+    from kontext_sliders.trainer.engine.loop import train
     (data / "s0_2.png").write_bytes(b"not a png")  # unreadable frame
     (data / "s1.png").unlink()  # missing source: the whole trajectory goes
     result = train(config_from_dict(tiny_config(data, tmp_path / "out", max_steps=2, checkpoint_every=2)))

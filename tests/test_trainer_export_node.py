@@ -15,8 +15,8 @@ def trained(tmp_path_factory):
     F.import_comfyui()
     from test_trainer import brightness_trajectories
 
-    from kontext_sliders.trainer.config import config_from_dict
-    from kontext_sliders.trainer.loop import train
+    from kontext_sliders.trainer.engine.config import config_from_dict
+    from kontext_sliders.trainer.engine.loop import train
     tmp = tmp_path_factory.mktemp("export")
     # a "pretrained" base: the tiny diffusers Flux (3-channel pixel latents here), frozen; LoRA + projector train
     base = F.diffusers_seeded(0)
@@ -47,9 +47,9 @@ def test_export_then_node_predicts_what_the_trainer_model_predicts(trained):
 
     from kontext_sliders.core.families.flux1 import diffusers_to_bfl
     from kontext_sliders.nodes.kontinuous_nodes import kontinuous_patched_model, load_for_nodes
-    from kontext_sliders.trainer.checkpoint import latest_checkpoint
-    from kontext_sliders.trainer.export import export_checkpoint
-    from kontext_sliders.trainer.model import build_model
+    from kontext_sliders.trainer.engine.checkpoint import latest_checkpoint
+    from kontext_sliders.trainer.engine.export import export_checkpoint
+    from kontext_sliders.trainer.methods.kontinuous.model import build_model
     tmp, config, base = trained
     weights = export_checkpoint(tmp / "run", tmp / "slider.safetensors", tmp / "official")
     assert weights.lora_alpha == 8.0 and weights.lora_rank == 4 and len(weights.lora_state) == 2 * (12 * 3 + 3 * 2)

@@ -126,7 +126,7 @@ def test_the_folder_is_a_loadable_kontext_pipeline(kontext):
 def test_vae_codec_scales_and_shifts_like_diffusers_by_hand(kontext, image_file):
     from diffusers import AutoencoderKL
 
-    from kontext_sliders.trainer.features import FluxVaeCodec
+    from kontext_sliders.trainer.engine.features import FluxVaeCodec
     codec = FluxVaeCodec(str(kontext), RES, CPU, torch.float32)
     latent = codec.encode(image_file)
     assert latent.shape == (LATENT_CHANNELS, RES // 2, RES // 2) and latent.dtype == torch.float32
@@ -156,7 +156,7 @@ def test_vae_codec_scales_and_shifts_like_diffusers_by_hand(kontext, image_file)
 def test_text_encoder_equals_the_pipelines_encode_prompt(kontext):
     from diffusers import FluxKontextPipeline
 
-    from kontext_sliders.trainer.features import FluxTextEncoder
+    from kontext_sliders.trainer.engine.features import FluxTextEncoder
     encoder = FluxTextEncoder(str(kontext), CPU, torch.float32)
     features = encoder.encode("make it brighter")
     assert set(features) == {"context", "pooled"}
@@ -188,7 +188,7 @@ def test_text_encoder_equals_the_pipelines_encode_prompt(kontext):
 # ---------------------------------------------------------------- train() on the folder
 
 def _run_config(kontext: Path, data: Path, out: Path, cache: Path):
-    from kontext_sliders.trainer.config import config_from_dict
+    from kontext_sliders.trainer.engine.config import config_from_dict
     return config_from_dict({
         "model": {"pretrained": str(kontext), "gradient_checkpointing": True},
         "lora": {"enabled": True, "rank": 4},
@@ -213,11 +213,12 @@ def test_train_on_the_pretrained_folder_then_reuse_the_cache_then_export(kontext
     from test_trainer import brightness_trajectories
 
     from kontext_sliders.core.kontinuous.weights import load_kontinuous
-    from kontext_sliders.trainer import loop
-    from kontext_sliders.trainer.checkpoint import latest_checkpoint
-    from kontext_sliders.trainer.config import OFFICIAL_LORA_TARGETS
-    from kontext_sliders.trainer.export import export_checkpoint
-    from kontext_sliders.trainer.features import FeatureCache, FluxTextEncoder, FluxVaeCodec
+    from kontext_sliders.trainer.engine import loop
+    from kontext_sliders.trainer.methods.kontinuous import method as kontinuous_method
+    from kontext_sliders.trainer.engine.checkpoint import latest_checkpoint
+    from kontext_sliders.trainer.engine.config import OFFICIAL_LORA_TARGETS
+    from kontext_sliders.trainer.engine.export import export_checkpoint
+    from kontext_sliders.trainer.engine.features import FeatureCache, FluxTextEncoder, FluxVaeCodec
 
     data = tmp_path / "data"
     data.mkdir()
@@ -225,14 +226,14 @@ def test_train_on_the_pretrained_folder_then_reuse_the_cache_then_export(kontext
     cache_dir = tmp_path / "cache"
 
     built = []
-    real_build_model = loop.build_model
+    real_build_model = kontinuous_method.build_model
 
     def spying_build_model(*args, **kwargs):
         model = real_build_model(*args, **kwargs)
         built.append((model, {n: p.detach().clone() for n, p in model.named_parameters()}))
         return model
 
-    monkeypatch.setattr(loop, "build_model", spying_build_model)
+    monkeypatch.setattr(kontinuous_method, "build_model", spying_build_model)
     result = loop.train(_run_config(kontext, data, tmp_path / "run1", cache_dir))
     assert result.steps == 3 and np.isfinite(result.last_loss) and result.skipped == {}
 

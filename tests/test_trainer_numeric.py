@@ -9,10 +9,10 @@ pytest.importorskip("accelerate")
 pytest.importorskip("peft")
 
 from kontext_sliders.core.numeric import DEFAULT_REGISTRY, AdapterConfig, NumericAdapter  # noqa: E402
-from kontext_sliders.trainer.model import kontext_velocity  # noqa: E402
-from kontext_sliders.trainer.numeric import encoder_text  # noqa: E402
-from kontext_sliders.trainer.numeric_model import (NumericModel, add_numeric_lora, image_token_count,  # noqa: E402
-                                                   numeric_attention_mask)
+from kontext_sliders.trainer.families.flux1 import kontext_velocity  # noqa: E402
+from kontext_sliders.trainer.methods.numeric.method import encoder_text  # noqa: E402
+from kontext_sliders.trainer.methods.numeric.model import (NumericModel, add_numeric_lora, image_token_count,
+                                                           numeric_attention_mask)
 
 TINY = {"patch_size": 1, "in_channels": 12, "num_layers": 2, "num_single_layers": 1, "attention_head_dim": 16,
         "num_attention_heads": 2, "joint_attention_dim": 32, "pooled_projection_dim": 32, "guidance_embeds": True,
@@ -152,7 +152,7 @@ def prepared(data, tmp_path, **numeric):
 
 def test_rows_are_pure_frame_pairs_of_one_trajectory_with_deltas_and_texts_from_the_registry(cat_data, tmp_path):
     from kontext_sliders.core.numeric import parse_line
-    from kontext_sliders.trainer.features import LineTextEncoder
+    from kontext_sliders.trainer.engine.features import LineTextEncoder
     method, _ = prepared(cat_data, tmp_path)
     assert len(method.dataset.trajectories) == 4 and method.skipped == {}
     # exposure: deltas k/3 * 2 EV between any two of 4 frames -> 7 texts; contrast: factors (1 + b/3) / (1 + a/3);
@@ -193,7 +193,7 @@ def test_rows_are_pure_frame_pairs_of_one_trajectory_with_deltas_and_texts_from_
 
 
 def test_a_few_steps_reduce_the_loss_on_a_fixed_batch(cat_data, tmp_path):
-    from kontext_sliders.trainer.loop import make_optimizer
+    from kontext_sliders.trainer.engine.loop import make_optimizer
     method, model = prepared(cat_data, tmp_path)
     method.config.optim.lr = 1e-1
     optimizer, _ = make_optimizer(method.config, [p for p in model.parameters() if p.requires_grad])
@@ -213,9 +213,9 @@ def test_a_few_steps_reduce_the_loss_on_a_fixed_batch(cat_data, tmp_path):
 def test_trajectories_without_values_or_task_are_skipped_and_counted(cat_data, tmp_path):
     import json
     import shutil
-    from kontext_sliders.trainer.config import config_from_dict
-    from kontext_sliders.trainer.features import FeatureCache
-    from kontext_sliders.trainer.numeric import NumericMethod
+    from kontext_sliders.trainer.engine.config import config_from_dict
+    from kontext_sliders.trainer.engine.features import FeatureCache
+    from kontext_sliders.trainer.methods.numeric.method import NumericMethod
     data = tmp_path / "data"
     shutil.copytree(cat_data, data)
     manifest = json.loads((data / "manifest.json").read_text())
@@ -241,7 +241,7 @@ def test_trajectories_without_values_or_task_are_skipped_and_counted(cat_data, t
 def test_numeric_config_defaults_and_errors(cat_data, tmp_path):
     import json
     from kontext_sliders.core.numeric import DEFAULT_REGISTRY_DATA, Registry
-    from kontext_sliders.trainer.config import ConfigError, load_config
+    from kontext_sliders.trainer.engine.config import ConfigError, load_config
     c = load_config(None, ["method=numeric"])
     n = c.numeric
     assert (n.encoder_width, n.embed_width, n.decoder_width, n.frequencies, n.rank, n.alpha, n.targets, n.guidance) \
@@ -298,7 +298,7 @@ def test_sigkill_mid_step_then_resume_equals_an_uninterrupted_run(cat_data, tmp_
 def test_two_process_run_keeps_identical_weights_and_equals_one_process(cat_data, tmp_path):
     from safetensors.torch import load_file
     from test_trainer import cli, launch_two_processes, write_config
-    from kontext_sliders.trainer.checkpoint import latest_checkpoint
+    from kontext_sliders.trainer.engine.checkpoint import latest_checkpoint
     launch_two_processes(write_config(tmp_path / "ddp.yaml", numeric_config(cat_data, tmp_path / "ddp", batch_size=1,
                                                                             max_steps=2)))
     single = write_config(tmp_path / "single.yaml", numeric_config(cat_data, tmp_path / "single", batch_size=2,
@@ -315,10 +315,10 @@ def test_two_process_run_keeps_identical_weights_and_equals_one_process(cat_data
 def exported(cat_data, tmp_path_factory):
     """A 2-step run exported with the CLI: (run folder, file, the checkpoint's trainable tensors, CLI output)."""
     from safetensors.torch import load_file
-    from kontext_sliders.trainer.checkpoint import latest_checkpoint
+    from kontext_sliders.trainer.engine.checkpoint import latest_checkpoint
     from kontext_sliders.trainer.cli import main
-    from kontext_sliders.trainer.config import config_from_dict
-    from kontext_sliders.trainer.loop import train
+    from kontext_sliders.trainer.engine.config import config_from_dict
+    from kontext_sliders.trainer.engine.loop import train
     tmp = tmp_path_factory.mktemp("export")
     result = train(config_from_dict(numeric_config(cat_data, tmp / "run", max_steps=2)))
     assert result.steps == 2 and result.skipped == {}
@@ -334,9 +334,9 @@ def exported(cat_data, tmp_path_factory):
 def test_export_round_trip_loads_back_equal_and_drives_the_same_model(exported):
     from diffusers import FluxTransformer2DModel
     from kontext_sliders.core.numeric import load_numeric_weights, read_numeric_header
-    from kontext_sliders.trainer.config import load_config
-    from kontext_sliders.trainer.features import FeatureCache
-    from kontext_sliders.trainer.numeric import NumericMethod
+    from kontext_sliders.trainer.engine.config import load_config
+    from kontext_sliders.trainer.engine.features import FeatureCache
+    from kontext_sliders.trainer.methods.numeric.method import NumericMethod
     run, path, trainable, printed = exported
     assert "exported NumeriKontrol adapter (9 tasks: exposure, contrast" in printed
     assert "LoRA rank 4 (scale 1) on 15 modules" in printed
@@ -412,9 +412,9 @@ def test_train_on_the_pretrained_folder_vae_and_t5_path(cat_data, tmp_path):
     pytest.importorskip("transformers")
     from safetensors.torch import load_file
     from test_trainer_flux_pipeline import build_tiny_kontext
-    from kontext_sliders.trainer.checkpoint import latest_checkpoint
-    from kontext_sliders.trainer.config import config_from_dict
-    from kontext_sliders.trainer.loop import train
+    from kontext_sliders.trainer.engine.checkpoint import latest_checkpoint
+    from kontext_sliders.trainer.engine.config import config_from_dict
+    from kontext_sliders.trainer.engine.loop import train
     kontext = build_tiny_kontext(tmp_path / "kontext")
     raw = numeric_config(cat_data, tmp_path / "run", max_steps=2)
     raw["model"] = {"pretrained": str(kontext), "gradient_checkpointing": True}
@@ -437,10 +437,10 @@ def test_a_full_fine_tune_of_a_pretrained_base_trains_and_exports_the_transforme
     from diffusers import FluxTransformer2DModel
     from safetensors.torch import load_file
     from kontext_sliders.core.numeric import load_numeric_weights
-    from kontext_sliders.trainer.checkpoint import latest_checkpoint
+    from kontext_sliders.trainer.engine.checkpoint import latest_checkpoint
     from kontext_sliders.trainer.cli import main
-    from kontext_sliders.trainer.config import config_from_dict
-    from kontext_sliders.trainer.loop import train
+    from kontext_sliders.trainer.engine.config import config_from_dict
+    from kontext_sliders.trainer.engine.loop import train
     torch.manual_seed(3)
     FluxTransformer2DModel(**TINY).save_pretrained(tmp_path / "base" / "transformer")
     before = load_file(tmp_path / "base" / "transformer" / "diffusion_pytorch_model.safetensors")
@@ -477,8 +477,8 @@ def test_a_full_fine_tune_of_a_pretrained_base_trains_and_exports_the_transforme
 
 
 def test_train_transformer_config_errors(tmp_path):
-    from kontext_sliders.trainer.config import ConfigError, config_from_dict
-    from kontext_sliders.trainer.model import build_transformer
+    from kontext_sliders.trainer.engine.config import ConfigError, config_from_dict
+    from kontext_sliders.trainer.families.flux1 import build_transformer
     (tmp_path / "base" / "transformer").mkdir(parents=True)
     with pytest.raises(ConfigError, match="SliderEdit run keeps its base frozen"):
         config_from_dict({"method": "slideredit", "model": {"pretrained": str(tmp_path), "train_transformer": True}})

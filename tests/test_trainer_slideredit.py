@@ -11,7 +11,7 @@ from test_trainer import cli, write_config  # noqa: E402
 
 from kontext_sliders.core.slideredit.weights import STLORA_TARGETS
 from kontext_sliders.core.slideredit.lora import stlora_token_scales  # noqa: E402
-from kontext_sliders.trainer.slideredit_model import SliderEditAdapter, SliderEditModel  # noqa: E402
+from kontext_sliders.trainer.methods.slideredit.model import SliderEditAdapter, SliderEditModel  # noqa: E402
 
 TINY = {"patch_size": 1, "in_channels": 12, "num_layers": 2, "num_single_layers": 1, "attention_head_dim": 16,
         "num_attention_heads": 2, "joint_attention_dim": 32, "pooled_projection_dim": 32, "guidance_embeds": True,
@@ -44,7 +44,7 @@ def randomise_(adapter: SliderEditAdapter, seed: int = 2) -> SliderEditAdapter:
 
 @pytest.mark.parametrize("variant", ["stlora", "gstlora"])
 def test_adapter_off_or_at_zero_is_the_base_bit_for_bit(variant):
-    from kontext_sliders.trainer.model import kontext_velocity
+    from kontext_sliders.trainer.families.flux1 import kontext_velocity
     x = inputs()
     reference = kontext_velocity(tiny_transformer(), x["noisy"], x["source"], x["sigma"], x["context"],
                                  x["pooled"], 3.5)
@@ -171,7 +171,7 @@ def test_pps_rows_spans_and_teacher_prompts(edits, tmp_path):
     batch = method.load([row], torch.device("cpu"))
     # learned text: 2 tokens per line, end token at 6, pads after; line 1 at 0:2, line 3 at 4:6
     assert batch["scales"][0].tolist() == [1, 1, 0, 0, 1, 1, 0]
-    from kontext_sliders.trainer.features import LineTextEncoder
+    from kontext_sliders.trainer.engine.features import LineTextEncoder
     encoder = LineTextEncoder(2, 3, 32, 32)
     assert torch.equal(batch["teacher_context"][0], encoder.encode_lines(["add snow"])["context"])
     assert torch.equal(batch["context"][0], encoder.encode_lines(LINES[1])["context"])
@@ -183,7 +183,7 @@ def test_pps_rows_spans_and_teacher_prompts(edits, tmp_path):
 
 @pytest.mark.parametrize("variant", ["stlora", "gstlora"])
 def test_a_few_steps_reduce_the_pps_loss_on_a_fixed_batch(edits, tmp_path, variant):
-    from kontext_sliders.trainer.loop import make_optimizer
+    from kontext_sliders.trainer.engine.loop import make_optimizer
     method, model = prepared(edits, tmp_path, variant)
     method.config.optim.lr = 5e-2
     optimizer, _ = make_optimizer(method.config, [p for p in model.parameters() if p.requires_grad])
@@ -201,7 +201,7 @@ def test_a_few_steps_reduce_the_pps_loss_on_a_fixed_batch(edits, tmp_path, varia
 
 @pytest.mark.parametrize("variant", ["stlora", "gstlora"])
 def test_teacher_batched_with_the_student_equals_two_forwards(edits, tmp_path, variant):
-    from kontext_sliders.trainer.slideredit import pps_loss
+    from kontext_sliders.trainer.methods.slideredit.method import pps_loss
     method, model = prepared(edits, tmp_path, variant)
     randomise_(model.adapter)  # B != 0: the student differs from the teacher
     batch = method.load(method.rows(0, 3, 4), torch.device("cpu"))
@@ -222,7 +222,7 @@ def test_teacher_batched_with_the_student_equals_two_forwards(edits, tmp_path, v
 
 @pytest.mark.parametrize("batched", [True, False])
 def test_gradient_checkpointing_keeps_the_scales_for_the_recompute(edits, tmp_path, batched):
-    from kontext_sliders.trainer.slideredit import pps_loss
+    from kontext_sliders.trainer.methods.slideredit.method import pps_loss
     method, model = prepared(edits, tmp_path, "stlora")
     randomise_(model.adapter)
     batch = method.load(method.rows(0, 5, 3), torch.device("cpu"))
@@ -261,7 +261,7 @@ def test_sigkill_mid_step_then_resume_equals_an_uninterrupted_run(edits, tmp_pat
 def test_two_process_run_keeps_identical_weights_and_equals_one_process(edits, tmp_path):
     from safetensors.torch import load_file
     from test_trainer import launch_two_processes
-    from kontext_sliders.trainer.checkpoint import latest_checkpoint
+    from kontext_sliders.trainer.engine.checkpoint import latest_checkpoint
     launch_two_processes(write_config(tmp_path / "ddp.yaml", slideredit_config(edits, tmp_path / "ddp", "gstlora",
                                                                                batch_size=1)))
     single = write_config(tmp_path / "single.yaml", slideredit_config(edits, tmp_path / "single", "gstlora",
@@ -280,9 +280,9 @@ def test_two_process_run_keeps_identical_weights_and_equals_one_process(edits, t
 def test_export_our_format_and_the_authors_layout_load_back_equal(edits, tmp_path, variant, capsys):
     from safetensors.torch import load_file
     from kontext_sliders.core.slideredit.weights import AUTHORS_GSTLORA, AUTHORS_STLORA_SAFETENSORS, load_slideredit
-    from kontext_sliders.trainer.checkpoint import latest_checkpoint
-    from kontext_sliders.trainer.config import config_from_dict
-    from kontext_sliders.trainer.loop import train
+    from kontext_sliders.trainer.engine.checkpoint import latest_checkpoint
+    from kontext_sliders.trainer.engine.config import config_from_dict
+    from kontext_sliders.trainer.engine.loop import train
     result = train(config_from_dict(slideredit_config(edits, tmp_path / "run", variant, max_steps=2,
                                                       validate_every=0)))
     assert result.steps == 2 and result.skipped == {}
@@ -311,7 +311,7 @@ def test_export_our_format_and_the_authors_layout_load_back_equal(edits, tmp_pat
 # ---------------------------------------------------------------- config
 
 def test_slideredit_config_defaults_and_errors(edits, tmp_path):
-    from kontext_sliders.trainer.config import ConfigError, check_ready_to_train, config_from_dict, load_config
+    from kontext_sliders.trainer.engine.config import ConfigError, check_ready_to_train, config_from_dict, load_config
     c = load_config(None, ["method=slideredit"])
     s = c.slideredit
     assert (s.variant, s.loss, s.rank, s.alpha, s.targets, s.neutral_prompt) == (
@@ -346,10 +346,10 @@ def test_slideredit_config_defaults_and_errors(edits, tmp_path):
 
 
 def test_trajectory_folders_read_as_samples_and_bad_samples_are_counted(edits, tmp_path):
-    from kontext_sliders.trainer.config import config_from_dict
+    from kontext_sliders.trainer.engine.config import config_from_dict
     from kontext_sliders.trainer.data.trajectories import Frame, Trajectory, write_manifest
-    from kontext_sliders.trainer.features import FeatureCache
-    from kontext_sliders.trainer.slideredit import SliderEditMethod
+    from kontext_sliders.trainer.engine.features import FeatureCache
+    from kontext_sliders.trainer.methods.slideredit.method import SliderEditMethod
     traj = tmp_path / "traj"
     traj.mkdir()
     (traj / "s.png").write_bytes((edits / "e0.png").read_bytes())
@@ -376,7 +376,7 @@ def kontext(tmp_path_factory):
 
 
 def test_flux_text_spans_are_the_lines_t5_ids_without_the_end_token(kontext):
-    from kontext_sliders.trainer.features import FluxTextEncoder
+    from kontext_sliders.trainer.engine.features import FluxTextEncoder
     encoder = FluxTextEncoder(str(kontext), torch.device("cpu"), torch.float32)
     lines = ["make the sky stormy", "turn the car red", "sky"]
     features = encoder.encode_lines(lines)
@@ -396,9 +396,9 @@ def test_train_on_the_pretrained_folder_vae_and_t5_path(kontext, edits, tmp_path
     """FLUX's VAE latents, T5 + CLIP features with T5 spans, a frozen pretrained base, gradient checkpointing."""
     from diffusers import FluxTransformer2DModel
     from safetensors.torch import load_file
-    from kontext_sliders.trainer.checkpoint import latest_checkpoint
-    from kontext_sliders.trainer.config import config_from_dict
-    from kontext_sliders.trainer.loop import train
+    from kontext_sliders.trainer.engine.checkpoint import latest_checkpoint
+    from kontext_sliders.trainer.engine.config import config_from_dict
+    from kontext_sliders.trainer.engine.loop import train
     raw = slideredit_config(edits, tmp_path / "run", max_steps=2, checkpoint_every=2)
     raw["model"] = {"pretrained": str(kontext), "gradient_checkpointing": True}
     raw["data"].update(text_encoder="flux", pixel_space=False)

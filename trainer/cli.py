@@ -38,7 +38,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def _train(args) -> int:
-    from .config import ConfigError, check_ready_to_train, load_config
+    from .engine.config import ConfigError, check_ready_to_train, load_config
     try:
         config = load_config(args.config, args.set)
         check_ready_to_train(config)
@@ -46,7 +46,7 @@ def _train(args) -> int:
         raise UsageError(str(e)) from None
     if args.resume not in (None, "latest") and not Path(args.resume).is_dir():
         raise UsageError(f"--resume {args.resume}: no such checkpoint folder (or pass --resume latest)")
-    from .loop import train
+    from .engine.loop import train
     result = train(config, resume=args.resume)
     if not result.is_main:
         return 0
@@ -58,8 +58,8 @@ def _train(args) -> int:
 
 def _export(args) -> int:
     import torch
-    from .checkpoint import latest_checkpoint
-    from .export import export_checkpoint
+    from .engine.checkpoint import latest_checkpoint
+    from .engine.export import export_checkpoint
     path = Path(args.checkpoint)
     if not (path / "trainable.safetensors").is_file() and latest_checkpoint(path) is None:
         raise UsageError(f"{path} is neither a checkpoint folder nor a run folder with checkpoints "
@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = command(sub, "train", "train a slider (Kontinuous Kontext; SliderEdit with method: slideredit; "
                                   "NumeriKontrol with method: numeric)")
     train.add_argument("--config", required=True, metavar="FILE",
-                       help="a .yaml or .toml run config (every field and default: trainer/config.py)")
+                       help="a .yaml or .toml run config (every field and default: trainer/engine/config.py)")
     train.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                        help="override a config value, e.g. --set run.max_steps=100 (repeatable)")
     train.add_argument("--resume", metavar="latest|PATH",
@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
                         help="precision of the written tensors (default: %(default)s)")
 
-    from .demo import add_demo_arguments
+    from . import methods  # noqa: F401  (every method and its demo registers itself)
+    from .engine.demo import add_demo_arguments
     add_demo_arguments(command(sub, "demo", "offline: synthesise data, train a tiny editor, export, "
                                             "evaluate on held-out photos, write report.md"))
     return parser
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             from .data import cat, official
             return (cat.run_cat if args.synth_command == "cat" else official.run_filter)(args)
         if args.command == "demo":
-            from .demo import run_demo_command
+            from .engine.demo import run_demo_command
             return run_demo_command(args)
         return {"train": _train, "export": _export}[args.command](args)
     except UsageError as e:

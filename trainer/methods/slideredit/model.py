@@ -26,31 +26,16 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..core.slideredit.weights import GSTLORA_TARGETS, STLORA_TARGETS, VARIANTS, SliderEditWeights
-from ..core.slideredit.lora import add_lora_delta
-from .model import kontext_velocity
+from ....core.slideredit.weights import GSTLORA_TARGETS, STLORA_TARGETS, SliderEditWeights
+from ....core.slideredit.lora import add_lora_delta
+from ...families.flux1 import ADAPTABLE, TEXT_STREAM, check_targets, kontext_velocity  # noqa: F401 (check_targets: re-exported)
 
-# Linears of the text stream (double blocks): their input is the [B, L_text, D] text sequence
-TEXT_STREAM = frozenset(STLORA_TARGETS)
-# every suffix a SliderEdit adapter may target (the core's weight mapping knows these)
-ADAPTABLE = frozenset(GSTLORA_TARGETS) | {"proj_mlp", "proj_out"}
 INITS = ("authors", "kaiming", "gaussian")
 _PATH = re.compile(r"^(?P<kind>transformer_blocks|single_transformer_blocks)\.\d+\.(?P<suffix>.+)$")
 
 
 def default_targets(variant: str) -> tuple[str, ...]:
     return STLORA_TARGETS if variant == "stlora" else GSTLORA_TARGETS
-
-
-def check_targets(variant: str, targets: Sequence[str]) -> None:
-    """A ValueError naming the bad suffix: STLoRA adapts text-stream Linears only."""
-    if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
-    allowed = TEXT_STREAM if variant == "stlora" else ADAPTABLE
-    bad = [t for t in targets if t not in allowed]
-    if bad or not targets:
-        raise ValueError(f"{variant} cannot target {', '.join(map(repr, bad)) or 'nothing'}; allowed: "
-                         f"{', '.join(sorted(allowed))}")
 
 
 def _key(path: str) -> str:

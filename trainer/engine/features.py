@@ -21,10 +21,10 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from ..core.atomic import atomic_write
-from ..core.instructions import joined_prompt
-from ..core.slideredit.lora import first_token_span
-from .data.trajectories import Trajectory, TrajectoryFormatError, read_manifest
+from ...core.atomic import atomic_write
+from ...core.instructions import joined_prompt
+from ...core.slideredit.lora import first_token_span
+from ..data.trajectories import Trajectory, TrajectoryFormatError, read_manifest
 
 log = logging.getLogger("kontext_sliders.trainer")
 
@@ -172,7 +172,7 @@ class LineTextEncoder:
 
     def encode(self, text: str) -> dict[str, torch.Tensor]:
         """A whole instruction (``data.text_encoder: lines`` for a Kontinuous run): its lines as a prompt."""
-        from ..core.instructions import split_instructions
+        from ...core.instructions import split_instructions
         return self.encode_lines(split_instructions(text))
 
     def release(self):

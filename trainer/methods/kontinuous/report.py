@@ -1,4 +1,4 @@
-"""The demo's report: ``report.md`` with plots (matplotlib), a contact sheet and a sweep GIF."""
+"""The Kontinuous demo's report: ``report.md`` with plots (matplotlib), a contact sheet and a sweep GIF."""
 from __future__ import annotations
 
 import math
@@ -7,18 +7,11 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from ..core.atomic import atomic_write
-from .demo import HELD_OUT_STRENGTHS, TARGETS
-from .features import to_pil
-from .metrics import PSNR_CAP_DB
-from .validation import grid, save_gif
-
-TILE = 128  # images are tiny (16 px): shown enlarged, nearest neighbour, so the pixels stay honest
-
-
-def _pil(image: torch.Tensor, size: int = TILE) -> Image.Image:
-    """[3, H, W] in [0, 1] -> PIL, enlarged."""
-    return to_pil(image * 2 - 1).resize((size, size), Image.NEAREST)
+from ....core.atomic import atomic_write
+from ...engine.metrics import PSNR_CAP_DB
+from ...engine.report import TILE, _figure, _pil, _save, plot_loss  # noqa: F401 (TILE, plot_loss: for callers)
+from ...engine.validation import grid, save_gif
+from .evaluation import HELD_OUT_STRENGTHS, TARGETS
 
 
 def _showcase(held_out) -> list[int]:
@@ -29,6 +22,8 @@ def _showcase(held_out) -> list[int]:
 
 # between the model's panel and the exact one; magenta: unlike the greys and teals the saturation sweep shows
 DIVIDER_PX, DIVIDER_COLOUR = 6, (255, 0, 160)
+
+
 HEADER_PX = 18
 
 
@@ -56,20 +51,6 @@ def save_sweep_gif(sweeps: dict, strengths: list[float], shown: list[int], path:
     save_gif(frames, path, ms=250)
 
 
-def _figure(rows: int, cols: int, size: tuple[float, float]):
-    import matplotlib
-    matplotlib.use("Agg")  # files only, never a window
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(rows, cols, figsize=size, squeeze=False)
-    return plt, fig, axes
-
-
-def _save(plt, fig, path: Path) -> None:
-    fig.tight_layout(rect=(0, 0, 1, 0.98) if fig._suptitle is not None else None)  # keep the title clear
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 def plot_contact_sheet(evaluations, sweeps, sources, held_out, shown, path: Path) -> None:
     n_cols = 1 + len(evaluations[0].strengths)
     rows = [(e, i, which) for e in evaluations for i in shown for which in ("model", "exact")]
@@ -87,18 +68,6 @@ def plot_contact_sheet(evaluations, sweeps, sources, held_out, shown, path: Path
                              + ("*" if c and (c - 1) % 2 else ""), fontsize=8)
         axes[r][0].set_ylabel(f"{e.task}\n{held_out[i].name}\n{which}", fontsize=7)
     fig.suptitle("held-out photos; * = strength never seen in training", fontsize=9)
-    _save(plt, fig, path)
-
-
-def plot_loss(losses: list[float], path: Path) -> None:
-    plt, fig, axes = _figure(1, 1, (6, 3))
-    ax = axes[0][0]
-    ax.plot(range(1, len(losses) + 1), losses, lw=0.5, alpha=0.4, label="step")
-    window = max(len(losses) // 50, 1)
-    smooth = [sum(losses[max(0, i - window + 1):i + 1]) / len(losses[max(0, i - window + 1):i + 1])
-              for i in range(len(losses))]
-    ax.plot(range(1, len(losses) + 1), smooth, lw=1.5, label=f"mean of {window}")
-    ax.set_yscale("log"), ax.set_xlabel("step"), ax.set_ylabel("flow-matching loss"), ax.legend()
     _save(plt, fig, path)
 
 

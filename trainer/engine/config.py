@@ -15,6 +15,8 @@ from pathlib import Path
 
 import yaml
 
+from .registry import method_for, method_names
+
 OFFICIAL_LORA_TARGETS = ("attn.to_k", "attn.to_q", "attn.to_v", "attn.to_out.0", "attn.add_k_proj",
                          "attn.add_q_proj", "attn.add_v_proj", "attn.to_add_out", "ff.net.0.proj", "ff.net.2",
                          "ff_context.net.0.proj", "ff_context.net.2")
@@ -135,7 +137,7 @@ def check_lora_fields(where: str, rank, alpha, targets) -> None:
 @dataclass
 class SliderEditSection:
     """``method: slideredit``: one shared low-rank adapter, trained self-supervised (PPS / SPPS) to cancel
-    sub-instructions; scaled by 1 - strength at inference (trainer/slideredit.py)."""
+    sub-instructions; scaled by 1 - strength at inference (trainer/methods/slideredit/)."""
     variant: str = "stlora"  # "stlora": text-stream LoRA on chosen tokens; "gstlora": all tokens, both streams
     loss: str | None = None  # "pps" | "spps"; null: pps for stlora, spps for gstlora (as the authors train them)
     rank: int = 16
@@ -148,7 +150,7 @@ class SliderEditSection:
     batch_teacher: bool = True  # teacher + student in one forward of 2B rows; false: two forwards (less memory)
 
     def __post_init__(self):
-        from ..core.slideredit.weights import VARIANTS
+        from ...core.slideredit.weights import VARIANTS
         if self.variant not in VARIANTS:
             raise ConfigError(f"slideredit.variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
         if self.loss is None:
@@ -160,7 +162,7 @@ class SliderEditSection:
                               "prompt, so it cannot suppress some sub-instructions only; use loss: spps")
         check_lora_fields("slideredit", self.rank, self.alpha, self.targets)
         if self.targets is not None:
-            from .slideredit_model import check_targets
+            from ..families.flux1 import check_targets
             try:
                 check_targets(self.variant, self.targets)
             except ValueError as e:
@@ -179,7 +181,7 @@ class SliderEditSection:
 @dataclass
 class NumericSection:
     """``method: numeric``: NumeriKontrol, a numeric adapter (z = D(E(f(delta)) + emb(task))) whose tokens go in
-    front of the T5 tokens, and a LoRA on the attention Q/K/V (trainer/numeric.py, trainer/numeric_model.py)."""
+    front of the T5 tokens, and a LoRA on the attention Q/K/V (trainer/methods/numeric/method.py, model.py)."""
     # the task registry (units, ranges, templates): null = the default (the `synth cat` tasks), a path to a
     # registry JSON file, or the registry itself; a numeric run's resolved config holds it inline, so every
     # checkpoint carries the registry its task ids refer to
@@ -190,7 +192,7 @@ class NumericSection:
     decoder_width: int = 256
     rank: int = 128  # the paper's LoRA rank
     alpha: float | None = None  # null: alpha = rank (scale 1)
-    targets: list[str] | None = None  # diffusers Linear suffixes; null: Q/K/V of both streams (numeric_model.py)
+    targets: list[str] | None = None  # diffusers Linear suffixes; null: Q/K/V of both streams (methods/numeric/model.py)
     init: str = "gaussian"  # peft's init_lora_weights: "gaussian" (A ~ N(0, 1/r)) or "default" (kaiming); B zeros
     guidance: float = 1.0  # the guidance embedding's value in training (the paper: "CFG 1.0")
     max_edits: int = 3  # data.text_encoder learned: room for this many sub-instructions in a prompt
@@ -214,20 +216,17 @@ class NumericSection:
                 raise ConfigError(f"numeric.registry: no such file {path}")
             self.registry = path.read_text(encoding="utf-8")  # parsed (and its errors named) below
         if self.registry is not None:
-            from ..core.numeric import Registry, RegistryError
+            from ...core.numeric import Registry, RegistryError
             try:
                 self.registry = Registry.from_json(self.registry).to_json()
             except RegistryError as e:
                 raise ConfigError(f"numeric.registry: {e}") from None
 
     def task_registry(self):
-        from ..core.numeric import DEFAULT_REGISTRY, Registry
+        from ...core.numeric import DEFAULT_REGISTRY, Registry
         return DEFAULT_REGISTRY if self.registry is None else Registry.from_json(self.registry)
 
 
-# what `method` may name. "editor": a plain instruction editor trained on ground-truth edits (edits.json with
-# targets), e.g. the demo's base model for SliderEdit; "numeric": NumeriKontrol
-METHODS = ("kontinuous", "slideredit", "editor", "numeric")
 
 
 @dataclass
@@ -282,16 +281,20 @@ def config_from_dict(data: dict) -> TrainConfig:
     if unknown:
         raise ConfigError(f"unknown section(s) {', '.join(unknown)}; known: method, {', '.join(sections)}")
     method = data.get("method", "kontinuous")
-    if method not in METHODS:
-        raise ConfigError(f"method {method!r} is not one this trainer implements; available: {', '.join(METHODS)}")
+    # what `method` may name: the registered methods (engine/registry.py; trainer/methods/). "editor": a plain
+    # instruction editor trained on ground-truth edits (edits.json with targets), e.g. the demo's base model for
+    # SliderEdit; "numeric": NumeriKontrol
+    methods = method_names()
+    if method not in methods:
+        raise ConfigError(f"method {method!r} is not one this trainer implements; available: {', '.join(methods)}")
     defaults = TrainConfig()
     config = TrainConfig(method=method, **{name: _section_from_dict(type(getattr(defaults, name)),
                                                                     data.get(name, {}), name) for name in sections})
     if not isinstance(config.model.train_transformer, bool):
         raise ConfigError(f"model.train_transformer must be true or false, got {config.model.train_transformer!r}")
-    if config.model.train_transformer and method == "slideredit":
-        raise ConfigError("model.train_transformer: a SliderEdit run keeps its base frozen (the base on the full "
-                          "prompt is its teacher); set it to false")
+    check = method_for(method).check_config
+    if check is not None:  # the method's own checks (and defaults it resolves)
+        check(config)
     if (config.model.train_transformer and method in ("kontinuous", "editor") and config.model.pretrained is not None
             and config.lora.enabled):
         raise ConfigError("model.train_transformer trains every weight of the base: a LoRA on weights that train "
@@ -305,8 +308,6 @@ def config_from_dict(data: dict) -> TrainConfig:
         raise ConfigError("optim.transformer_lr is the rate of the base transformer's own weights, and this run keeps "
                           "them frozen; set model.train_transformer: true (and lora.enabled: false for a "
                           f"{method} run) or drop optim.transformer_lr")
-    if method == "numeric" and config.numeric.registry is None:  # the registry travels with the run
-        config.numeric.registry = config.numeric.task_registry().to_json()
     return config
 
 
@@ -365,23 +366,28 @@ def check_ready_to_train(config: TrainConfig) -> None:
         raise ConfigError(f"data.lines_pooled must be one of {', '.join(LINES_POOLED)}, got {d.lines_pooled!r}")
     if d.text_encoder == "flux" and m.pretrained is None:
         raise ConfigError("data.text_encoder 'flux' needs model.pretrained (or use data.text_encoder: learned)")
-    if config.method == "editor" and not d.edits:
-        raise ConfigError("data.edits is empty: list folders of edits with targets (edits.json entries with "
-                          "\"target\": the ground-truth image) to train the editor on")
-    if config.method in ("slideredit", "editor"):
-        if not d.edits and not d.trajectories:
-            raise ConfigError("data.edits and data.trajectories are empty: list folders of SliderEdit samples "
-                              "(edits.json: an image + sub-instruction lines) or trajectory folders to train on")
-    elif not d.trajectories:
-        raise ConfigError("data.trajectories is empty: list the trajectory folders to train on "
-                          "(made by `synth cat` or `synth filter --out`)")
+    method_for(config.method).check_data(config)
     for key in ("trajectories", "edits"):
         missing = [t for t in getattr(d, key) if not Path(t).is_dir()]
         if missing:
             raise ConfigError(f"data.{key}: no such folder {', '.join(map(str, missing))}")
 
 
+def require_trajectories(config: TrainConfig) -> None:
+    """A method that trains on trajectories: ``data.trajectories`` must list some."""
+    if not config.data.trajectories:
+        raise ConfigError("data.trajectories is empty: list the trajectory folders to train on "
+                          "(made by `synth cat` or `synth filter --out`)")
+
+
+def require_samples(config: TrainConfig) -> None:
+    """A method that trains on SliderEdit samples: ``data.edits`` or ``data.trajectories`` must list some."""
+    if not config.data.edits and not config.data.trajectories:
+        raise ConfigError("data.edits and data.trajectories are empty: list folders of SliderEdit samples "
+                          "(edits.json: an image + sub-instruction lines) or trajectory folders to train on")
+
+
 def save_resolved_config(config: TrainConfig, path: str | Path) -> None:
-    from ..core.atomic import atomic_write
+    from ...core.atomic import atomic_write
     text = yaml.safe_dump(config.to_dict(), sort_keys=False)
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

@@ -1,6 +1,6 @@
 """The trained model: FLUX.1 Kontext transformer (+ peft LoRA) + strength projector, diffusers side.
 
-One forward = one Kontext transformer call as FluxKontextPipeline makes it (noisy target tokens
+One forward = one Kontext transformer call (``families.flux1.kontext_velocity``) as FluxKontextPipeline makes it (noisy target tokens
 first, clean source tokens after them, ids (0, y, x) / (1, y, x), text ids zero) with the
 projector's offsets on the text-stream MLP modulation of every double block (the hooks of
 ``modulation_hook.py``, the twin of the nodes' ComfyUI patch). What it trains is what the nodes run.
@@ -10,25 +10,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..core.kontinuous.projector import ProjectorConfig, SliderProjector
-from .config import TrainConfig
+from ....core.kontinuous.projector import ProjectorConfig, SliderProjector
+from ...engine.config import TrainConfig
+from ...families.flux1 import build_transformer, kontext_velocity
 from .modulation_hook import ModulationOffsetHooks
-
-
-def pack(latents: torch.Tensor) -> torch.Tensor:
-    """[B, C, H, W] -> [B, H/2 * W/2, 4C] (diffusers' and ComfyUI's 2x2 patch order)."""
-    b, c, h, w = latents.shape
-    return latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), 4 * c)
-
-
-def unpack(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    b, _, d = tokens.shape
-    return tokens.view(b, h // 2, w // 2, d // 4, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, d // 4, h, w)
-
-
-def image_ids(h: int, w: int, index: int, device=None) -> torch.Tensor:
-    ys, xs = torch.meshgrid(torch.arange(h // 2, device=device), torch.arange(w // 2, device=device), indexing="ij")
-    return torch.stack([torch.full_like(ys, index), ys, xs], dim=-1).reshape(-1, 3).float()
 
 
 class LearnedTextEncoder(nn.Module):
@@ -93,62 +78,6 @@ class KontextSliderModel(nn.Module):
         # kept set until the next forward: gradient checkpointing re-runs the hooked modules in backward
         self.hooks.offsets = self.offsets(strength, pooled, keep)
         return kontext_velocity(self.transformer, noisy, source, sigma, context, pooled, self.guidance)
-
-
-def kontext_velocity(transformer, noisy: torch.Tensor, source: torch.Tensor, sigma: torch.Tensor,
-                     context: torch.Tensor, pooled: torch.Tensor, guidance: float,
-                     attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """One Kontext transformer call as FluxKontextPipeline makes it; the velocity of the noisy target [B, C, H, W].
-
-    Target tokens first, then the clean source's; ids (0, y, x) / (1, y, x); text ids zero; the guidance
-    embedding (when the model has one) at ``guidance``; fp32 out. ``attention_mask`` (optional, boolean, True =
-    may attend, [B or 1, 1, S, S] over the joint sequence [text; target; source]) goes to every block's
-    attention through ``joint_attention_kwargs``; None passes no kwargs at all (the plain call).
-    """
-    b, _, h, w = noisy.shape
-    dtype = next(transformer.parameters()).dtype
-    tokens = torch.cat([pack(noisy), pack(source)], dim=1).to(dtype)
-    ids = torch.cat([image_ids(h, w, 0, noisy.device), image_ids(*source.shape[-2:], 1, noisy.device)])
-    g = torch.full((b,), guidance, device=noisy.device) if transformer.config.guidance_embeds else None
-    out = transformer(hidden_states=tokens, encoder_hidden_states=context.to(dtype),
-                      pooled_projections=pooled.to(dtype), timestep=sigma.to(dtype),
-                      img_ids=ids, txt_ids=torch.zeros(context.shape[1], 3, device=noisy.device),
-                      guidance=g, return_dict=False,
-                      joint_attention_kwargs=None if attention_mask is None else {"attention_mask": attention_mask})[0]
-    return unpack(out[:, : (h // 2) * (w // 2)].float(), h, w)
-
-
-def build_transformer(config: TrainConfig, dtype: torch.dtype = torch.float32):
-    """The FLUX transformer: pretrained (frozen, LoRA added) or from scratch (everything trainable).
-
-    ``model.train_transformer``: every weight trains, pretrained too (a full fine-tune). SliderEdit
-    (``method: slideredit``) keeps the base frozen either way (it is its own teacher) and adds no peft LoRA: its
-    adapter is ``slideredit_model.SliderEditAdapter``. NumeriKontrol (``method: numeric``) adds its own LoRA to a
-    frozen transformer (trainer/numeric.py), none when every weight trains.
-    """
-    from diffusers import FluxTransformer2DModel
-    m = config.model
-    if (m.pretrained is None) == (m.scratch is None):
-        raise ValueError("set exactly one of model.pretrained (a FLUX.1 Kontext diffusers folder or hub id) "
-                         "and model.scratch (a FluxTransformer2DModel config for a model trained from scratch)")
-    if m.pretrained is not None:
-        transformer = FluxTransformer2DModel.from_pretrained(m.pretrained, subfolder="transformer", torch_dtype=dtype)
-    else:
-        transformer = FluxTransformer2DModel(**m.scratch)
-    peft_lora = config.method in ("kontinuous", "editor")  # SliderEdit and NumeriKontrol bring their own
-    if not (m.train_transformer or (m.scratch is not None and peft_lora)):
-        transformer.requires_grad_(False)
-    # a scratch editor trains every weight; a scratch Kontinuous run keeps its LoRA as configured (as before)
-    if peft_lora and config.lora.enabled and (m.pretrained is not None or config.method == "kontinuous"):
-        from peft import LoraConfig
-        transformer.add_adapter(LoraConfig(r=config.lora.rank, lora_alpha=config.lora.alpha,
-                                           init_lora_weights=config.lora.init, target_modules=list(config.lora.targets)))
-        for name, p in transformer.named_parameters():
-            if "lora_" in name:
-                p.data = p.data.float()  # trainable tensors in fp32; autocast runs the maths in bf16
-    if m.gradient_checkpointing:
-        transformer.enable_gradient_checkpointing()
-    return transformer
 
 
 def build_model(config: TrainConfig, instructions: list[str] | None = None, dtype: torch.dtype = torch.float32):

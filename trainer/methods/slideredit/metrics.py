@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .data import cat
+from ...data import cat
 
 SliderEditor = Callable[[torch.Tensor, tuple[float, ...]], torch.Tensor]
 

@@ -36,8 +36,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..core.numeric import NumericAdapter, NumericWeights, multi_numeric_mask
-from .model import kontext_velocity
+from ....core.numeric import NumericAdapter, NumericWeights, multi_numeric_mask
+from ...families.flux1 import kontext_velocity
 
 # the paper's "all W_Q, W_K and W_V": both streams of the double blocks, the single blocks' by suffix match
 DEFAULT_TARGETS = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj")

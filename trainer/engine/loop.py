@@ -1,8 +1,8 @@
 """The training loop under accelerate, one for every method (``method:`` in the config).
 
-A method (``KontinuousMethod`` here: flow matching on (source, strength, target) pairs;
-``slideredit.SliderEditMethod``: PPS / SPPS self-distillation) supplies the data rows, model and loss;
-the loop owns the rest: accelerate, optimizer, checkpoints, resume, logging, validation calls.
+A method (a ``Method`` subclass registered under its name, ``registry.py``: e.g. ``methods/kontinuous``: flow
+matching on (source, strength, target) pairs; ``methods/slideredit``: PPS / SPPS self-distillation) supplies the
+data rows, model and loss; the loop owns the rest: accelerate, optimizer, checkpoints, resume, logging, validation calls.
 
 Determinism, which is what makes resume exact: the rows of step k (e.g. which trajectory, which frame,
 noise, sigma, slider dropout) are a pure function of (seed, k, global row), so the data order is
@@ -24,100 +24,12 @@ import torch
 import yaml
 
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .config import TEXT_ENCODERS, TrainConfig, check_ready_to_train, save_resolved_config
-from .features import CachedDataset, FeatureCache, FluxTextEncoder, FluxVaeCodec, PixelCodec, cache_trajectories
-from .model import KontextSliderModel, build_model
-from .validation import render_validation
+from .config import TrainConfig, check_ready_to_train, save_resolved_config
+from .features import FeatureCache
+from .registry import method_for
 
 log = logging.getLogger("kontext_sliders.trainer")
 
-TRAIN_SIGMAS = torch.linspace(1.0, 0.001, 1000)  # the scheduler's 1000 training sigmas, as the official trainer
-
-
-@dataclass
-class Row:
-    trajectory: int
-    frame: int
-    sigma: float
-    keep: bool
-    noise_seed: int
-
-
-def rows_for_step(seed: int, step: int, global_batch: int, dataset: CachedDataset, slider_dropout: float) -> list[Row]:
-    """The global batch of step ``step`` (0-based): a pure function of (seed, step)."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
-    rows = []
-    for i in range(global_batch):
-        t = int(torch.randint(len(dataset.trajectories), (1,), generator=g))
-        f = int(torch.randint(len(dataset.trajectories[t].frames), (1,), generator=g))
-        sigma = float(TRAIN_SIGMAS[int(torch.randint(1000, (1,), generator=g))])
-        keep = bool(torch.rand((), generator=g) >= slider_dropout)
-        rows.append(Row(t, f, sigma, keep, seed * 1_000_003 + step * 4096 + i))
-    return rows
-
-
-def make_codecs(config: TrainConfig, device: torch.device, text: bool = True):
-    """(image codec, FLUX text encoder or None); ``text=False``: the caller makes its own text encoder."""
-    d = config.data
-    if d.text_encoder not in TEXT_ENCODERS:
-        raise ValueError(f"data.text_encoder must be one of {', '.join(TEXT_ENCODERS)}, got {d.text_encoder!r}")
-    if d.pixel_space:
-        codec = PixelCodec(d.resolution)
-    else:
-        codec = FluxVaeCodec(config.model.pretrained, d.resolution, device, torch.bfloat16)
-    encoder = None
-    if text and d.text_encoder == "flux":
-        encoder = FluxTextEncoder(config.model.pretrained, device, torch.bfloat16)
-    elif text and d.text_encoder == "lines":
-        from .slideredit import text_encoder_for
-        encoder = text_encoder_for(config, device)
-    return codec, encoder
-
-
-def seeded_noise(shape, seeds: list[int]) -> torch.Tensor:
-    """[len(seeds), *shape]: row i's noise drawn from its own generator seeded ``seeds[i]``."""
-    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
-
-
-class Batches:
-    """Reads a step's rows from the feature cache."""
-
-    def __init__(self, dataset: CachedDataset, cache: FeatureCache, learned_text: bool):
-        self.dataset, self.cache, self.learned_text = dataset, cache, learned_text
-
-    def load(self, rows: list[Row], device: torch.device) -> dict:
-        trajs = [self.dataset.trajectories[r.trajectory] for r in rows]
-        source = torch.stack([self.cache.get("image", t.source)["latent"] for t in trajs])
-        target = torch.stack([self.cache.get("image", t.frames[r.frame][0])["latent"] for t, r in zip(trajs, rows)])
-        noise = seeded_noise(target.shape[1:], [r.noise_seed for r in rows])
-        batch = {
-            "source": source.to(device), "target": target.to(device), "noise": noise.to(device),
-            "strength": torch.tensor([t.frames[r.frame][1] for t, r in zip(trajs, rows)], device=device),
-            "sigma": torch.tensor([r.sigma for r in rows], device=device),
-            "keep": torch.tensor([r.keep for r in rows], device=device),
-            "instructions": [t.instruction for t in trajs],
-        }
-        if not self.learned_text:
-            texts = [self.cache.get("text", self.dataset.text_keys[t.instruction]) for t in trajs]
-            batch["context"] = torch.stack([x["context"] for x in texts]).to(device)
-            batch["pooled"] = torch.stack([x["pooled"] for x in texts]).to(device)
-        return batch
-
-
-def flow_matching(batch: dict, velocity) -> torch.Tensor:
-    """x_sigma = (1 - sigma) x + sigma eps (x = ``batch["target"]``); target eps - x; MSE over all latent elements
-    in fp32. ``velocity(noisy)`` is the model's prediction for the batch's rows."""
-    x, eps, sigma = batch["target"], batch["noise"], batch["sigma"]
-    s = sigma.view(-1, 1, 1, 1)
-    pred = velocity((1 - s) * x + s * eps)
-    return torch.mean((pred.float() - (eps - x).float()) ** 2)
-
-
-def flow_matching_loss(model, batch: dict) -> torch.Tensor:
-    """``flow_matching`` of a Kontinuous model at the rows' strengths."""
-    return flow_matching(batch, lambda noisy: model(
-        noisy, batch["source"], batch["strength"], batch["sigma"], context=batch.get("context"),
-        pooled=batch.get("pooled"), instructions=batch["instructions"], keep=batch["keep"]))
 
 
 def parameter_groups(config: TrainConfig, model: torch.nn.Module) -> list[dict]:
@@ -202,52 +114,9 @@ class Method:
         raise NotImplementedError
 
 
-class KontinuousMethod(Method):
-    """``method: kontinuous``: flow matching on trajectory frames, strength projector (+ LoRA)."""
-
-    def prepare(self, cache: FeatureCache, device: torch.device, progress: bool) -> None:
-        config = self.config
-        self.cache = cache
-        self.codec, text_encoder = make_codecs(config, device)
-        self.dataset = cache_trajectories(config.data.trajectories, cache, self.codec, text_encoder,
-                                          progress=progress)
-        if text_encoder is not None:
-            text_encoder.release()  # the transformer trains without the text encoders in memory
-        self.codec.release()
-        if not self.dataset.trajectories:
-            raise ValueError(f"no usable trajectories in {config.data.trajectories} "
-                             f"(skipped: {dict(self.dataset.skipped)})")
-        log.info("%d trajectories, %d instructions; skipped: %s", len(self.dataset.trajectories),
-                 len(self.dataset.instructions), dict(self.dataset.skipped) or "none")
-        self.batches = Batches(self.dataset, cache, config.data.text_encoder == "learned")
-
-    def build_model(self) -> KontextSliderModel:
-        return build_model(self.config, self.dataset.instructions)
-
-    def rows(self, seed: int, step: int, global_batch: int) -> list[Row]:
-        return rows_for_step(seed, step, global_batch, self.dataset, self.config.projector.slider_dropout)
-
-    def load(self, rows: list[Row], device: torch.device) -> dict:
-        return self.batches.load(rows, device)
-
-    def loss(self, model, batch: dict) -> torch.Tensor:
-        return flow_matching_loss(model, batch)
-
-    def validate(self, model, prefix: Path) -> None:
-        render_validation(model, self.dataset, self.cache, self.codec, self.config, prefix)
-
-
-def make_method(config: TrainConfig):
-    if config.method == "slideredit":
-        from .slideredit import SliderEditMethod
-        return SliderEditMethod(config)
-    if config.method == "editor":
-        from .editor import EditorMethod
-        return EditorMethod(config)
-    if config.method == "numeric":
-        from .numeric import NumericMethod
-        return NumericMethod(config)
-    return KontinuousMethod(config)
+def make_method(config: TrainConfig) -> Method:
+    """The ``Method`` that ``config.method`` names, from the method registry (the engine imports no method)."""
+    return method_for(config.method).factory(config)
 
 
 def train(config: TrainConfig, resume: str | None = None) -> TrainResult:

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..core.atomic import atomic_write
-from .report import _figure, _pil, _save
-from .validation import grid
+from ....core.atomic import atomic_write
+from ...engine.report import _figure, _pil, _save
+from ...engine.validation import grid
 
 NAMES = {"stlora": "STLoRA (trained, PPS)", "training_free": "training-free sliders (toward pad)",
          "exact": "exact edits (reference)"}
@@ -44,7 +44,7 @@ def _row(name: str, summary: dict, task) -> str:
 
 
 def write_slideredit_report(s, tasks, result, sweeps: dict, losses: list[float], editor_result) -> Path:
-    from .report import plot_loss
+    from ...engine.report import plot_loss
     out = s.out
     plot_loss(losses, out / "slideredit_loss.png")
     plot_sweeps(tasks, sweeps, out / "slideredit_sweeps.png")

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..core.atomic import atomic_write, make_temp_dir
+from ...core.atomic import atomic_write, make_temp_dir
 
 PATTERN = re.compile(r"^checkpoint-(\d+)$")
 

@@ -15,6 +15,7 @@
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import time
@@ -23,21 +24,23 @@ from pathlib import Path
 
 import torch
 
-from ..core.atomic import atomic_write
-from ..core.instructions import InstructionSpans
-from ..core.slideredit.weights import load_slideredit
-from ..core.slideredit.lora import stlora_token_scales
-from .config import config_from_dict
-from .data import cat
-from .data.edits import EditSample, write_edits
-from .demo import DemoSettings, demo_photos, demo_tasks, with_threads
-from .export import export_checkpoint
-from .features import LineTextEncoder, to_pil
-from .model import kontext_velocity
-from .sampling import euler
-from .slider_metrics import SliderSweep, ground_truth_editor, slider_sweep
-from .slideredit_model import SliderEditAdapter
-from .slideredit_report import sweep_sheet, write_slideredit_report
+from ....core.atomic import atomic_write
+from ....core.instructions import InstructionSpans
+from ....core.slideredit.weights import load_slideredit
+from ....core.slideredit.lora import stlora_token_scales
+from ...engine.config import config_from_dict
+from ...data import cat
+from ...data.edits import EditSample, write_edits
+from ...engine.demo import (DemoSettings, demo_photos, demo_tasks, register_demo, run_or_report, targets_exit,
+                            with_threads)
+from ...engine.export import export_checkpoint
+from ...engine.features import LineTextEncoder, to_pil
+from ...engine.loop import train
+from ...families.flux1 import kontext_velocity, load_transformer
+from ...engine.sampling import euler
+from .metrics import SliderSweep, ground_truth_editor, slider_sweep
+from .model import SliderEditAdapter
+from .report import sweep_sheet, write_slideredit_report
 from .toward_pad_hook import TowardPadHooks
 
 SWEEP = [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5]
@@ -140,8 +143,7 @@ class DemoEditors:
     """The exported editor with the exported STLoRA, and its training-free twin, as slider editors."""
 
     def __init__(self, editor_dir: Path, slider_file: Path, tasks: list[cat.CatTask], sample_steps: int, seed: int):
-        from diffusers import FluxTransformer2DModel
-        self.transformer = FluxTransformer2DModel.from_pretrained(str(editor_dir), subfolder="transformer").eval()
+        self.transformer = load_transformer(editor_dir).eval()
         self.adapter = SliderEditAdapter.from_weights(self.transformer, load_slideredit(slider_file))
         self.toward_pad = TowardPadHooks(self.transformer)
         tc = self.transformer.config
@@ -214,7 +216,6 @@ def run_slideredit_demo(s: SliderEditDemoSettings) -> SliderEditDemoResult:
 
 
 def _run(s: SliderEditDemoSettings) -> SliderEditDemoResult:
-    from .loop import train
     tasks = demo_tasks(s)
     if len(tasks) != 2:
         raise ValueError(f"the SliderEdit demo slides two sub-instructions: give two tasks, got {s.tasks!r}")
@@ -258,3 +259,36 @@ def _run(s: SliderEditDemoSettings) -> SliderEditDemoResult:
          "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(s).items()}},
         indent=1), encoding="utf-8"))
     return result
+
+
+def run_command(args: argparse.Namespace, common: dict) -> int:
+    settings = SliderEditDemoSettings(args.out, editor_steps=args.editor_steps, slider_steps=args.slider_steps,
+                                      **common)
+    result = run_or_report(run_slideredit_demo, settings)
+    if result is None:
+        return 2
+    print(f"PPS loss {result.loss_start:.3g} -> {result.loss_end:.3g} ({result.loss_drop:.1f}x lower)")
+    for name, rows in (("STLoRA", result.stlora), ("training-free", result.training_free)):
+        for r in rows:
+            print(f"{name} line {r['line'] + 1} ({r['task']}): range {r['movement']:.2f} of the task's, "
+                  f"monotonic {'yes' if r['monotonic'] else 'no'}, decoupling {r['decoupling']:.3f}, "
+                  f"suppression {r['suppression']:.2f}")
+    return targets_exit(args, result)
+
+
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    e = SliderEditDemoSettings(Path("."))
+    parser.add_argument("--editor-steps", type=int, default=e.editor_steps,
+                        help="slideredit: steps of the base editor (default: %(default)s)")
+    parser.add_argument("--slider-steps", type=int, default=e.slider_steps,
+                        help="slideredit: steps of the STLoRA (default: %(default)s)")
+
+
+_E = SliderEditDemoSettings(Path("."))
+register_demo("slideredit", run_command, "SliderEdit per-instruction sliders (a tiny base editor, then an STLoRA "
+              "trained with PPS on it; report_slideredit.md)", add_arguments, order=1,
+              notes={"tasks": f"slideredit: exactly two, {_E.tasks}", "ranges": f"slideredit: {_E.ranges}",
+                     "targets": "slideredit: PPS loss drop >= 10x, and per line monotonic, suppression >= 5, "
+                                "decoupling <= 0.2"})

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..core.atomic import atomic_write
-from .report import _pil
-from .validation import grid
+from ....core.atomic import atomic_write
+from ...engine.report import _pil
+from ...engine.validation import grid
 
 
 def strip(frames, path: Path, rows: int = 4) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..core.kontinuous.projector import split_offsets
+from ....core.kontinuous.projector import split_offsets
 
 
 class ModulationOffsetHooks:

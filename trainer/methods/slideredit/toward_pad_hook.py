@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from ..core.instructions import InstructionSpans
-from ..core.knobs.toward_pad import lerp_toward_pad, toward_pad_plan
+from ....core.instructions import InstructionSpans
+from ....core.knobs.toward_pad import lerp_toward_pad, toward_pad_plan
 
 
 class TowardPadHooks:

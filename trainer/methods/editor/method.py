@@ -5,7 +5,7 @@ offline demo has none, so it trains a tiny one from scratch on exact edits (``ed
 ``"target"``; the empty prompt's target is the source). Text as the SliderEdit run will see it (the same
 ``slideredit.max_lines`` / ``data.learned_text_tokens`` give the same per-line tokens), so the editor's
 prompts are the ones the sliders are trained on. Export writes the transformer as a diffusers folder
-(``<out>/transformer``), usable as ``model.pretrained`` of a SliderEdit run.
+(``<out>/transformer``, ``engine.export.export_editor``), usable as ``model.pretrained`` of a SliderEdit run.
 """
 from __future__ import annotations
 
@@ -15,12 +15,17 @@ from pathlib import Path
 
 import torch
 
-from .features import FeatureCache, to_pil
-from .loop import TRAIN_SIGMAS, Method, flow_matching, make_codecs, seeded_noise
-from .model import build_transformer, kontext_velocity
-from .sampling import euler
-from .slideredit import cache_edits, text_encoder_for
-from .validation import grid
+from ...engine.codecs import make_codecs, text_encoder_for
+from ...engine.config import ConfigError, require_samples
+from ...engine.export import export_editor
+from ...engine.features import FeatureCache, to_pil
+from ...engine.flow_matching import TRAIN_SIGMAS, flow_matching, seeded_noise
+from ...engine.loop import Method
+from ...engine.registry import register_method
+from ...engine.sampling import euler
+from ...engine.validation import grid
+from ...families.flux1 import build_transformer, kontext_velocity
+from ..slideredit.method import cache_edits
 
 log = logging.getLogger("kontext_sliders.trainer")
 
@@ -55,7 +60,7 @@ def editor_rows_for_step(seed: int, step: int, global_batch: int, samples: int) 
 
 
 class EditorMethod(Method):
-    """The editor side of ``loop.train`` (the interface: ``loop.Method``)."""
+    """The editor side of ``engine.loop.train`` (the interface: ``engine.loop.Method``)."""
 
     def prepare(self, cache: FeatureCache, device: torch.device, progress: bool) -> None:
         config = self.config
@@ -121,20 +126,20 @@ class EditorMethod(Method):
         return [path]
 
 
-def export_editor(trainable: dict[str, torch.Tensor], config, out_dir: str | Path) -> Path:
-    """The trained transformer as a diffusers folder ``<out_dir>/transformer`` (a LoRA merged into it)."""
-    from .config import config_from_dict
-    config = config_from_dict(config) if isinstance(config, dict) else config
-    transformer = build_transformer(config)
-    prefix = "transformer."
-    state = {k[len(prefix):]: v for k, v in trainable.items() if k.startswith(prefix)}
-    missing = {n for n, p in transformer.named_parameters() if p.requires_grad} - set(state)
-    if missing:
-        raise ValueError(f"the checkpoint lacks trainable tensors of the editor: {sorted(missing)[:3]}")
-    transformer.load_state_dict(state, strict=False)
-    if config.lora.enabled and config.model.pretrained is not None:
-        transformer.fuse_lora()
-        transformer.unload_lora()
-    folder = Path(out_dir) / "transformer"
-    transformer.save_pretrained(str(folder))
-    return folder
+def export_run(path: Path, trainable: dict[str, torch.Tensor], config: dict, out_file, official_dir, dtype,
+               transformer_dir) -> None:
+    """An editor run exports to a folder: its transformer goes to ``<out_file>/transformer``."""
+    if not out_file:
+        raise ValueError("an editor run exports to a folder: give --out DIR (its transformer goes to DIR/transformer)")
+    export_editor(trainable, config, out_file)
+    return None
+
+
+def check_data(config) -> None:
+    if not config.data.edits:
+        raise ConfigError("data.edits is empty: list folders of edits with targets (edits.json entries with "
+                          "\"target\": the ground-truth image) to train the editor on")
+    require_samples(config)
+
+
+register_method("editor", EditorMethod, export_run, check_data)

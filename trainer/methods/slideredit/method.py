@@ -24,18 +24,22 @@ from pathlib import Path
 
 import torch
 
-from ..core.instructions import joined_prompt
-from ..core.slideredit.weights import SliderEditWeights
-from ..core.slideredit.lora import stlora_token_scales
-from .config import TrainConfig
-from .data.edits import EditFormatError, read_edits
-from .data.trajectories import TrajectoryFormatError
-from .features import FeatureCache, FluxTextEncoder, LineTextEncoder, _cached_image, cached_lines, to_pil
-from .loop import TRAIN_SIGMAS, Method, make_codecs, seeded_noise
-from .model import build_transformer
-from .sampling import euler
-from .slideredit_model import SliderEditAdapter, SliderEditModel
-from .validation import grid
+from ....core.instructions import joined_prompt
+from ....core.slideredit.weights import SliderEditWeights, save_authors_layout, save_slideredit
+from ....core.slideredit.lora import stlora_token_scales
+from ...data.edits import EditFormatError, read_edits
+from ...data.trajectories import TrajectoryFormatError
+from ...engine.codecs import make_codecs, text_encoder_for
+from ...engine.config import ConfigError, require_samples
+from ...engine.export import refuse_transformer_out
+from ...engine.features import FeatureCache, _cached_image, cached_lines, to_pil
+from ...engine.flow_matching import TRAIN_SIGMAS, seeded_noise
+from ...engine.loop import Method
+from ...engine.registry import register_method
+from ...engine.sampling import euler
+from ...engine.validation import grid
+from ...families.flux1 import build_transformer
+from .model import SliderEditAdapter, SliderEditModel
 
 log = logging.getLogger("kontext_sliders.trainer")
 
@@ -80,21 +84,6 @@ def edit_rows_for_step(seed: int, step: int, global_batch: int, line_counts: lis
         sigma = float(TRAIN_SIGMAS[int(torch.randint(1000, (1,), generator=g))])
         rows.append(EditRow(sample, suppressed, sigma, seed * 1_000_003 + step * 4096 + i))
     return rows
-
-
-def text_encoder_for(config: TrainConfig, device: torch.device, max_lines: int | None = None):
-    """FLUX's CLIP-L + T5 (``flux``), or the per-line offline encoder (``learned``, ``lines``), sized for the
-    transformer, with room for ``max_lines`` lines (default ``slideredit.max_lines``)."""
-    if config.data.text_encoder == "flux":
-        return FluxTextEncoder(config.model.pretrained, device, torch.bfloat16)
-    if config.model.scratch is not None:
-        tc = config.model.scratch
-    else:
-        from diffusers import FluxTransformer2DModel
-        tc = FluxTransformer2DModel.load_config(config.model.pretrained, subfolder="transformer")
-    return LineTextEncoder(config.data.learned_text_tokens, max_lines or config.slideredit.max_lines,
-                           tc.get("joint_attention_dim", 4096), tc.get("pooled_projection_dim", 768),
-                           config.data.lines_pooled)
 
 
 def cache_edits(roots: list[str], cache: FeatureCache, codec, text_encoder, loss: str | None, neutral_prompt: str,
@@ -174,7 +163,7 @@ def pps_loss(model, batch: dict, batch_teacher: bool = True) -> torch.Tensor:
 
 
 class SliderEditMethod(Method):
-    """The SliderEdit side of ``loop.train`` (the interface: ``loop.Method``)."""
+    """The SliderEdit side of ``engine.loop.train`` (the interface: ``engine.loop.Method``)."""
 
     def prepare(self, cache: FeatureCache, device: torch.device, progress: bool) -> None:
         config, sc = self.config, self.config.slideredit
@@ -290,3 +279,26 @@ def weights_from_trainable(trainable: dict[str, torch.Tensor], config: dict,
         context_in_dim = int(model["scratch"].get("joint_attention_dim", 4096))
     alpha = None if sc.get("alpha") is None else float(sc["alpha"])
     return SliderEditWeights(sc["variant"], modules, alpha, model.get("pretrained") or "scratch", context_in_dim)
+
+
+def export_run(path: Path, trainable: dict[str, torch.Tensor], config: dict, out_file, official_dir,
+               dtype: torch.dtype, transformer_dir) -> SliderEditWeights:
+    """Our single file (``core.slideredit.save_slideredit``) and, with ``official_dir``, the authors' layout
+    (``save_authors_layout``: ``selective_lora.safetensors`` for an STLoRA, ``pytorch_lora_weights.safetensors``
+    for a GSTLoRA)."""
+    refuse_transformer_out(config, transformer_dir)
+    weights = weights_from_trainable(trainable, config, dtype)
+    if out_file:
+        save_slideredit(weights, out_file)
+    if official_dir:
+        save_authors_layout(weights, official_dir)
+    return weights
+
+
+def check_config(config) -> None:
+    if config.model.train_transformer:
+        raise ConfigError("model.train_transformer: a SliderEdit run keeps its base frozen (the base on the full "
+                          "prompt is its teacher); set it to false")
+
+
+register_method("slideredit", SliderEditMethod, export_run, require_samples, check_config)

@@ -35,16 +35,19 @@ from pathlib import Path
 
 import torch
 
-from ..core.numeric import AdapterConfig, NumericAdapter, NumericTask, NumericWeights, Registry
-from .config import TrainConfig
-from .export import lora_from_trainable
-from .features import CachedDataset, FeatureCache, cache_trajectories, cached_lines, to_pil
-from .loop import TRAIN_SIGMAS, Method, flow_matching, make_codecs, seeded_noise
-from .model import build_transformer
-from .numeric_model import NumericModel, add_numeric_lora
-from .sampling import euler
-from .slideredit import text_encoder_for
-from .validation import grid
+from ....core.numeric import (AdapterConfig, NumericAdapter, NumericTask, NumericWeights, Registry,
+                              save_numeric_weights)
+from ...engine.codecs import make_codecs, text_encoder_for
+from ...engine.config import TrainConfig, require_trajectories
+from ...engine.export import check_transformer_out, export_editor, lora_from_trainable
+from ...engine.features import CachedDataset, FeatureCache, cache_trajectories, cached_lines, to_pil
+from ...engine.flow_matching import TRAIN_SIGMAS, flow_matching, seeded_noise
+from ...engine.loop import Method
+from ...engine.registry import register_method
+from ...engine.sampling import euler
+from ...engine.validation import grid
+from ...families.flux1 import build_transformer
+from .model import NumericModel, add_numeric_lora
 
 log = logging.getLogger("kontext_sliders.trainer")
 
@@ -89,7 +92,7 @@ def encoder_text(config: TrainConfig, line: str) -> str:
     numeric token says how much."""
     if config.data.text_encoder == "flux":
         return line
-    from ..core.numeric.parser import NUMBER_RE
+    from ....core.numeric.parser import NUMBER_RE
     return NUMBER_RE.sub("#", line)
 
 
@@ -128,7 +131,7 @@ def adapter_config(config: TrainConfig, out_dim: int) -> AdapterConfig:
 
 
 class NumericMethod(Method):
-    """The NumeriKontrol side of ``loop.train`` (the interface: ``loop.Method``)."""
+    """The NumeriKontrol side of ``engine.loop.train`` (the interface: ``engine.loop.Method``)."""
 
     def prepare(self, cache: FeatureCache, device: torch.device, progress: bool) -> None:
         config = self.config
@@ -260,3 +263,24 @@ def numeric_weights_from_trainable(trainable: dict[str, torch.Tensor], config: d
     rank = next((int(v.shape[0]) for k, v in lora.items() if k.endswith("lora_A.weight")), None)
     alpha = (float(nc["alpha"]) if nc.get("alpha") is not None else float(rank)) if lora else None
     return NumericWeights(Registry.from_json(nc["registry"]), sizes, adapter, lora, alpha, "checkpoint")
+
+
+def export_run(path: Path, trainable: dict[str, torch.Tensor], config: dict, out_file, official_dir,
+               dtype: torch.dtype, transformer_dir) -> NumericWeights:
+    """One NumeriKontrol file (``core.numeric.save_numeric_weights``: adapter + LoRA + the registry)."""
+    if check_transformer_out(path, trainable, transformer_dir):
+        export_editor(trainable, config, transformer_dir)
+    if official_dir:
+        raise ValueError("a numeric run has no official layout (there is no released code): give --out FILE only")
+    weights = numeric_weights_from_trainable(trainable, config, dtype)
+    if out_file:
+        save_numeric_weights(weights, out_file)
+    return weights
+
+
+def check_config(config: TrainConfig) -> None:
+    if config.numeric.registry is None:  # the registry travels with the run
+        config.numeric.registry = config.numeric.task_registry().to_json()
+
+
+register_method("numeric", NumericMethod, export_run, require_trajectories, check_config)

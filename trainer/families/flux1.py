@@ -1,0 +1,122 @@
+"""The FLUX.1 family on the trainer side: the diffusers classes and how a Kontext call is made with them.
+
+Every method gets its transformer here (``build_transformer``) and runs it through ``kontext_velocity``; no
+method names a diffusers FLUX class itself. Also the FLUX.1 facts methods check their settings against (which
+Linear suffixes sit in the text stream, which a low-rank adapter may target) and ``DEMO_TRANSFORMER``, the tiny
+FLUX.1 transformer of the offline demos and tests. diffusers is imported inside the functions that need it.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from ...core.slideredit.weights import GSTLORA_TARGETS, STLORA_TARGETS, VARIANTS
+
+# hidden 64 = 2 heads x 32 (RoPE axes 8 + 12 + 12 = 32), 2 double + 2 single blocks; pixels packed 2x2
+DEMO_TRANSFORMER = {"patch_size": 1, "in_channels": 12, "out_channels": 12, "num_layers": 2,
+                    "num_single_layers": 2, "attention_head_dim": 32, "num_attention_heads": 2,
+                    "joint_attention_dim": 64, "pooled_projection_dim": 64, "guidance_embeds": False,
+                    "axes_dims_rope": [8, 12, 12]}
+
+# Linears of the text stream (double blocks): their input is the [B, L_text, D] text sequence
+TEXT_STREAM = frozenset(STLORA_TARGETS)
+# every suffix a SliderEdit adapter may target (the core's weight mapping knows these)
+ADAPTABLE = frozenset(GSTLORA_TARGETS) | {"proj_mlp", "proj_out"}
+
+
+def check_targets(variant: str, targets: Sequence[str]) -> None:
+    """A ValueError naming the bad suffix: STLoRA adapts text-stream Linears only."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+    allowed = TEXT_STREAM if variant == "stlora" else ADAPTABLE
+    bad = [t for t in targets if t not in allowed]
+    if bad or not targets:
+        raise ValueError(f"{variant} cannot target {', '.join(map(repr, bad)) or 'nothing'}; allowed: "
+                         f"{', '.join(sorted(allowed))}")
+
+
+def pack(latents: torch.Tensor) -> torch.Tensor:
+    """[B, C, H, W] -> [B, H/2 * W/2, 4C] (diffusers' and ComfyUI's 2x2 patch order)."""
+    b, c, h, w = latents.shape
+    return latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), 4 * c)
+
+
+def unpack(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    b, _, d = tokens.shape
+    return tokens.view(b, h // 2, w // 2, d // 4, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, d // 4, h, w)
+
+
+def image_ids(h: int, w: int, index: int, device=None) -> torch.Tensor:
+    ys, xs = torch.meshgrid(torch.arange(h // 2, device=device), torch.arange(w // 2, device=device), indexing="ij")
+    return torch.stack([torch.full_like(ys, index), ys, xs], dim=-1).reshape(-1, 3).float()
+
+
+def kontext_velocity(transformer, noisy: torch.Tensor, source: torch.Tensor, sigma: torch.Tensor,
+                     context: torch.Tensor, pooled: torch.Tensor, guidance: float,
+                     attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """One Kontext transformer call as FluxKontextPipeline makes it; the velocity of the noisy target [B, C, H, W].
+
+    Target tokens first, then the clean source's; ids (0, y, x) / (1, y, x); text ids zero; the guidance
+    embedding (when the model has one) at ``guidance``; fp32 out. ``attention_mask`` (optional, boolean, True =
+    may attend, [B or 1, 1, S, S] over the joint sequence [text; target; source]) goes to every block's
+    attention through ``joint_attention_kwargs``; None passes no kwargs at all (the plain call).
+    """
+    b, _, h, w = noisy.shape
+    dtype = next(transformer.parameters()).dtype
+    tokens = torch.cat([pack(noisy), pack(source)], dim=1).to(dtype)
+    ids = torch.cat([image_ids(h, w, 0, noisy.device), image_ids(*source.shape[-2:], 1, noisy.device)])
+    g = torch.full((b,), guidance, device=noisy.device) if transformer.config.guidance_embeds else None
+    out = transformer(hidden_states=tokens, encoder_hidden_states=context.to(dtype),
+                      pooled_projections=pooled.to(dtype), timestep=sigma.to(dtype),
+                      img_ids=ids, txt_ids=torch.zeros(context.shape[1], 3, device=noisy.device),
+                      guidance=g, return_dict=False,
+                      joint_attention_kwargs=None if attention_mask is None else {"attention_mask": attention_mask})[0]
+    return unpack(out[:, : (h // 2) * (w // 2)].float(), h, w)
+
+
+def build_transformer(config, dtype: torch.dtype = torch.float32):
+    """The FLUX transformer: pretrained (frozen, LoRA added) or from scratch (everything trainable).
+
+    ``model.train_transformer``: every weight trains, pretrained too (a full fine-tune). SliderEdit
+    (``method: slideredit``) keeps the base frozen either way (it is its own teacher) and adds no peft LoRA: its
+    adapter is ``methods/slideredit/model.SliderEditAdapter``. NumeriKontrol (``method: numeric``) adds its own LoRA to a
+    frozen transformer (trainer/methods/numeric/), none when every weight trains.
+    """
+    from diffusers import FluxTransformer2DModel
+    m = config.model
+    if (m.pretrained is None) == (m.scratch is None):
+        raise ValueError("set exactly one of model.pretrained (a FLUX.1 Kontext diffusers folder or hub id) "
+                         "and model.scratch (a FluxTransformer2DModel config for a model trained from scratch)")
+    if m.pretrained is not None:
+        transformer = FluxTransformer2DModel.from_pretrained(m.pretrained, subfolder="transformer", torch_dtype=dtype)
+    else:
+        transformer = FluxTransformer2DModel(**m.scratch)
+    peft_lora = config.method in ("kontinuous", "editor")  # SliderEdit and NumeriKontrol bring their own
+    if not (m.train_transformer or (m.scratch is not None and peft_lora)):
+        transformer.requires_grad_(False)
+    # a scratch editor trains every weight; a scratch Kontinuous run keeps its LoRA as configured (as before)
+    if peft_lora and config.lora.enabled and (m.pretrained is not None or config.method == "kontinuous"):
+        from peft import LoraConfig
+        transformer.add_adapter(LoraConfig(r=config.lora.rank, lora_alpha=config.lora.alpha,
+                                           init_lora_weights=config.lora.init, target_modules=list(config.lora.targets)))
+        for name, p in transformer.named_parameters():
+            if "lora_" in name:
+                p.data = p.data.float()  # trainable tensors in fp32; autocast runs the maths in bf16
+    if m.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    return transformer
+
+
+def transformer_config(config) -> dict:
+    """The transformer's config (a dict) without loading its weights: ``model.scratch`` or the pretrained folder's."""
+    if config.model.scratch is not None:
+        return config.model.scratch
+    from diffusers import FluxTransformer2DModel
+    return FluxTransformer2DModel.load_config(config.model.pretrained, subfolder="transformer")
+
+
+def load_transformer(folder):
+    """The transformer of a diffusers folder (an exported editor: ``<folder>/transformer``)."""
+    from diffusers import FluxTransformer2DModel
+    return FluxTransformer2DModel.from_pretrained(str(folder), subfolder="transformer")
