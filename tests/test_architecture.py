@@ -8,6 +8,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 
 PACK = Path(__file__).resolve().parents[1]
 SIDES = ("core", "nodes", "trainer")
@@ -152,6 +154,9 @@ def test_every_package_is_installed():
     listed = set(tomllib.loads((PACK / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {"kontext_sliders"} | {"kontext_sliders." + ".".join(p.parent.relative_to(PACK).parts)
                                    for side in SIDES for p in (PACK / side).rglob("__init__.py")}
+    namespace = sorted({str(p.parent.relative_to(PACK)) for side in SIDES for p in (PACK / side).rglob("*.py")
+                        if not (p.parent / "__init__.py").is_file()})
+    assert not namespace, f"folders of modules without __init__.py (a wheel would drop them): {namespace}"
     assert found - listed == set(), f"add to pyproject's [tool.setuptools] packages: {sorted(found - listed)}"
     assert listed - found == set(), f"listed but not a package: {sorted(listed - found)}"
 
