@@ -126,7 +126,7 @@ def test_the_folder_is_a_loadable_kontext_pipeline(kontext):
 def test_vae_codec_scales_and_shifts_like_diffusers_by_hand(kontext, image_file):
     from diffusers import AutoencoderKL
 
-    from kontext_sliders.trainer.engine.features import FluxVaeCodec
+    from kontext_sliders.trainer.families.flux1 import FluxVaeCodec
     codec = FluxVaeCodec(str(kontext), RES, CPU, torch.float32)
     latent = codec.encode(image_file)
     assert latent.shape == (LATENT_CHANNELS, RES // 2, RES // 2) and latent.dtype == torch.float32
@@ -156,7 +156,7 @@ def test_vae_codec_scales_and_shifts_like_diffusers_by_hand(kontext, image_file)
 def test_text_encoder_equals_the_pipelines_encode_prompt(kontext):
     from diffusers import FluxKontextPipeline
 
-    from kontext_sliders.trainer.engine.features import FluxTextEncoder
+    from kontext_sliders.trainer.families.flux1 import FluxTextEncoder
     encoder = FluxTextEncoder(str(kontext), CPU, torch.float32)
     features = encoder.encode("make it brighter")
     assert set(features) == {"context", "pooled"}
@@ -218,7 +218,8 @@ def test_train_on_the_pretrained_folder_then_reuse_the_cache_then_export(kontext
     from kontext_sliders.trainer.engine.checkpoint import latest_checkpoint
     from kontext_sliders.trainer.engine.config import OFFICIAL_LORA_TARGETS
     from kontext_sliders.trainer.engine.export import export_checkpoint
-    from kontext_sliders.trainer.engine.features import FeatureCache, FluxTextEncoder, FluxVaeCodec
+    from kontext_sliders.trainer.engine.features import FeatureCache
+    from kontext_sliders.trainer.families.flux1 import FluxTextEncoder, FluxVaeCodec
 
     data = tmp_path / "data"
     data.mkdir()

@@ -376,7 +376,7 @@ def kontext(tmp_path_factory):
 
 
 def test_flux_text_spans_are_the_lines_t5_ids_without_the_end_token(kontext):
-    from kontext_sliders.trainer.engine.features import FluxTextEncoder
+    from kontext_sliders.trainer.families.flux1 import FluxTextEncoder
     encoder = FluxTextEncoder(str(kontext), torch.device("cpu"), torch.float32)
     lines = ["make the sky stormy", "turn the car red", "sky"]
     features = encoder.encode_lines(lines)

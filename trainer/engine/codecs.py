@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from ..families.flux1 import transformer_config
+from ..families.flux1 import FluxTextEncoder, FluxVaeCodec, transformer_config
 from .config import TEXT_ENCODERS, TrainConfig
-from .features import FluxTextEncoder, FluxVaeCodec, LineTextEncoder, PixelCodec
+from .features import LineTextEncoder, PixelCodec
 
 
 def make_codecs(config: TrainConfig, device: torch.device, text: bool = True):

@@ -1,4 +1,5 @@
-"""Encoders and the on-disk feature cache.
+"""The pixel codec, the offline line encoder and the on-disk feature cache (a family's VAE and text encoders
+are in its module, e.g. ``families/flux1.py``).
 
 Before training, every image (VAE latent) and every instruction (T5 sequence + pooled CLIP-L) the
 trajectories use is encoded once and written to ``cache_dir`` under a key hashed from the content
@@ -16,31 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
-from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from ...core.atomic import atomic_write
-from ...core.instructions import joined_prompt
-from ...core.slideredit.lora import first_token_span
+from ..data.images import load_rgb, to_pil  # noqa: F401  (features.to_pil: the methods' import)
 from ..data.trajectories import Trajectory, TrajectoryFormatError, read_manifest
 
 log = logging.getLogger("kontext_sliders.trainer")
-
-
-def load_rgb(path: Path, resolution: int) -> torch.Tensor:
-    """[3, R, R] in [-1, 1]; resized to exactly R x R (bicubic), as the official dataset loader does."""
-    with Image.open(path) as im:
-        im = im.convert("RGB").resize((resolution, resolution), Image.BICUBIC)
-        array = np.asarray(im, dtype=np.float32) / 255.0
-    return torch.from_numpy(array).permute(2, 0, 1) * 2.0 - 1.0
-
-
-def to_pil(image: torch.Tensor) -> Image.Image:
-    """[3, H, W] in [-1, 1] -> PIL."""
-    array = ((image.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(array)
 
 
 class PixelCodec:
@@ -59,77 +43,6 @@ class PixelCodec:
 
     def release(self):
         pass
-
-
-class FluxVaeCodec:
-    """FLUX's VAE: latent = (mode(E(x)) - shift) * scale, as the official trainer computes it."""
-
-    def __init__(self, pretrained: str, resolution: int, device: torch.device, dtype: torch.dtype):
-        self.pretrained, self.resolution, self.device, self.dtype = pretrained, resolution, device, dtype
-        self.id = f"flux-vae:{pretrained}:{resolution}"
-        self.channels = 16
-        self._vae = None
-
-    @property
-    def vae(self):
-        if self._vae is None:
-            from diffusers import AutoencoderKL
-            self._vae = AutoencoderKL.from_pretrained(self.pretrained, subfolder="vae", torch_dtype=self.dtype)
-            self._vae.to(self.device).eval().requires_grad_(False)
-        return self._vae
-
-    @torch.no_grad()
-    def encode(self, path: Path) -> torch.Tensor:
-        x = load_rgb(path, self.resolution).unsqueeze(0).to(self.device, self.dtype)
-        z = self.vae.encode(x).latent_dist.mode()
-        return ((z - self.vae.config.shift_factor) * self.vae.config.scaling_factor)[0].float().cpu()
-
-    @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        z = latents.to(self.device, self.dtype) / self.vae.config.scaling_factor + self.vae.config.shift_factor
-        return self.vae.decode(z).sample.float().clamp(-1, 1).cpu()
-
-    def release(self):
-        self._vae = None
-
-
-class FluxTextEncoder:
-    """CLIP-L pooled + T5 sequence (512 tokens) exactly as diffusers' FluxKontextPipeline.encode_prompt."""
-
-    def __init__(self, pretrained: str, device: torch.device, dtype: torch.dtype):
-        self.pretrained, self.device, self.dtype = pretrained, device, dtype
-        self.id = f"flux-text:{pretrained}"
-        self._pipe = None
-
-    @property
-    def pipe(self):
-        if self._pipe is None:
-            from diffusers import FluxKontextPipeline
-            self._pipe = FluxKontextPipeline.from_pretrained(self.pretrained, transformer=None, vae=None,
-                                                             torch_dtype=self.dtype).to(self.device)
-        return self._pipe
-
-    @torch.no_grad()
-    def encode(self, text: str) -> dict[str, torch.Tensor]:
-        context, pooled, _ = self.pipe.encode_prompt(prompt=text, prompt_2=None, device=self.device,
-                                                     max_sequence_length=512)
-        return {"context": context[0].float().cpu(), "pooled": pooled[0].float().cpu()}
-
-    def encode_lines(self, lines: Sequence[str]) -> dict[str, torch.Tensor]:
-        """``encode`` of the joined prompt + ``spans`` [K, 2]: each line's T5 tokens in it, found as the
-        SliderEdit authors find them (the line's T5 ids without the closing </s>, first occurrence)."""
-        prompt = joined_prompt(lines)
-        ids = self.pipe.tokenizer_2(prompt).input_ids
-        spans = []
-        for line in lines:
-            span = first_token_span(ids, self.pipe.tokenizer_2(line).input_ids[:-1])
-            if span is None or span[1] > 512:
-                raise ValueError(f"sub-instruction {line!r} is not found in the first 512 T5 tokens of {prompt!r}")
-            spans.append(span)
-        return {**self.encode(prompt), "spans": torch.tensor(spans, dtype=torch.int64).reshape(-1, 2)}
-
-    def release(self):
-        self._pipe = None
 
 
 class LineTextEncoder:

@@ -7,10 +7,14 @@ FLUX.1 transformer of the offline demos and tests. diffusers is imported inside 
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import torch
 
+from ...core.instructions import joined_prompt
+from ...core.slideredit.lora import first_token_span
+from ..data.images import load_rgb
 from ...core.slideredit.weights import GSTLORA_TARGETS, STLORA_TARGETS, VARIANTS
 
 # hidden 64 = 2 heads x 32 (RoPE axes 8 + 12 + 12 = 32), 2 double + 2 single blocks; pixels packed 2x2
@@ -120,3 +124,76 @@ def load_transformer(folder):
     """The transformer of a diffusers folder (an exported editor: ``<folder>/transformer``)."""
     from diffusers import FluxTransformer2DModel
     return FluxTransformer2DModel.from_pretrained(str(folder), subfolder="transformer")
+
+
+# ---------------------------------------------------------------- the FLUX.1 VAE and text encoders
+
+class FluxVaeCodec:
+    """FLUX's VAE: latent = (mode(E(x)) - shift) * scale, as the official trainer computes it."""
+
+    def __init__(self, pretrained: str, resolution: int, device: torch.device, dtype: torch.dtype):
+        self.pretrained, self.resolution, self.device, self.dtype = pretrained, resolution, device, dtype
+        self.id = f"flux-vae:{pretrained}:{resolution}"
+        self.channels = 16
+        self._vae = None
+
+    @property
+    def vae(self):
+        if self._vae is None:
+            from diffusers import AutoencoderKL
+            self._vae = AutoencoderKL.from_pretrained(self.pretrained, subfolder="vae", torch_dtype=self.dtype)
+            self._vae.to(self.device).eval().requires_grad_(False)
+        return self._vae
+
+    @torch.no_grad()
+    def encode(self, path: Path) -> torch.Tensor:
+        x = load_rgb(path, self.resolution).unsqueeze(0).to(self.device, self.dtype)
+        z = self.vae.encode(x).latent_dist.mode()
+        return ((z - self.vae.config.shift_factor) * self.vae.config.scaling_factor)[0].float().cpu()
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        z = latents.to(self.device, self.dtype) / self.vae.config.scaling_factor + self.vae.config.shift_factor
+        return self.vae.decode(z).sample.float().clamp(-1, 1).cpu()
+
+    def release(self):
+        self._vae = None
+
+
+class FluxTextEncoder:
+    """CLIP-L pooled + T5 sequence (512 tokens) exactly as diffusers' FluxKontextPipeline.encode_prompt."""
+
+    def __init__(self, pretrained: str, device: torch.device, dtype: torch.dtype):
+        self.pretrained, self.device, self.dtype = pretrained, device, dtype
+        self.id = f"flux-text:{pretrained}"
+        self._pipe = None
+
+    @property
+    def pipe(self):
+        if self._pipe is None:
+            from diffusers import FluxKontextPipeline
+            self._pipe = FluxKontextPipeline.from_pretrained(self.pretrained, transformer=None, vae=None,
+                                                             torch_dtype=self.dtype).to(self.device)
+        return self._pipe
+
+    @torch.no_grad()
+    def encode(self, text: str) -> dict[str, torch.Tensor]:
+        context, pooled, _ = self.pipe.encode_prompt(prompt=text, prompt_2=None, device=self.device,
+                                                     max_sequence_length=512)
+        return {"context": context[0].float().cpu(), "pooled": pooled[0].float().cpu()}
+
+    def encode_lines(self, lines: Sequence[str]) -> dict[str, torch.Tensor]:
+        """``encode`` of the joined prompt + ``spans`` [K, 2]: each line's T5 tokens in it, found as the
+        SliderEdit authors find them (the line's T5 ids without the closing </s>, first occurrence)."""
+        prompt = joined_prompt(lines)
+        ids = self.pipe.tokenizer_2(prompt).input_ids
+        spans = []
+        for line in lines:
+            span = first_token_span(ids, self.pipe.tokenizer_2(line).input_ids[:-1])
+            if span is None or span[1] > 512:
+                raise ValueError(f"sub-instruction {line!r} is not found in the first 512 T5 tokens of {prompt!r}")
+            spans.append(span)
+        return {**self.encode(prompt), "spans": torch.tensor(spans, dtype=torch.int64).reshape(-1, 2)}
+
+    def release(self):
+        self._pipe = None
