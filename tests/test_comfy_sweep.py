@@ -192,7 +192,7 @@ def test_neutral_knobs_are_recorded_but_change_nothing(setup):
     plain = ksampler(setup, setup["patcher"])
     for kind, neutral in (("modulation", 1.0), ("sliders", 1.0)):
         model = knob_model(setup, kind, neutral) if kind == "modulation" else \
-            __import__("kontext_sliders.nodes.knob_nodes", fromlist=["x"]).instruction_sliders_model(
+            __import__("kontext_sliders.nodes.knobs", fromlist=["x"]).instruction_sliders_model(
                 setup["patcher"], setup["conditioning"], "1, 1")
         assert torch.equal(ksampler(setup, model), plain)
         assert not any(k.startswith("diffusion_model") for k in model.object_patches)

@@ -6,8 +6,8 @@ layout (``cond_or_uncond``), matches the positive chunks against the multi-instr
 were given, adds the leave-one-out rows per-instruction guidance needs (one batched forward), fills the
 clone's ``CallSlot`` (offsets per row, toward-pad plan per row, multipliers, LoRA factors) and combines the
 outputs. It runs outside ``diffusion_model``, so under TorchCompileModel these Python decisions are never
-traced. Any knob's setting may vary per latent of the batch: that is how a sweep renders all its values in
-one batch (nodes/runtime/sweep.py).
+traced (it drops guards on transformer_options). Any knob's setting may vary per latent of the batch: that
+is how a sweep renders all its values in one batch (nodes/runtime/sweep.py).
 """
 from __future__ import annotations
 
