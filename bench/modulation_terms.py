@@ -62,7 +62,7 @@ def main():
     a = ap.parse_args()
     device = torch.device(a.device)
     common.import_comfyui(device)
-    from kontext_sliders.nodes.knob_nodes import modulation_scaled_model
+    from kontext_sliders.nodes.knobs import modulation_scaled_model
 
     results = {}
     with torch.inference_mode():

@@ -124,8 +124,8 @@ def knob_variants(base, conditioning, spec: dict, seed: int) -> dict:
     """The three training-free knobs on a prompt of two sub-instructions (synthetic spans, random encodings)."""
     from kontext_sliders.core.instructions import InstructionSpans
     from kontext_sliders.nodes.instruction_encode import METADATA_KEY, Deferred, InstructionConditioning
-    from kontext_sliders.nodes.knob_nodes import (instruction_guidance_model, instruction_sliders_model,
-                                                  modulation_scaled_model)
+    from kontext_sliders.nodes.knobs import (instruction_guidance_model, instruction_sliders_model,
+                                             modulation_scaled_model)
     context, extra = conditioning[0]
     n = spec["text"]
     spans = InstructionSpans(("first", "second"), ((0, n // 4), (n // 4, n // 2)), pad_index=n // 2 + 1, length=n)
@@ -144,7 +144,7 @@ def slideredit_variant(base, conditioning, spec: dict, seed: int, rank: int = 16
     from kontext_sliders.core.instructions import InstructionSpans
     from kontext_sliders.core.slideredit.weights import STLORA_TARGETS, SliderEditWeights
     from kontext_sliders.nodes.instruction_encode import METADATA_KEY, Deferred, InstructionConditioning
-    from kontext_sliders.nodes.slideredit_nodes import LoadedSliderEdit, slideredit_model
+    from kontext_sliders.nodes.slideredit import LoadedSliderEdit, slideredit_model
     context, extra = conditioning[0]
     n, h = spec["text"], spec["model"]["hidden_size"]
     m = int(h * FLUX1["mlp_ratio"])
@@ -169,7 +169,7 @@ def numeric_variant(base, conditioning, spec: dict, seed: int, rank: int = 128, 
     random rank-128 LoRA on the attention Q/K/V (merged by weight patches: no per-step cost of its own)."""
     from kontext_sliders.core.numeric import DEFAULT_REGISTRY, AdapterConfig, NumericAdapter
     from kontext_sliders.core.numeric.weights import NumericWeights
-    from kontext_sliders.nodes.numeric_nodes import LoadedNumeric, numeric_model
+    from kontext_sliders.nodes.numeric import LoadedNumeric, numeric_model
     h, width = spec["model"]["hidden_size"], spec["model"]["context_in_dim"]
     torch.manual_seed(seed)
     adapter = NumericAdapter(DEFAULT_REGISTRY, AdapterConfig(out_dim=width)).eval()
@@ -236,7 +236,7 @@ def main():
     import comfy.model_management
     from kontext_sliders.core.kontinuous.weights import KontinuousWeights
     from kontext_sliders.core.kontinuous.projector import ProjectorConfig, SliderProjector
-    from kontext_sliders.nodes.kontinuous_nodes import LoadedKontinuous, kontinuous_patched_model
+    from kontext_sliders.nodes.kontinuous import LoadedKontinuous, kontinuous_patched_model
 
     spec = SIZES[size]
     hidden = spec["model"]["hidden_size"]

@@ -1,7 +1,7 @@
 """Strength sweeps: which values to render, and perceptual re-spacing from a probe.
 
 Pure Python / torch. A sweep is a list of knob values rendered as one batch from one noise; the
-sampler node (nodes/sweep_nodes.py) runs them, the preview and save nodes show them in order.
+sampler node (nodes/sweep/sampler.py) runs them, the preview and save nodes show them in order.
 """
 from __future__ import annotations
 

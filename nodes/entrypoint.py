@@ -4,14 +4,14 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 
 from .instruction_encode import KontextMultiInstructionEncode
-from .knob_nodes import KontextInstructionGuidance, KontextInstructionSliders, KontextModulationStrength
-from .kontinuous_nodes import KontinuousKontextApply, KontinuousKontextLoader
+from .knobs import KontextInstructionGuidance, KontextInstructionSliders, KontextModulationStrength
+from .kontinuous import KontinuousKontextApply, KontinuousKontextLoader
 from .model_folder import register_model_folder
-from .numeric_nodes import NumeriKontrolEdit, NumeriKontrolLoader
-from .slideredit_nodes import SliderEditApply, SliderEditLoader
-from .sweep_nodes import KontextStrengthSweep
-from .sweep_output import KontextSaveSweep, KontextSweepPreview
-from .sweep_sampler import KontextSweepSampler
+from .numeric import NumeriKontrolEdit, NumeriKontrolLoader
+from .slideredit import SliderEditApply, SliderEditLoader
+from .sweep.nodes import KontextStrengthSweep
+from .sweep.output import KontextSaveSweep, KontextSweepPreview
+from .sweep.sampler import KontextSweepSampler
 
 NODES: list[type[io.ComfyNode]] = [KontinuousKontextLoader, KontinuousKontextApply, KontextMultiInstructionEncode,
                                    KontextModulationStrength, KontextInstructionSliders, KontextInstructionGuidance,

@@ -1,216 +1,136 @@
-"""The knobs a pack runtime carries, and the sweep protocol they share.
-
-Every slider node adds one knob record to the model's runtime (nodes/runtime.py). A knob's value may
-be one setting for every latent, or one setting per latent of the batch ("items"): row j of every
-conditioning chunk is latent j. That per-item form is the sweep protocol: the sweep sampler asks the
-chosen knob for ``knob.swept(values, instruction_index)`` and renders all values as one batch from
-one noise. A knob added later joins by implementing the same three members: ``display``,
-``is_neutral`` and ``swept``.
-"""
+"""Training-free knobs: modulation multiplier, per-instruction sliders, per-instruction guidance."""
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
-from typing import Callable, Sequence
+import logging
 
-import torch
+from comfy_api.latest import io
 
-from ..core.kontinuous.offsets import NEGATIVE_SAME
+from ..core.knobs.guidance import GUIDANCE_RANGE
+from ..core.knobs.toward_pad import SLIDER_RANGE, toward_pad_plan
+from ..core.instructions import parse_strengths
+from .families import family_of
+from .instruction_encode import instruction_entries
+from .runtime import InstructionKnob, ModulationKnob, installed_runtime, patched_clone
 
+CATEGORY = "Kontext Sliders"
+TERMS = {"mlp": (False, True), "attention": (True, False), "both": (True, True)}
 
-def items_for_chunk(values: tuple, chunk: int, what: str) -> tuple:
-    """One knob setting per row of a conditioning chunk: a single setting repeats, N settings need N rows."""
-    if len(values) == 1:
-        return values * chunk
-    if len(values) != chunk:
-        raise ValueError(f"{what} carries {len(values)} per-latent settings (a sweep pass) but the sampler runs "
-                         f"{chunk} latents per conditioning; the batch must have exactly {len(values)} latents")
-    return values
-
-
-def _rows_varying(knob, values: Sequence[float], instruction_index: int, what: str) -> tuple[tuple[float, ...], ...]:
-    """One row per sweep value: the knob's first row with line ``instruction_index`` set to the value."""
-    if not 0 <= instruction_index < len(knob.lines):
-        raise ValueError(f"{knob.display}: the sweep's instruction_index {instruction_index + 1} is not {what}, "
-                         f"which has {len(knob.lines)} ({'; '.join(repr(line) for line in knob.lines)})")
-    values = _checked(values, knob.accepted, knob.display)
-    base = knob.rows[0]
-    return tuple(base[:instruction_index] + (v,) + base[instruction_index + 1:] for v in values)
+def strengths_tooltip(accepted: tuple[float, float]) -> str:
+    return (f"one number per sub-instruction line, comma-separated, each within {accepted[0]:g} ... {accepted[1]:g}: "
+            f"1 = as written, 0 = suppressed, >1 = exaggerated, <0 = pushed the other way")
 
 
-def _checked(values: Sequence[float], accepted: tuple[float, float], what: str) -> tuple[float, ...]:
-    low, high = accepted
-    for v in values:
-        if not low <= v <= high:
-            raise ValueError(f"{what}: sweep value {v:g} is outside its accepted range {low:g} ... {high:g}; "
-                             f"choose start / end (or values) inside it")
-    return tuple(float(v) for v in values)
+def modulation_scaled_model(model, multiplier: float, start_block: int, end_block: int, terms: str = "mlp"):
+    n = family_of(model).double_block_count
+    last = n - 1 if end_block < 0 else end_block
+    if not (0 <= start_block <= last < n):
+        raise ValueError(f"block range {start_block}..{end_block} is outside this model's {n} double-stream "
+                         f"blocks (0..{n - 1}; end_block -1 = the last)")
+    if terms not in TERMS:
+        raise ValueError(f"terms must be one of {sorted(TERMS)}, got {terms!r}")
+    scale_attention, scale_mlp = TERMS[terms]
+    knob = ModulationKnob(tuple(range(start_block, last + 1)), scale_attention, scale_mlp, (float(multiplier),))
+    logging.info("Kontext modulation strength: x%g on the text %s modulation of double blocks %d..%d",
+                 multiplier, terms, start_block, last)
+    # at 1 the knob is recorded for sweeps but patches nothing: identity, bit for bit
+    return patched_clone(model, knobs=installed_runtime(model).knobs + (knob,))
 
 
-@dataclass(frozen=True)
-class KontinuousKnob:
-    """Kontinuous Kontext offsets: ``table`` [N items, 2H] from the projector (run once per strength)."""
-    table: torch.Tensor
-    negative: str = NEGATIVE_SAME
-    strengths: tuple[float, ...] = ()
-    make_table: Callable[[Sequence[float]], torch.Tensor] | None = field(default=None, compare=False)
-    display: str = "Kontinuous Kontext Apply"
-
-    @property
-    def is_neutral(self) -> bool:
-        return False  # the projector's offset at any strength is generally non-zero
-
-    def swept(self, values: Sequence[float], instruction_index: int = 0) -> "KontinuousKnob":
-        if self.make_table is None:
-            raise ValueError("these Kontinuous offsets were made without their projector and cannot be swept")
-        values = tuple(float(v) for v in values)
-        return dataclasses.replace(self, table=self.make_table(values), strengths=values)
-
-    def describe(self, instruction_index: int = 0) -> str:
-        return f"{self.display} strength"
+def instruction_knob(conditioning, strengths: str, accepted: tuple[float, float], kind: str,
+                     display: str) -> InstructionKnob:
+    entries = instruction_entries(conditioning)
+    lines = entries[0].spans.lines
+    values = parse_strengths(strengths, len(lines), lines, accepted, f"{display} strengths")
+    return InstructionKnob(tuple(entries), (tuple(values),), kind, accepted, display)
 
 
-@dataclass(frozen=True)
-class ModulationKnob:
-    """Multiplier on the text modulation shift/scale of some double blocks; ``values`` per item."""
-    blocks: tuple[int, ...]
-    attention: bool
-    mlp: bool
-    values: tuple[float, ...]
-    accepted: tuple[float, float] = (0.0, 3.0)
-    display: str = "Kontext Modulation Strength"
-
-    @property
-    def is_neutral(self) -> bool:
-        return all(v == 1.0 for v in self.values)
-
-    def swept(self, values: Sequence[float], instruction_index: int = 0) -> "ModulationKnob":
-        return dataclasses.replace(self, values=_checked(values, self.accepted, self.display))
-
-    def describe(self, instruction_index: int = 0) -> str:
-        return f"{self.display} multiplier"
+def instruction_sliders_model(model, conditioning, strengths: str):
+    family_of(model)  # a clear error for other models first
+    knob = instruction_knob(conditioning, strengths, SLIDER_RANGE, "sliders", KontextInstructionSliders.DISPLAY_NAME)
+    for entry in knob.entries:
+        # bad spans fail here, not mid-sampling; a long prompt's one-pad encoding is made here, once
+        toward_pad_plan(entry.slider_target()[0], knob.rows[0])
+    return patched_clone(model, knobs=installed_runtime(model).knobs + (knob,))  # all 1: recorded, patches nothing
 
 
-@dataclass(frozen=True)
-class InstructionKnob:
-    """Per-instruction strengths for one multi-instruction prompt (its conditioning entries).
-
-    ``rows``: per item, one strength per sub-instruction (a single row = every latent alike).
-    ``kind``: "sliders" (toward-pad) or "guidance" (leave-one-out rows).
-    """
-    entries: tuple  # InstructionConditioning, one per conditioning entry carrying spans
-    rows: tuple[tuple[float, ...], ...]
-    kind: str = "sliders"
-    accepted: tuple[float, float] = (-1.0, 3.0)
-    display: str = "Kontext Instruction Sliders"
-
-    @property
-    def lines(self) -> tuple[str, ...]:
-        return self.entries[0].spans.lines
-
-    @property
-    def is_neutral(self) -> bool:
-        return all(s == 1.0 for row in self.rows for s in row)
-
-    def swept(self, values: Sequence[float], instruction_index: int = 0) -> "InstructionKnob":
-        rows = _rows_varying(self, values, instruction_index, "a line of this prompt")
-        return dataclasses.replace(self, rows=rows)
-
-    def describe(self, instruction_index: int = 0) -> str:
-        line = self.lines[instruction_index] if 0 <= instruction_index < len(self.lines) else "?"
-        return f"{self.display}, line {instruction_index + 1} ({line!r})"
-
-    def extra_rows(self) -> int:
-        """Leave-one-out rows per-instruction guidance adds to a forward (lines not at 1 for some item)."""
-        if self.kind != "guidance":
-            return 0
-        return sum(1 for i in range(len(self.lines)) if any(row[i] != 1.0 for row in self.rows))
+def instruction_guidance_model(model, conditioning, strengths: str):
+    family_of(model)  # a clear error for other models first
+    knob = instruction_knob(conditioning, strengths, GUIDANCE_RANGE, "guidance", KontextInstructionGuidance.DISPLAY_NAME)
+    for entry in knob.entries:
+        # made now, while no model is sampling, and kept for later queue runs (a sweep may need them
+        # even when every strength here is 1)
+        entry.leave_one_out.get()
+    return patched_clone(model, knobs=installed_runtime(model).knobs + (knob,))  # all 1: recorded, patches nothing
 
 
-@dataclass(frozen=True)
-class SliderEditKnob:
-    """A trained SliderEdit adapter (nodes/slideredit_nodes.py) and its strengths.
+class KontextModulationStrength(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="KontextModulationStrength",
+            display_name="Kontext Modulation Strength",
+            category=CATEGORY,
+            description="Training-free edit intensity: multiplies the text-stream modulation shift and scale of "
+                        "the chosen double-stream blocks. 1 = unchanged.",
+            inputs=[
+                io.Model.Input("model"),
+                io.Float.Input("multiplier", default=1.0, min=0.0, max=3.0, step=0.01,
+                               tooltip="1 = unchanged; below 1 weakens the instruction's modulation, above 1 "
+                                       "strengthens it"),
+                io.Int.Input("start_block", default=0, min=0, max=63, tooltip="first double-stream block (0-based)"),
+                io.Int.Input("end_block", default=-1, min=-1, max=63,
+                             tooltip="last double-stream block, inclusive; -1 = the last (FLUX.1 has 19)"),
+                io.Combo.Input("terms", options=list(TERMS), default="mlp", optional=True,
+                               tooltip="which text modulation is scaled: 'mlp' = the feed-forward shift/scale "
+                                       "(the terms Kontinuous Kontext offsets), 'attention', or 'both'"),
+            ],
+            outputs=[io.Model.Output()],
+        )
 
-    STLoRA: ``rows`` per item, one strength per sub-instruction of the prompt in ``entries``; the
-    update reaches only those tokens. GSTLoRA: one strength per item, every token of every row. A
-    single GSTLoRA strength goes into the weights through ComfyUI's weight patches (``merged`` is that
-    alpha), so only a sweep's per-item differences from it run in the forward.
-    """
-    loras: tuple  # core.slideredit.FusedLoRA, on this model's BFL Linears
-    variant: str  # "stlora" | "gstlora"
-    entries: tuple  # InstructionConditioning of the prompt (STLoRA); () for a GSTLoRA
-    rows: tuple[tuple[float, ...], ...]
-    merged: float = 0.0
-    accepted: tuple[float, float] = (-1.0, 3.0)
-    name: str = ""
-    display: str = "SliderEdit Apply"
-
-    @property
-    def lines(self) -> tuple[str, ...]:
-        return self.entries[0].spans.lines if self.entries else ("(the whole prompt)",)
-
-    def alphas(self, row: tuple[float, ...]) -> tuple[float, ...]:
-        """The adapter's factor per sub-instruction (STLoRA) or for all tokens less the merged part (GSTLoRA)."""
-        return tuple((1.0 - s) - self.merged for s in row)
-
-    @property
-    def is_neutral(self) -> bool:
-        return all(a == 0.0 for row in self.rows for a in self.alphas(row))
-
-    def swept(self, values: Sequence[float], instruction_index: int = 0) -> "SliderEditKnob":
-        if self.variant == "gstlora":
-            instruction_index = 0  # one slider for the whole prompt, whichever line the sweep names
-        rows = _rows_varying(self, values, instruction_index, f"a slider of this {self.variant.upper()}")
-        return dataclasses.replace(self, rows=rows)
-
-    def describe(self, instruction_index: int = 0) -> str:
-        line = self.lines[instruction_index] if 0 <= instruction_index < len(self.lines) else "?"
-        return f"{self.display} ({self.variant.upper()}), slider {instruction_index + 1} ({line!r})"
+    @classmethod
+    def execute(cls, model, multiplier, start_block, end_block, terms="mlp") -> io.NodeOutput:
+        return io.NodeOutput(modulation_scaled_model(model, multiplier, start_block, end_block, terms))
 
 
-@dataclass(frozen=True)
-class PromptEntry:
-    """A positive prompt a knob acts on, identified by its text sequence [1, L, D] (as the runtime matches)."""
-    context: torch.Tensor
+class _InstructionKnobNode(io.ComfyNode):
+    """Shared schema of the two per-instruction knobs (model, multi-instruction conditioning, strengths)."""
+    NODE_ID = DISPLAY_NAME = DESCRIPTION = ""
+    ACCEPTED = SLIDER_RANGE
+    make_model = None
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=cls.NODE_ID,
+            display_name=cls.DISPLAY_NAME,
+            category=CATEGORY,
+            description=cls.DESCRIPTION,
+            inputs=[
+                io.Model.Input("model"),
+                io.Conditioning.Input("conditioning", tooltip="from Kontext Multi-Instruction Encode (the "
+                                                              "positive prompt the sampler gets)"),
+                io.String.Input("strengths", default="1, 1", tooltip=strengths_tooltip(cls.ACCEPTED)),
+            ],
+            outputs=[io.Model.Output()],
+        )
+
+    @classmethod
+    def execute(cls, model, conditioning, strengths) -> io.NodeOutput:
+        return io.NodeOutput(cls.make_model(model, conditioning, strengths))
 
 
-@dataclass(frozen=True)
-class NumericKnob:
-    """NumeriKontrol numeric tokens for one prompt: ``tokens`` [items, m, T5 width] (fp32, CPU), put in front of
-    that prompt's text sequence; ``rows``: per item, one delta per line (in the line's task unit).
+class KontextInstructionSliders(_InstructionKnobNode):
+    NODE_ID = "KontextInstructionSliders"
+    DISPLAY_NAME = "Kontext Instruction Sliders"
+    DESCRIPTION = ("One training-free slider per sub-instruction: before every block, each instruction's text tokens "
+                   "move toward the pad token's state (h <- pad + s (h - pad)).")
+    make_model = staticmethod(instruction_sliders_model)
 
-    ``make_tokens(rows)`` runs the numeric adapter (once per sweep value); ``ranges`` is each line's accepted
-    delta range (the task's, from the weights' registry). The instruction text carries the number too, so a
-    sweep also gives each item its own encoded text: ``make_texts(rows)`` -> (contexts [items, L, D],
-    pooled [items, P]); ``texts`` is None for the single setting (the prompt the sampler gets)."""
-    entries: tuple  # PromptEntry of the encoded instruction prompt
-    lines: tuple[str, ...]  # the canonical instruction per edit (the template, rendered)
-    rows: tuple[tuple[float, ...], ...]
-    tokens: torch.Tensor
-    ranges: tuple[tuple[float, float], ...]
-    make_tokens: Callable[[tuple[tuple[float, ...], ...]], torch.Tensor] = field(compare=False)
-    make_texts: Callable | None = field(default=None, compare=False)
-    texts: tuple[torch.Tensor, torch.Tensor] | None = None
-    units: tuple[str, ...] = ()
-    display: str = "NumeriKontrol Edit"
 
-    @property
-    def is_neutral(self) -> bool:
-        return False  # the tokens are part of what the model was trained to read, at any value
-
-    def swept(self, values: Sequence[float], instruction_index: int = 0) -> "NumericKnob":
-        if not 0 <= instruction_index < len(self.lines):
-            raise ValueError(f"{self.display}: the sweep's instruction_index {instruction_index + 1} is not an edit "
-                             f"line; there are {len(self.lines)} ({'; '.join(repr(x) for x in self.lines)})")
-        low, high = self.ranges[instruction_index]
-        values = _checked(values, (low, high), f"{self.display} ({self.lines[instruction_index]!r}, "
-                                               f"{self.units[instruction_index] if self.units else ''})")
-        base = self.rows[0]
-        rows = tuple(base[:instruction_index] + (v,) + base[instruction_index + 1:] for v in values)
-        texts = self.make_texts(rows) if self.make_texts is not None else None
-        return dataclasses.replace(self, rows=rows, tokens=self.make_tokens(rows), texts=texts)
-
-    def describe(self, instruction_index: int = 0) -> str:
-        line = self.lines[instruction_index] if 0 <= instruction_index < len(self.lines) else "?"
-        unit = self.units[instruction_index] if 0 <= instruction_index < len(self.units) else ""
-        return f"{self.display}, edit {instruction_index + 1} ({line!r}; value in {unit})"
+class KontextInstructionGuidance(_InstructionKnobNode):
+    NODE_ID = "KontextInstructionGuidance"
+    DISPLAY_NAME = "Kontext Instruction Guidance"
+    ACCEPTED = GUIDANCE_RANGE
+    DESCRIPTION = ("Per-instruction guidance: v_full + sum_i (s_i - 1)(v_full - v_without_i), the leave-one-out "
+                   "predictions batched into the same forward. Works at cfg 1 and with cfg > 1.")
+    make_model = staticmethod(instruction_guidance_model)

@@ -167,3 +167,26 @@ def test_no_module_is_too_long():
     long = {str(p.relative_to(PACK)): n for side in SIDES for p in (PACK / side).rglob("*.py")
             if (n := len(p.read_text().splitlines())) > 420}
     assert not long, f"split these modules: {long}"
+
+
+NODES_SHARED = ("nodes.runtime", "nodes.families", "nodes.instruction_encode", "nodes.lora", "nodes.model_folder",
+                "nodes.comfy_location")
+NODES_METHODS = ("nodes.kontinuous", "nodes.slideredit", "nodes.numeric", "nodes.knobs", "nodes.sweep")
+FLUX1_INTERNALS = ("comfy.ldm.flux", "double_blocks", "single_blocks", "txt_mod", "ModulationOut")
+
+
+def _within(name: str, packages: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in packages)
+
+
+def test_only_the_family_modules_know_flux1_internals():
+    bad = [f"{name}: {word}" for name, path in _modules().items()
+           if name.startswith("nodes") and not _within(name, ("nodes.families",))
+           for word in FLUX1_INTERNALS if word in path.read_text()]
+    assert not bad, f"FLUX.1 module paths belong in nodes/families/flux1.py: {bad}"
+
+
+def test_the_runtime_and_shared_node_modules_import_no_method():
+    bad = [f"{name} -> {dep}" for name, deps in import_graph().items() if _within(name, NODES_SHARED)
+           for dep in deps if _within(dep, NODES_METHODS)]
+    assert not bad, f"the runtime and shared node modules must not import a method's nodes: {bad}"

@@ -87,7 +87,7 @@ def captured():
 
 def test_prompt_with_the_nodes_executes_and_matches_the_python_patch(comfy_graph):
     nodes, weights = comfy_graph
-    from kontext_sliders.nodes.kontinuous_nodes import LoadedKontinuous, kontinuous_patched_model
+    from kontext_sliders.nodes.kontinuous import LoadedKontinuous, kontinuous_patched_model
 
     ok, messages = run_prompt(graph())
     assert ok, messages
@@ -194,7 +194,7 @@ def knob_graph_inputs(nodes):
 @pytest.mark.parametrize("knob", list(KNOBS))
 def test_knob_graph_executes_and_matches_the_python_path(comfy_graph, knob):
     nodes, _ = comfy_graph
-    from kontext_sliders.nodes import knob_nodes
+    from kontext_sliders.nodes import knobs as knob_nodes
     ok, messages = run_prompt(knob_graph(knob))
     assert ok, messages
     out = captured()
@@ -256,7 +256,7 @@ def slideredit_graph(weights_entry="stlora.safetensors", strengths="0.2, 1.5"):
 
 def test_slideredit_loader_apply_sampler_in_one_prompt(comfy_graph):
     nodes, _ = comfy_graph
-    from kontext_sliders.nodes.slideredit_nodes import LoadedSliderEdit, slideredit_model
+    from kontext_sliders.nodes.slideredit import LoadedSliderEdit, slideredit_model
     options = nodes.NODE_CLASS_MAPPINGS["SliderEditLoader"].INPUT_TYPES()["required"]["weights"][1]["options"]
     assert "stlora.safetensors" in options and "authors/" in options
     assert "tiny.safetensors" not in options  # a Kontinuous file is for the other loader
@@ -316,7 +316,7 @@ def test_numerikontrol_loader_edit_sampler_and_a_sweep_of_one_value(comfy_graph)
     from comfy_extras.nodes_edit_model import ReferenceLatent
     from comfy_extras.nodes_flux import FluxGuidance
 
-    from kontext_sliders.nodes.numeric_nodes import load_for_nodes, numeric_model
+    from kontext_sliders.nodes.numeric import load_for_nodes, numeric_model
     options = nodes.NODE_CLASS_MAPPINGS["NumeriKontrolLoader"].INPUT_TYPES()["required"]["weights"][1]["options"]
     assert options == ["numeric.safetensors"]  # the Kontinuous and SliderEdit files are for their own loaders
     ok, messages = run_prompt(numeric_graph())

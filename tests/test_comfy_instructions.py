@@ -149,7 +149,7 @@ def test_metadata_survives_reference_latent_flux_guidance_and_combine(clip, patc
 
 
 def test_strength_count_and_malformed_numbers_are_clear_errors(clip, patcher):
-    from kontext_sliders.nodes.knob_nodes import instruction_guidance_model, instruction_sliders_model
+    from kontext_sliders.nodes.knobs import instruction_guidance_model, instruction_sliders_model
     conditioning = encode_lines(clip, PROMPT)
     with pytest.raises(ValueError, match=r"Sliders strengths: 2 value\(s\) given but the prompt has 3 sub-instruction"):
         instruction_sliders_model(patcher, conditioning, "1, 0.5")
@@ -163,7 +163,7 @@ def test_strength_count_and_malformed_numbers_are_clear_errors(clip, patcher):
 def test_strengths_outside_the_accepted_range_are_refused_and_its_ends_stay_finite(clip, patcher, latents, knob):
     from kontext_sliders.core.knobs.guidance import GUIDANCE_RANGE
     from kontext_sliders.core.knobs.toward_pad import SLIDER_RANGE
-    from kontext_sliders.nodes.knob_nodes import instruction_guidance_model, instruction_sliders_model
+    from kontext_sliders.nodes.knobs import instruction_guidance_model, instruction_sliders_model
     make, (low, high) = {"sliders": (instruction_sliders_model, SLIDER_RANGE),
                          "guidance": (instruction_guidance_model, GUIDANCE_RANGE)}[knob]
     conditioning = encode_lines(clip, PROMPT)
@@ -180,7 +180,7 @@ def test_strengths_outside_the_accepted_range_are_refused_and_its_ends_stay_fini
 
 
 def test_encode_node_makes_one_encode_and_leaves_the_guidance_encodings_for_later(clip, patcher, monkeypatch):
-    from kontext_sliders.nodes.knob_nodes import instruction_guidance_model, instruction_sliders_model
+    from kontext_sliders.nodes.knobs import instruction_guidance_model, instruction_sliders_model
     calls = {"encode": 0, "clip_l_tokenize": 0}
     encode_from_tokens_scheduled = clip.encode_from_tokens_scheduled
     clip_l_tokenize = clip.tokenizer.clip_l.tokenize_with_weights
@@ -255,7 +255,7 @@ def assert_effect_grows(model_for, below, above, positive, latents):
 
 
 def test_modulation_strength_identity_and_monotonic_effect(clip, patcher, latents):
-    from kontext_sliders.nodes.knob_nodes import modulation_scaled_model
+    from kontext_sliders.nodes.knobs import modulation_scaled_model
     positive = with_reference(clip_text_encode(clip, "make the sky stormy"), patcher, latents["reference"])
     plain = predict(patcher, positive, latents)
     assert torch.equal(predict(modulation_scaled_model(patcher, 1.0, 0, -1), positive, latents), plain)
@@ -265,7 +265,7 @@ def test_modulation_strength_identity_and_monotonic_effect(clip, patcher, latent
 
 
 def test_modulation_strength_block_range(patcher, clip, latents):
-    from kontext_sliders.nodes.knob_nodes import modulation_scaled_model
+    from kontext_sliders.nodes.knobs import modulation_scaled_model
     positive = with_reference(clip_text_encode(clip, "make the sky stormy"), patcher, latents["reference"])
     one_block = modulation_scaled_model(patcher, 0.0, 1, 1)
     assert set(k for k in one_block.object_patches if "txt_mod" in k) == {
@@ -307,7 +307,7 @@ class _TextProbe:
 
 
 def test_sliders_at_one_are_the_unpatched_model_and_zero_puts_tokens_on_the_pad_state(clip, patcher, latents):
-    from kontext_sliders.nodes.knob_nodes import instruction_sliders_model
+    from kontext_sliders.nodes.knobs import instruction_sliders_model
     conditioning = encode_lines(clip, PROMPT)
     spans = metadata(conditioning).spans
     positive = with_reference(conditioning, patcher, latents["reference"])
@@ -333,7 +333,7 @@ def test_sliders_at_one_are_the_unpatched_model_and_zero_puts_tokens_on_the_pad_
 
 
 def test_slider_effect_grows_with_distance_from_one(clip, patcher, latents):
-    from kontext_sliders.nodes.knob_nodes import instruction_sliders_model
+    from kontext_sliders.nodes.knobs import instruction_sliders_model
     conditioning = encode_lines(clip, PROMPT)
     positive = with_reference(conditioning, patcher, latents["reference"])
     assert_effect_grows(lambda s: instruction_sliders_model(patcher, conditioning, f"1, {s}, 1"),
@@ -341,7 +341,7 @@ def test_slider_effect_grows_with_distance_from_one(clip, patcher, latents):
 
 
 def test_sliders_leave_negative_rows_and_other_prompts_untouched(clip, patcher, latents):
-    from kontext_sliders.nodes.knob_nodes import instruction_sliders_model
+    from kontext_sliders.nodes.knobs import instruction_sliders_model
     conditioning = encode_lines(clip, PROMPT)
     positive = with_reference(conditioning, patcher, latents["reference"])
     negative = with_reference(clip_text_encode(clip, "blurry"), patcher, latents["reference"])
@@ -355,7 +355,7 @@ def test_sliders_leave_negative_rows_and_other_prompts_untouched(clip, patcher, 
 
 
 def test_a_knob_whose_prompt_never_reaches_the_sampler_says_so(clip, patcher, latents, caplog):
-    from kontext_sliders.nodes.knob_nodes import instruction_guidance_model
+    from kontext_sliders.nodes.knobs import instruction_guidance_model
     conditioning = encode_lines(clip, PROMPT)
     other = with_reference(clip_text_encode(clip, "a different prompt"), patcher, latents["reference"])
     model = instruction_guidance_model(patcher, conditioning, "0.3, 1, 2")
@@ -393,7 +393,7 @@ def recorded(model):
 
 def test_guidance_at_one_is_the_plain_model_and_zero_is_the_prompt_without_it(clip, patcher, latents):
     from kontext_sliders.core.instructions import leave_one_out_prompts
-    from kontext_sliders.nodes.knob_nodes import instruction_guidance_model
+    from kontext_sliders.nodes.knobs import instruction_guidance_model
     conditioning = encode_lines(clip, PROMPT)
     positive = with_reference(conditioning, patcher, latents["reference"])
     plain = predict(patcher, positive, latents)
@@ -412,7 +412,7 @@ def test_guidance_at_one_is_the_plain_model_and_zero_is_the_prompt_without_it(cl
 
 def test_guidance_formula_with_cfg_above_one_in_one_batched_forward(clip, patcher, latents):
     from kontext_sliders.core.instructions import leave_one_out_prompts
-    from kontext_sliders.nodes.knob_nodes import instruction_guidance_model
+    from kontext_sliders.nodes.knobs import instruction_guidance_model
     conditioning = encode_lines(clip, PROMPT)
     lines = list(metadata(conditioning).spans.lines)
     ref = latents["reference"]
@@ -436,7 +436,7 @@ def test_guidance_formula_with_cfg_above_one_in_one_batched_forward(clip, patche
 
 
 def test_guidance_effect_grows_with_distance_from_one(clip, patcher, latents):
-    from kontext_sliders.nodes.knob_nodes import instruction_guidance_model
+    from kontext_sliders.nodes.knobs import instruction_guidance_model
     conditioning = encode_lines(clip, PROMPT)
     positive = with_reference(conditioning, patcher, latents["reference"])
     assert_effect_grows(lambda s: instruction_guidance_model(patcher, conditioning, f"{s}, 1, 1"),
@@ -444,8 +444,8 @@ def test_guidance_effect_grows_with_distance_from_one(clip, patcher, latents):
 
 
 def test_knobs_compose_with_kontinuous_offsets_and_each_other(clip, patcher, latents):
-    from kontext_sliders.nodes.knob_nodes import (instruction_guidance_model, instruction_sliders_model,
-                                                  modulation_scaled_model)
+    from kontext_sliders.nodes.knobs import (instruction_guidance_model, instruction_sliders_model,
+                                             modulation_scaled_model)
     conditioning = encode_lines(clip, PROMPT)
     positive = with_reference(conditioning, patcher, latents["reference"])
     model = modulation_scaled_model(patcher, 0.5, 0, -1)
@@ -464,7 +464,7 @@ def test_knobs_compose_with_kontinuous_offsets_and_each_other(clip, patcher, lat
 
 def test_long_prompt_gets_one_pad_token_from_comfyuis_tokenizer(clip, patcher, latents):
     from kontext_sliders.nodes.instruction_encode import T5_KEY
-    from kontext_sliders.nodes.knob_nodes import instruction_sliders_model
+    from kontext_sliders.nodes.knobs import instruction_sliders_model
     lines = ["make the sky " + " ".join(["stormy"] * 260), "turn the car red"]
     text = " ".join(lines)
     conditioning = encode_lines(clip, "\n".join(lines))
@@ -500,7 +500,7 @@ def test_long_prompt_gets_one_pad_token_from_comfyuis_tokenizer(clip, patcher, l
 
 
 def test_guidance_tells_comfyui_the_memory_of_its_extra_rows(clip, patcher):
-    from kontext_sliders.nodes.knob_nodes import instruction_guidance_model
+    from kontext_sliders.nodes.knobs import instruction_guidance_model
     conditioning = encode_lines(clip, PROMPT)
     model = instruction_guidance_model(patcher, conditioning, "1, 0.5, 2")  # two leave-one-out row sets
     shape = (2, 16, 8, 8)

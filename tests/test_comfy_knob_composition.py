@@ -28,17 +28,17 @@ def predict(model, positive, x):
 
 
 def sliders(model, env, strengths):
-    from kontext_sliders.nodes.knob_nodes import instruction_sliders_model
+    from kontext_sliders.nodes.knobs import instruction_sliders_model
     return instruction_sliders_model(model, env["conditioning"], strengths)
 
 
 def guidance(model, env, strengths):
-    from kontext_sliders.nodes.knob_nodes import instruction_guidance_model
+    from kontext_sliders.nodes.knobs import instruction_guidance_model
     return instruction_guidance_model(model, env["conditioning"], strengths)
 
 
 def kontinuous(model, env, strengths):
-    from kontext_sliders.nodes.kontinuous_nodes import LoadedKontinuous, kontinuous_patched_model
+    from kontext_sliders.nodes.kontinuous import LoadedKontinuous, kontinuous_patched_model
     w = F.tiny_projector_weights(seed=2, clip_dim=F.TINY_CLIP_L_POOLED)
     return kontinuous_patched_model(model, LoadedKontinuous(w, w.build_projector(), "t"), env["conditioning"],
                                     strengths, 1.0)
@@ -84,7 +84,7 @@ def test_composes_with_a_lora_loader_and_another_packs_block_replace(env):
 
 @pytest.mark.parametrize("weight_dtype,manual_cast", [(torch.bfloat16, None), (torch.float8_e4m3fn, torch.bfloat16)])
 def test_knobs_run_on_low_precision_models(env, weight_dtype, manual_cast):
-    from kontext_sliders.nodes.knob_nodes import modulation_scaled_model
+    from kontext_sliders.nodes.knobs import modulation_scaled_model
     sd = {k: v.to(weight_dtype) for k, v in env["bfl_sd"].items()}
     patcher = F.comfy_patcher(sd, dtype=weight_dtype, manual_cast=manual_cast)
     plain = predict(patcher, env["positive"], env["x"])
@@ -113,7 +113,7 @@ def test_non_flux_models_are_refused_by_every_knob(env):
     import comfy.model_patcher
     from comfy.model_base import BaseModel
 
-    from kontext_sliders.nodes.knob_nodes import modulation_scaled_model
+    from kontext_sliders.nodes.knobs import modulation_scaled_model
 
     class NotFlux(BaseModel):
         def __init__(self):

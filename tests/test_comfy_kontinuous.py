@@ -35,12 +35,12 @@ def inputs():
 
 
 def loaded(weights):
-    from kontext_sliders.nodes.kontinuous_nodes import LoadedKontinuous
+    from kontext_sliders.nodes.kontinuous import LoadedKontinuous
     return LoadedKontinuous(weights, weights.build_projector(), "tiny")
 
 
 def patch(patcher, weights, positive, strengths, lora_strength=1.0, negative="same offset"):
-    from kontext_sliders.nodes.kontinuous_nodes import kontinuous_patched_model
+    from kontext_sliders.nodes.kontinuous import kontinuous_patched_model
     return kontinuous_patched_model(patcher, loaded(weights), positive, strengths, lora_strength, negative)
 
 

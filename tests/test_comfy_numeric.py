@@ -18,7 +18,7 @@ TWO_SWAPPED = "hue: -30°\nexposure +1EV"
 def env(tmp_path_factory):
     F.import_comfyui()
     from kontext_sliders.core.numeric.weights import save_numeric_weights
-    from kontext_sliders.nodes.numeric_nodes import load_for_nodes
+    from kontext_sliders.nodes.numeric import load_for_nodes
     path = tmp_path_factory.mktemp("numeric") / "numeric.safetensors"
     save_numeric_weights(F.numeric_weights(), path)
     bfl = F.tiny_bfl_state_dict(seed=0, pooled_dim=F.TINY_CLIP_L_POOLED)
@@ -28,7 +28,7 @@ def env(tmp_path_factory):
 
 
 def edit(env, text, model=None):
-    from kontext_sliders.nodes.numeric_nodes import numeric_model
+    from kontext_sliders.nodes.numeric import numeric_model
     return numeric_model(model or env["patcher"], env["loaded"], env["clip"], text)
 
 
@@ -164,7 +164,7 @@ def test_negative_rows_are_untouched_and_a_sweep_matches_single_runs(env):
 def test_bad_input_is_a_clear_error_and_patches_nothing(env, tmp_path):
     from kontext_sliders.core.numeric import DEFAULT_REGISTRY, Registry
     from kontext_sliders.core.numeric.weights import save_numeric_weights
-    from kontext_sliders.nodes.numeric_nodes import load_for_nodes, numeric_model
+    from kontext_sliders.nodes.numeric import load_for_nodes, numeric_model
     from kontext_sliders.nodes.runtime import installed_runtime
     for text, message in (("increase the exposure by 1 parsec", "line 1: .*unknown unit 'parsec'"),
                           ("exposure +1 EV\nexposure +0.5 EV", "both edit exposure"),
@@ -197,7 +197,7 @@ def test_the_edits_tooltip_lists_each_files_own_tasks(tmp_path):
     from kontext_sliders.core.numeric import DEFAULT_REGISTRY, Registry
     from kontext_sliders.core.numeric.weights import save_numeric_weights
     from kontext_sliders.nodes.model_folder import FOLDER_NAME
-    from kontext_sliders.nodes.numeric_nodes import NumeriKontrolEdit
+    from kontext_sliders.nodes.numeric import NumeriKontrolEdit
 
     def tooltip():
         return NumeriKontrolEdit.INPUT_TYPES()["required"]["edits"][1]["tooltip"]

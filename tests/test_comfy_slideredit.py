@@ -20,7 +20,7 @@ def loaded(tmp_path_factory, variant: str, **kwargs):
     from safetensors.torch import save_file
 
     from kontext_sliders.core.slideredit.weights import load_slideredit
-    from kontext_sliders.nodes.slideredit_nodes import LoadedSliderEdit
+    from kontext_sliders.nodes.slideredit import LoadedSliderEdit
     folder = tmp_path_factory.mktemp(variant)
     sd = F.slideredit_state(variant, **kwargs)
     if variant == "stlora":
@@ -43,7 +43,7 @@ def predict(model, positive, x, **kwargs):
 
 
 def apply(env, strengths, variant="stlora", model=None):
-    from kontext_sliders.nodes.slideredit_nodes import slideredit_model
+    from kontext_sliders.nodes.slideredit import slideredit_model
     return slideredit_model(model or env["patcher"], env[variant], env["conditioning"], strengths)
 
 
@@ -166,8 +166,8 @@ def test_composes_with_lora_loader_kontinuous_guidance_and_low_vram(env, monkeyp
     import comfy.model_management as mm
     import comfy.sd
 
-    from kontext_sliders.nodes.knob_nodes import instruction_guidance_model
-    from kontext_sliders.nodes.kontinuous_nodes import LoadedKontinuous, kontinuous_patched_model
+    from kontext_sliders.nodes.knobs import instruction_guidance_model
+    from kontext_sliders.nodes.kontinuous import LoadedKontinuous, kontinuous_patched_model
     patcher = env["patcher"]
     with_lora, _ = comfy.sd.load_lora_for_models(patcher, None, F.tiny_lora_state(seed=40), 1.0, 0.0)
     lora_only = predict(with_lora, env["positive"], env["x"])
@@ -211,7 +211,7 @@ def test_bad_input_is_a_clear_error_and_patches_nothing(env, tmp_path_factory):
     with pytest.raises(ValueError, match="a GSTLoRA has one slider"):
         apply(env, "1, 0", "gstlora")
     plain_conditioning = nodes.CLIPTextEncode().encode(env["clip"], "make it red")[0]
-    from kontext_sliders.nodes.slideredit_nodes import slideredit_model
+    from kontext_sliders.nodes.slideredit import slideredit_model
     with pytest.raises(ValueError, match="no sub-instruction spans"):
         slideredit_model(env["patcher"], env["stlora"], plain_conditioning, "1")
     wide = loaded(tmp_path_factory, "stlora", hidden=64)

@@ -50,9 +50,9 @@ def eased_kontinuous_weights(hidden=F.HIDDEN):
 
 def knob_model(setup, kind, value, base=None):
     """The model with one knob at ``value`` (the single-run reference) — the knob the sweep varies."""
-    from kontext_sliders.nodes.knob_nodes import (instruction_guidance_model, instruction_sliders_model,
-                                                  modulation_scaled_model)
-    from kontext_sliders.nodes.kontinuous_nodes import LoadedKontinuous, kontinuous_patched_model
+    from kontext_sliders.nodes.knobs import (instruction_guidance_model, instruction_sliders_model,
+                                             modulation_scaled_model)
+    from kontext_sliders.nodes.kontinuous import LoadedKontinuous, kontinuous_patched_model
     base = base or setup["patcher"]
     if kind == "kontinuous":
         w = F.tiny_projector_weights(seed=2, clip_dim=F.TINY_CLIP_L_POOLED)
@@ -65,7 +65,7 @@ def knob_model(setup, kind, value, base=None):
     if kind == "modulation":
         return modulation_scaled_model(base, value, 0, -1)
     if kind in ("stlora", "gstlora"):
-        from kontext_sliders.nodes.slideredit_nodes import LoadedSliderEdit, slideredit_model
+        from kontext_sliders.nodes.slideredit import LoadedSliderEdit, slideredit_model
         adapter = LoadedSliderEdit(F.slideredit_weights(kind), kind)
         return slideredit_model(base, adapter, setup["conditioning"], f"1.5, {value}" if kind == "stlora" else f"{value}")
     make = instruction_sliders_model if kind == "sliders" else instruction_guidance_model
@@ -81,7 +81,7 @@ def ksampler(setup, model, cfg=1.0, seed=7, sampler="euler", latent=None):
 def sweep(setup, model, values, cfg=1.0, max_batch=0, spacing="linear", knob="last", sampler="euler",
           latent=None, **sweep_kwargs):
     from kontext_sliders.core.sweep import Sweep
-    from kontext_sliders.nodes.sweep_sampler import sample_sweep
+    from kontext_sliders.nodes.sweep.sampler import sample_sweep
     request = Sweep(tuple(values), spacing=spacing, instruction_index=1, **sweep_kwargs)
     latent, used = sample_sweep(model, setup["positive"], setup["negative"], latent or setup["latent"], request, 7, STEPS,
                                 cfg, sampler, "simple", 1.0, max_batch, knob)
@@ -116,7 +116,7 @@ def test_samplers_with_step_noise_give_each_frame_its_single_run(setup, sampler)
 
 def test_sweep_replaces_the_last_knob_and_keeps_the_others(setup):
     # modulation then sliders: the sweep varies the sliders' line 2; the multiplier stays on every frame
-    from kontext_sliders.nodes.knob_nodes import modulation_scaled_model
+    from kontext_sliders.nodes.knobs import modulation_scaled_model
     scaled = modulation_scaled_model(setup["patcher"], 0.5, 0, -1)
     frames, used = sweep(setup, knob_model(setup, "sliders", 1.0, base=scaled), [0.0, 2.0])
     assert "Instruction Sliders, line 2 ('turn the car red')" in used.knob
@@ -181,7 +181,7 @@ def test_clear_errors(setup):
     with pytest.raises(ValueError, match=r"Kontinuous strength 2.0 \(item 2\) is outside -0.5"):
         sweep(setup, knob_model(setup, "kontinuous", 1.0), [0.0, 2.0])
     from kontext_sliders.core.sweep import Sweep
-    from kontext_sliders.nodes.sweep_sampler import sample_sweep
+    from kontext_sliders.nodes.sweep.sampler import sample_sweep
     batch_of_two = {"samples": torch.zeros(2, F.LATENT_CHANNELS, 8, 8)}
     with pytest.raises(ValueError, match="batch of 2"):
         sample_sweep(knob_model(setup, "modulation", 1.0), setup["positive"], setup["negative"], batch_of_two,
@@ -192,7 +192,7 @@ def test_neutral_knobs_are_recorded_but_change_nothing(setup):
     plain = ksampler(setup, setup["patcher"])
     for kind, neutral in (("modulation", 1.0), ("sliders", 1.0)):
         model = knob_model(setup, kind, neutral) if kind == "modulation" else \
-            __import__("kontext_sliders.nodes.knob_nodes", fromlist=["x"]).instruction_sliders_model(
+            __import__("kontext_sliders.nodes.knobs", fromlist=["x"]).instruction_sliders_model(
                 setup["patcher"], setup["conditioning"], "1, 1")
         assert torch.equal(ksampler(setup, model), plain)
         assert not any(k.startswith("diffusion_model") for k in model.object_patches)
@@ -203,7 +203,7 @@ def test_automatic_batch_follows_the_memory_estimate_and_halves_on_out_of_memory
     import comfy.model_management
     import comfy.sample
 
-    from kontext_sliders.nodes import sweep_sampler
+    from kontext_sliders.nodes.sweep import sampler as sweep_sampler
     model = knob_model(setup, "modulation", 1.0)
     values = [0.0, 0.5, 1.0, 1.5, 2.0]
     reference, _ = sweep(setup, model, values, max_batch=1)
@@ -242,7 +242,7 @@ def test_an_inpainting_mask_is_honoured_as_ksampler_honours_it(setup):
 
 
 def test_the_projector_runs_once_per_sweep_value(setup):
-    from kontext_sliders.nodes.kontinuous_nodes import LoadedKontinuous, kontinuous_patched_model
+    from kontext_sliders.nodes.kontinuous import LoadedKontinuous, kontinuous_patched_model
     w = F.tiny_projector_weights(seed=2, clip_dim=F.TINY_CLIP_L_POOLED)
     projector = w.build_projector()
     calls = []

@@ -133,7 +133,7 @@ def test_ping_pong_duration_and_loop(folders):
 
 
 def test_contact_sheet_has_one_labelled_cell_per_value(folders):
-    from kontext_sliders.nodes.sweep_media import sheet_grid
+    from kontext_sliders.nodes.sweep.media import sheet_grid
     out, _ = folders
     output = run_ok(sweep_graph(webp=False, gif=False, mp4=False))
     [result] = output["images"]

@@ -38,7 +38,7 @@ def setup(tmp_path_factory):
 @torch.no_grad()
 def test_comfy_node_patch_matches_diffusers_hook(setup, strength):
     from kontext_sliders.core.kontinuous.offsets import offset_table
-    from kontext_sliders.nodes.kontinuous_nodes import LoadedKontinuous, kontinuous_patched_model
+    from kontext_sliders.nodes.kontinuous import LoadedKontinuous, kontinuous_patched_model
 
     bfl, weights, model, hooks, i = setup
     sigma = 0.6
@@ -75,7 +75,7 @@ def _bias_rows_patched(linear_bias, offsets, hidden):
 @torch.no_grad()
 def test_hook_and_node_equal_a_bias_row_oracle(setup):
     from kontext_sliders.core.kontinuous.offsets import offset_table
-    from kontext_sliders.nodes.kontinuous_nodes import LoadedKontinuous, kontinuous_patched_model
+    from kontext_sliders.nodes.kontinuous import LoadedKontinuous, kontinuous_patched_model
 
     bfl, weights, _, _, i = setup
     sigma, h = 0.6, F.HIDDEN

@@ -62,7 +62,7 @@ def comfy_velocity(s, model):
 
 
 def slideredit(s, variant, strengths):
-    from kontext_sliders.nodes.slideredit_nodes import LoadedSliderEdit, slideredit_model
+    from kontext_sliders.nodes.slideredit import LoadedSliderEdit, slideredit_model
     return slideredit_model(s["patcher"], LoadedSliderEdit(s[variant], variant), s["positive"], strengths)
 
 
@@ -105,7 +105,7 @@ def test_gstlora_per_item_strengths_in_one_batch_agree(setup):
 @pytest.mark.parametrize("strengths", [(1.0, 0.0, 1.0), (0.5, 1.5, 2.0)])
 def test_training_free_sliders_diffusers_hooks_and_comfy_node_agree(setup, strengths):
     """The demo compares the trained sliders with KontextInstructionSliders through this diffusers twin."""
-    from kontext_sliders.nodes.knob_nodes import instruction_sliders_model
+    from kontext_sliders.nodes.knobs import instruction_sliders_model
     from kontext_sliders.trainer.families.flux1 import kontext_velocity
     from kontext_sliders.trainer.methods.slideredit.toward_pad_hook import TowardPadHooks
     s = setup

@@ -36,7 +36,7 @@ def setup():
 
 
 def apply(s, model, strengths, negative="same offset"):
-    from kontext_sliders.nodes.kontinuous_nodes import LoadedKontinuous, kontinuous_patched_model
+    from kontext_sliders.nodes.kontinuous import LoadedKontinuous, kontinuous_patched_model
     w = s["weights"]
     return kontinuous_patched_model(model, LoadedKontinuous(w, w.build_projector(), "t"), s["positive"], strengths,
                                     0.0, negative)
@@ -121,8 +121,8 @@ def knob_setup(setup):
 @torch.no_grad()
 @pytest.mark.parametrize("knob", ["sliders", "guidance", "modulation", "stlora", "gstlora"])
 def test_instruction_knobs_under_torch_compile(knob_setup, knob):
-    from kontext_sliders.nodes import knob_nodes
-    from kontext_sliders.nodes.slideredit_nodes import LoadedSliderEdit, slideredit_model
+    from kontext_sliders.nodes import knobs as knob_nodes
+    from kontext_sliders.nodes.slideredit import LoadedSliderEdit, slideredit_model
     s = knob_setup
     stlora = LoadedSliderEdit(F.slideredit_weights("stlora"), "stlora")
     gstlora = LoadedSliderEdit(F.slideredit_weights("gstlora"), "gstlora")
@@ -146,7 +146,7 @@ def test_instruction_knobs_under_torch_compile(knob_setup, knob):
 def test_numerikontrol_under_torch_compile_reuses_the_graph_for_new_values(knob_setup, tmp_path):
     """New numeric values change only the tokens (graph inputs): no recompile; output as uncompiled."""
     from kontext_sliders.core.numeric.weights import save_numeric_weights
-    from kontext_sliders.nodes.numeric_nodes import load_for_nodes, numeric_model
+    from kontext_sliders.nodes.numeric import load_for_nodes, numeric_model
     s = knob_setup
     save_numeric_weights(F.numeric_weights(), tmp_path / "n.safetensors")
     loaded = load_for_nodes(str(tmp_path / "n.safetensors"), "n")

@@ -46,7 +46,7 @@ def test_export_then_node_predicts_what_the_trainer_model_predicts(trained):
     from safetensors.torch import load_file
 
     from kontext_sliders.core.families.flux1 import diffusers_to_bfl
-    from kontext_sliders.nodes.kontinuous_nodes import kontinuous_patched_model, load_for_nodes
+    from kontext_sliders.nodes.kontinuous import kontinuous_patched_model, load_for_nodes
     from kontext_sliders.trainer.engine.checkpoint import latest_checkpoint
     from kontext_sliders.trainer.engine.export import export_checkpoint
     from kontext_sliders.trainer.methods.kontinuous.model import build_model

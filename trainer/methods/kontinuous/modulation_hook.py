@@ -1,5 +1,5 @@
 """Kontinuous offsets on a diffusers ``FluxTransformer2DModel``: the trainer-side twin of
-``nodes/kontinuous_patch.py``.
+``nodes/runtime/patches.py`` (``modulation_patch``).
 
 A forward hook on every double block's ``norm1_context`` (AdaLayerNormZero, which returns
 ``(x, gate_msa, shift_mlp, scale_mlp, gate_mlp)``) adds delta shift / delta scale to the MLP

@@ -11,9 +11,9 @@ import string
 
 from comfy_api.latest import io, ui
 
-from ..core.sweep import Sweep, frame_order
-from . import sweep_media as media
-from .sweep_nodes import CATEGORY, SweepType
+from ...core.sweep import Sweep, frame_order
+from . import media
+from .nodes import CATEGORY, SweepType
 
 FORMATS = ("webp", "gif", "mp4")
 

@@ -2,11 +2,11 @@
 
 The model arrives patched by the pack's slider nodes; the sweep replaces the value of one knob (the
 last one in the chain, or the last of the kind the ``knob`` input names) with one value per latent of
-the batch (the runtime's per-item settings: nodes/knobs.py). Text and reference latent are encoded
+the batch (the runtime's per-item settings: nodes/runtime/knobs.py). Text and reference latent are encoded
 once, upstream; the Kontinuous projector runs once per value. Frames differ only by the knob: every
 item starts from the same noise, so the frame for value v equals a KSampler run with the knob at v
 and the same seed (to float tolerance; ancestral and SDE samplers get per-item step noise:
-nodes/sweep_noise.py).
+nodes/sweep/noise.py).
 """
 from __future__ import annotations
 
@@ -20,10 +20,10 @@ import comfy.utils
 import torch
 from comfy_api.latest import io
 
-from ..core.sweep import Sweep, frame_distances, linear_values, perceptual_values
-from .runtime import KNOB_CHOICES, installed_runtime, sweep_target, swept_clone
-from .sweep_noise import sweep_sampler_object
-from .sweep_nodes import SweepType
+from ...core.sweep import Sweep, frame_distances, linear_values, perceptual_values
+from ..runtime import KNOB_CHOICES, installed_runtime, sweep_target, swept_clone
+from .noise import sweep_sampler_object
+from .nodes import SweepType
 
 CATEGORY = "Kontext Sliders"
 

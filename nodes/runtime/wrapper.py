@@ -1,21 +1,13 @@
-"""The pack's one runtime patch on a Flux ModelPatcher clone; every knob node adds to it.
+"""The pack's runtime record and its APPLY_MODEL wrapper: the per-call decisions.
 
-Pieces, installed on a clone (the input model is never touched):
-
-* one APPLY_MODEL wrapper. It sees each model call's batch layout (``cond_or_uncond``), matches the
-  positive chunks against the multi-instruction prompts the nodes were given, adds the leave-one-out
-  rows per-instruction guidance needs (one batched forward), fills a per-call slot (offsets per row,
-  toward-pad plan per row) and combines the outputs. It runs outside ``diffusion_model``, so under
-  TorchCompileModel these Python decisions are never traced (it drops guards on transformer_options);
-* object patches, all closures reading the slot: ``double_blocks.i.txt_mod.forward`` (Kontinuous
-  offsets, modulation multiplier) and, for instruction sliders, ``double_blocks.i.forward`` /
-  ``single_blocks.i.forward``. Each runs the class's own forward (never another clone's patch), so
-  nothing stacks across queue items. Outside a wrapped call the slot is empty: plain forwards.
-
-Stacked nodes accumulate knob records (nodes/knobs.py) in one immutable ``PackRuntime`` (kept as a
-ModelPatcher attachment), so a second node re-installs every patch against one fresh slot instead of
-layering a second machinery. Any knob's setting may vary per latent of the batch: that is how a sweep
-renders all its values in one batch (``swept_clone``).
+One immutable ``PackRuntime`` per patched clone (a ModelPatcher attachment) holds the knob records
+(nodes/runtime/knobs.py) of every slider node applied so far. Its ``wrapper`` sees each model call's batch
+layout (``cond_or_uncond``), matches the positive chunks against the multi-instruction prompts the nodes
+were given, adds the leave-one-out rows per-instruction guidance needs (one batched forward), fills the
+clone's ``CallSlot`` (offsets per row, toward-pad plan per row, multipliers, LoRA factors) and combines the
+outputs. It runs outside ``diffusion_model``, so under TorchCompileModel these Python decisions are never
+traced (it drops guards on transformer_options). Any knob's setting may vary per latent of the batch: that
+is how a sweep renders all its values in one batch (nodes/runtime/sweep.py).
 """
 from __future__ import annotations
 
@@ -23,194 +15,16 @@ import dataclasses
 import logging
 from dataclasses import dataclass, field
 
-import comfy.ldm.flux.layers
-import comfy.ldm.flux.model
-import comfy.patcher_extension
 import torch
 
-from ..core.knobs.guidance import combine_instruction_guidance
-from ..core.knobs.toward_pad import lerp_toward_pad, toward_pad_plan
-from ..core.kontinuous.offsets import offsets_for_rows
-from ..core.kontinuous.projector import split_offsets
-from ..core.slideredit.lora import add_lora_delta, stlora_token_scales
+from ...core.knobs.guidance import combine_instruction_guidance
+from ...core.knobs.toward_pad import toward_pad_plan
+from ...core.kontinuous.offsets import offsets_for_rows
+from ...core.slideredit.lora import stlora_token_scales
+from .attention import numeric_mask_override
 from .knobs import InstructionKnob, KontinuousKnob, ModulationKnob, NumericKnob, SliderEditKnob, items_for_chunk
+from .slot import CallSlot
 
-ATTACHMENT_KEY = "kontext_sliders.runtime"
-WRAPPER_KEY = "kontext_sliders.runtime"
-
-
-# ---------------------------------------------------------------- the per-call slot
-
-class CallSlot:
-    """What the block patches of one clone read during a wrapped call."""
-
-    def __init__(self):
-        self.offsets: torch.Tensor | None = None  # [B, 2H] fp32
-        self.multipliers: dict | None = None  # double block -> (attention [B] | None, mlp [B] | None) fp32
-        self.pad_index: torch.Tensor | None = None  # [B, L] long: the position each token moves toward
-        self.pad_weight: torch.Tensor | None = None  # [B, L, 1] fp32: 1 = untouched
-        # SliderEdit knob -> its LoRA factor per text token [B, L] (STLoRA) or per row [B, 1] (GSTLoRA), fp32
-        self.lora_scales: dict | None = None
-        self._cast: dict = {}
-
-    def set(self, offsets=None, pad_index=None, pad_weight=None, multipliers=None, lora_scales=None):
-        self.offsets, self.pad_index, self.pad_weight, self.multipliers = offsets, pad_index, pad_weight, multipliers
-        self.lora_scales = lora_scales
-        self._cast = {}
-
-    def state(self):
-        return self.offsets, self.pad_index, self.pad_weight, self.multipliers, self.lora_scales
-
-    def offset_terms(self, dtype: torch.dtype, device: torch.device):
-        """(delta scale, delta shift) as [B, 1, H] in the modulation's dtype; cast once per call."""
-        key = ("offsets", dtype, device)
-        if key not in self._cast:
-            self._cast[key] = split_offsets(self.offsets.to(device=device, dtype=dtype).unsqueeze(1))
-        return self._cast[key]
-
-    def block_multipliers(self, index: int, dtype: torch.dtype, device: torch.device):
-        """(attention, mlp) multipliers of double block ``index`` as [B, 1, 1] (or None), cast once per call."""
-        key = ("multipliers", index, dtype, device)
-        if key not in self._cast:
-            pair = (self.multipliers or {}).get(index, (None, None))
-            self._cast[key] = tuple(None if m is None else m.to(device=device, dtype=dtype).view(-1, 1, 1)
-                                    for m in pair)
-        return self._cast[key]
-
-    def lora_scale(self, key: int, dtype: torch.dtype, device: torch.device):
-        """SliderEdit knob ``key``'s factors as [B, L, 1] / [B, 1, 1], or None when it adds nothing this call."""
-        cache_key = ("lora", key, dtype, device)
-        if cache_key not in self._cast:
-            rows = self.lora_scales.get(key)
-            self._cast[cache_key] = None if rows is None else rows.to(device=device, dtype=dtype).unsqueeze(-1)
-        return self._cast[cache_key]
-
-    def pad_plan(self, dtype: torch.dtype, device: torch.device):
-        key = ("pad", dtype, device)
-        if key not in self._cast:
-            self._cast[key] = (self.pad_index.to(device), self.pad_weight.to(device=device, dtype=dtype))
-        return self._cast[key]
-
-
-# ---------------------------------------------------------------- block patches (closures: see kontinuous doc)
-
-def txt_modulation_patch(module: torch.nn.Module, index: int, slot: CallSlot):
-    """Replacement for ``double_blocks.i.txt_mod.forward``: per-row multipliers on shift/scale, then offsets.
-
-    A plain function, not a callable object: torch.compile guards a patched ``forward`` that is a
-    function on its code object, any other callable on its identity (a recompile per new strength).
-    Multipliers and offsets come from the slot as tensors, never as Python floats: dynamo lifts tensors
-    as graph inputs but bakes floats in as constants (a recompile for every new multiplier).
-    """
-
-    def scaled(mod, multiplier):
-        if multiplier is None:
-            return mod
-        return comfy.ldm.flux.layers.ModulationOut(shift=mod.shift * multiplier, scale=mod.scale * multiplier,
-                                                   gate=mod.gate)
-
-    def txt_mod_forward(vec):
-        # the class's forward, never the instance attribute: that may be another clone's patch
-        mod1, mod2 = type(module).forward(module, vec)
-        if slot.multipliers is not None:
-            attention, mlp = slot.block_multipliers(index, mod2.shift.dtype, mod2.shift.device)
-            mod1, mod2 = scaled(mod1, attention), scaled(mod2, mlp)
-        if slot.offsets is None:
-            return mod1, mod2
-        dscale, dshift = slot.offset_terms(mod2.shift.dtype, mod2.shift.device)
-        return mod1, comfy.ldm.flux.layers.ModulationOut(shift=mod2.shift + dshift, scale=mod2.scale + dscale,
-                                                         gate=mod2.gate)
-
-    return txt_mod_forward
-
-
-def double_block_patch(block: torch.nn.Module, slot: CallSlot):
-    """Replacement for ``double_blocks.i.forward``: text tokens move toward the pad state first."""
-
-    def double_forward(*args, **kwargs):
-        if slot.pad_index is not None:
-            if "txt" in kwargs:
-                txt = kwargs["txt"]
-                kwargs["txt"] = lerp_toward_pad(txt, *slot.pad_plan(txt.dtype, txt.device))
-            else:
-                args = list(args)
-                args[1] = lerp_toward_pad(args[1], *slot.pad_plan(args[1].dtype, args[1].device))
-        return type(block).forward(block, *args, **kwargs)
-
-    return double_forward
-
-
-def single_block_patch(block: torch.nn.Module, slot: CallSlot):
-    """Replacement for ``single_blocks.i.forward``: the same on the text part of the joint sequence."""
-
-    def single_forward(*args, **kwargs):
-        if slot.pad_index is not None:
-            x = kwargs.pop("x") if "x" in kwargs else args[0]
-            index, weight = slot.pad_plan(x.dtype, x.device)
-            n_txt = index.shape[1]
-            x = torch.cat([lerp_toward_pad(x[:, :n_txt], index, weight), x[:, n_txt:]], dim=1)
-            args = (x,) + tuple(args[1:]) if args else (x,)
-        return type(block).forward(block, *args, **kwargs)
-
-    return single_forward
-
-
-def lora_linear_patch(module: torch.nn.Module, adapters: tuple, slot: CallSlot):
-    """Replacement for a Linear's ``forward``: the Linear as ComfyUI runs it (its own dtype casting,
-    offloading, fp8 / GGUF weights, weight patches), plus each SliderEdit update scaled per token or per
-    row. A token whose factor is 0 gets exactly the base output."""
-
-    def lora_forward(x, *args, **kwargs):
-        out = type(module).forward(module, x, *args, **kwargs)
-        if slot.lora_scales is None:
-            return out
-        for key, lora in adapters:
-            scale = slot.lora_scale(key, x.dtype, x.device)
-            if scale is None:
-                continue
-            if scale.shape[1] not in (1, x.shape[1]):
-                raise RuntimeError(f"SliderEdit: {lora.module} received {x.shape[1]} text tokens but the slider "
-                                   f"scales cover {scale.shape[1]}; another node changed the text sequence length")
-            a, b = lora.on(x.device, x.dtype)
-            out = add_lora_delta(out, x, a, b, lora.rows, scale)
-        return out
-
-    return lora_forward
-
-
-def numeric_mask_override(numeric: int, previous=None):
-    """An ``optimized_attention_override`` applying NumeriKontrol's multi-numeric mask: over the joint sequence
-    (text first, the ``numeric`` tokens at its front), numeric token i may not attend to numeric token j != i;
-    all else is open. Another override already in place runs for both calls below.
-
-    Only the ``numeric`` query rows are masked, so the sequence is attended once with no mask (ComfyUI's fastest
-    kernel: a mask rules out flash attention) and those few rows once more with their [numeric, N] mask: the
-    same result as the full [N, N] mask at O(numeric x N) extra cost."""
-
-    built: dict = {}  # one mask per (length, dtype, device): not rebuilt in every attention call of every block
-
-    def attention(func, q, k, v, heads, *args, mask=None, **kwargs):
-        attend = func if previous is None else (lambda *a, **kw: previous(func, *a, **kw))
-        out = attend(q, k, v, heads, *args, mask=mask, **kwargs)
-        query_dim = 2 if kwargs.get("skip_reshape") else 1
-        n = q.shape[query_dim]
-        key = (n, q.dtype, q.device)
-        if key not in built:
-            # built out of place (no in-place writes into views): torch.compile can trace it
-            i, j = torch.arange(numeric, device=q.device), torch.arange(n, device=q.device)
-            pair = (j[None, :] < numeric) & (i[:, None] != j[None, :])
-            built[key] = torch.zeros(numeric, n, dtype=q.dtype, device=q.device).masked_fill(pair, float("-inf"))
-        rows_mask = built[key]
-        if mask is not None:  # another mask over the whole sequence: its rows of the numeric queries
-            rows_mask = rows_mask + (mask.narrow(-2, 0, numeric) if mask.shape[-2] == n else mask)
-        rows = attend(q.narrow(query_dim, 0, numeric), k, v, heads, *args, mask=rows_mask, **kwargs)
-        out_dim = 2 if kwargs.get("skip_output_reshape") else 1
-        return torch.cat((rows, out.narrow(out_dim, numeric, out.shape[out_dim] - numeric)), dim=out_dim)
-
-    return attention
-
-
-# ---------------------------------------------------------------- the runtime
 
 def take_rows(value, index: torch.Tensor, batch: int):
     """Select batch rows from a model-call argument (tensors with a leading batch dim; lists/dicts of them)."""
@@ -237,7 +51,8 @@ class _ChunkJob:
 
 @dataclass(frozen=True)
 class PackRuntime:
-    knobs: tuple = ()  # knob records (nodes/knobs.py) in the order the nodes were applied
+    knobs: tuple = ()  # knob records (nodes/runtime/knobs.py) in the order the nodes were applied
+    pooled_key: str | None = None  # the model call's pooled-vector kwarg (the family's), None = it has none
     slot: CallSlot = field(default_factory=CallSlot, compare=False)
     _device_cache: dict = field(default_factory=dict, compare=False)
 
@@ -514,9 +329,10 @@ class PackRuntime:
                     if j.context is not None else context[j.source * chunk:(j.source + 1) * chunk]
                     for j in group])
                 g_args[2] = g_context
-                if "y" in g_kwargs and g_kwargs["y"] is not None:
-                    y = kwargs["y"]
-                    g_kwargs["y"] = torch.cat([
+                pooled_key = self.pooled_key
+                if pooled_key is not None and pooled_key in g_kwargs and g_kwargs[pooled_key] is not None:
+                    y = kwargs[pooled_key]
+                    g_kwargs[pooled_key] = torch.cat([
                         (self._on(j.pooled, y.device, y.dtype).reshape(-1, j.pooled.shape[-1])[:, :y.shape[-1]]
                          .expand(chunk, -1) if j.pooled is not None else y[j.source * chunk:(j.source + 1) * chunk])
                         for j in group])
@@ -545,109 +361,3 @@ class PackRuntime:
             for k, job in enumerate(group):
                 job.output = out[k * chunk:(k + 1) * chunk]
 
-
-# ---------------------------------------------------------------- installing on a clone
-
-def flux_double_blocks(patcher) -> list:
-    """The double-stream blocks of a Flux model, or a clear error for anything else."""
-    diffusion_model = patcher.get_model_object("diffusion_model")
-    if not isinstance(diffusion_model, comfy.ldm.flux.model.Flux):
-        raise TypeError(f"this node needs a FLUX.1 (Kontext) model; this MODEL is "
-                        f"{type(diffusion_model).__module__}.{type(diffusion_model).__name__}")
-    blocks = list(diffusion_model.double_blocks)
-    if not blocks or not all(getattr(b, "modulation", False) for b in blocks):
-        raise TypeError("this Flux variant has no per-block text modulation (global modulation, e.g. FLUX.2 / "
-                        "Chroma); the Kontext Sliders patches need FLUX.1's per-block txt_mod")
-    return blocks
-
-
-def flux_hidden_size(patcher) -> int:
-    return patcher.get_model_object("diffusion_model").hidden_size
-
-
-def memory_with_extra_rows(base_model, factor: int):
-    """``BaseModel.memory_required`` for a batch ``factor`` times larger: per-instruction guidance adds
-    leave-one-out rows inside the call, and ComfyUI sizes its cond batches (and model loading) by this."""
-
-    def memory_required(input_shape, *args, **kwargs):
-        shape = (input_shape[0] * factor,) + tuple(input_shape[1:])
-        return type(base_model).memory_required(base_model, shape, *args, **kwargs)
-
-    return memory_required
-
-
-def installed_runtime(patcher) -> PackRuntime:
-    return patcher.get_attachment(ATTACHMENT_KEY) or PackRuntime()
-
-
-def patched_clone(patcher, **changes):
-    """A clone of ``patcher`` whose runtime is the installed one with ``changes``; every patch re-installed.
-
-    Neutral knobs are recorded (a sweep can still find them) but install nothing: a model whose knobs
-    are all neutral computes exactly what the input model computes.
-    """
-    blocks = flux_double_blocks(patcher)
-    model = patcher.clone()
-    runtime = installed_runtime(patcher).with_(**changes)
-    model.set_attachments(ATTACHMENT_KEY, runtime)
-    prefix = "diffusion_model"
-    for key in [k for k, v in model.object_patches.items() if getattr(v, "__module__", None) == __name__]:
-        del model.object_patches[key]  # the clone's dict: an earlier runtime's patches go (others' stay)
-    model.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY)
-    if not (runtime.offset_sources or runtime.multipliers or runtime.sliders or runtime.guidance
-            or runtime.slideredit or runtime.numeric):
-        return model
-    if runtime.offset_sources or runtime.multipliers:
-        for i, block in enumerate(blocks):
-            model.add_object_patch(f"{prefix}.double_blocks.{i}.txt_mod.forward",
-                                   txt_modulation_patch(block.txt_mod, i, runtime.slot))
-    if runtime.sliders:
-        for i, block in enumerate(blocks):
-            model.add_object_patch(f"{prefix}.double_blocks.{i}.forward", double_block_patch(block, runtime.slot))
-        for i, block in enumerate(patcher.get_model_object(prefix).single_blocks):
-            model.add_object_patch(f"{prefix}.single_blocks.{i}.forward", single_block_patch(block, runtime.slot))
-    adapters: dict[str, list] = {}
-    for key, knob in enumerate(runtime.slideredit):
-        for lora in knob.loras:
-            adapters.setdefault(lora.module, []).append((key, lora))
-    for path, entries in adapters.items():
-        model.add_object_patch(f"{prefix}.{path}.forward", lora_linear_patch(
-            patcher.get_model_object(f"{prefix}.{path}"), tuple(entries), runtime.slot))
-    extra_rows = sum(knob.extra_rows() for knob in runtime.guidance)
-    if extra_rows:
-        model.add_object_patch("memory_required", memory_with_extra_rows(patcher.model, 1 + extra_rows))
-    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY, runtime.wrapper)
-    return model
-
-
-# ---------------------------------------------------------------- the sweep protocol
-
-KNOB_CHOICES = {"last": None, "Kontinuous Kontext Apply": KontinuousKnob, "Kontext Modulation Strength": ModulationKnob,
-                "Kontext Instruction Sliders": "sliders", "Kontext Instruction Guidance": "guidance",
-                "SliderEdit Apply": SliderEditKnob, "NumeriKontrol Edit": NumericKnob}
-SLIDER_NODES = ("Kontinuous Kontext Apply", "Kontext Modulation Strength", "Kontext Instruction Sliders",
-                "Kontext Instruction Guidance", "SliderEdit Apply", "NumeriKontrol Edit")
-
-
-def sweep_target(patcher, which: str = "last") -> int:
-    """Index (in the runtime's knobs) of the knob a sweep varies: the last slider node, or the last of a kind."""
-    knobs = installed_runtime(patcher).knobs
-    if not knobs:
-        raise ValueError(f"this MODEL has no Kontext Sliders knob to sweep; put one of these nodes between the model "
-                         f"loader and the sweep sampler: {', '.join(SLIDER_NODES)}")
-    if which not in KNOB_CHOICES:
-        raise ValueError(f"knob must be one of {list(KNOB_CHOICES)}, got {which!r}")
-    kind = KNOB_CHOICES[which]
-    for index in range(len(knobs) - 1, -1, -1):
-        knob = knobs[index]
-        if kind is None or (isinstance(kind, str) and getattr(knob, "kind", None) == kind) or (
-                isinstance(kind, type) and isinstance(knob, kind)):
-            return index
-    raise ValueError(f"this MODEL has no {which} node to sweep (it has: {', '.join(k.display for k in knobs)})")
-
-
-def swept_clone(patcher, index: int, values, instruction_index: int = 0):
-    """A clone whose knob ``index`` takes one value per latent (``values``, in batch order)."""
-    knobs = list(installed_runtime(patcher).knobs)
-    knobs[index] = knobs[index].swept(values, instruction_index)
-    return patched_clone(patcher, knobs=tuple(knobs))

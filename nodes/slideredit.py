@@ -8,13 +8,12 @@ from comfy_api.latest import io
 
 from ..core.instructions import parse_strengths
 from ..core.slideredit.weights import STRENGTH_RANGE, SliderEditWeights, alpha_from_strength, load_slideredit
-from ..core.families.flux1 import FluxSizes
 from ..core.slideredit.lora import fused_loras
+from .families import family_of
 from .instruction_encode import instruction_entries
-from .knobs import SliderEditKnob
 from .lora import add_diffusers_lora
 from .model_folder import list_weight_entries, resolve_weight_entry
-from .runtime import flux_double_blocks, installed_runtime, patched_clone
+from .runtime import SliderEditKnob, installed_runtime, patched_clone
 
 CATEGORY = "Kontext Sliders"
 SliderEditWeightsType = io.Custom("SLIDEREDIT_WEIGHTS")
@@ -27,21 +26,11 @@ class LoadedSliderEdit:
     name: str
 
 
-def flux_sizes(model) -> FluxSizes:
-    """The sizes a SliderEdit adapter must fit, read from the model's modules (logical shapes, also for GGUF)."""
-    blocks = flux_double_blocks(model)
-    diffusion_model = model.get_model_object("diffusion_model")
-    mlp_in = blocks[0].txt_mlp[0]
-    return FluxSizes(hidden_size=diffusion_model.hidden_size, mlp_hidden=int(mlp_in.weight.shape[0]),
-                     double_blocks=len(blocks), single_blocks=len(diffusion_model.single_blocks),
-                     context_in_dim=int(diffusion_model.txt_in.weight.shape[1]))
-
-
 def slideredit_model(model, loaded: LoadedSliderEdit, conditioning, strengths: str):
     """The patched clone. STLoRA: a per-token update on the text stream of the prompt in ``conditioning``;
     GSTLoRA: one strength, merged into the weights by ComfyUI's weight patches."""
     weights = loaded.weights
-    sizes = flux_sizes(model)  # non-Flux models fail here, before anything else
+    sizes = family_of(model).adapter_sizes()  # other models fail here, before anything else
     loras = tuple(fused_loras(weights, sizes))  # another model size fails here, naming what was found
     if weights.variant == "stlora":
         entries = tuple(instruction_entries(conditioning))

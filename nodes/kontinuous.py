@@ -1,4 +1,9 @@
-"""Kontinuous Kontext nodes: load the released (or our) weights, apply a strength slider."""
+"""Kontinuous Kontext nodes: load the released (or our) weights, apply a strength slider.
+
+The offsets ride the pack runtime (nodes/runtime/): the APPLY_MODEL wrapper picks each row's offset from
+the precomputed table (``cond_or_uncond`` decides positive/negative rows), the text-modulation patch adds
+it to the MLP modulation's shift and scale of every double block. Stacked Apply nodes sum.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -11,9 +16,10 @@ from comfy_api.latest import io
 from ..core.kontinuous.weights import KontinuousWeights, load_kontinuous
 from ..core.kontinuous.offsets import NEGATIVE_MODES, NEGATIVE_SAME, offset_table
 from ..core.kontinuous.projector import SliderProjector
-from .kontinuous_patch import KontinuousKnob, apply_kontinuous_offsets, flux_double_blocks, flux_hidden_size
+from .families import family_of
 from .lora import add_diffusers_lora
 from .model_folder import list_weight_entries, resolve_weight_entry
+from .runtime import KontinuousKnob, installed_runtime, patched_clone
 
 CATEGORY = "Kontext Sliders"
 KontinuousWeightsType = io.Custom("KONTINUOUS_WEIGHTS")
@@ -52,12 +58,20 @@ def pooled_from_conditioning(conditioning) -> torch.Tensor:
     return first.reshape(1, -1)
 
 
+def apply_kontinuous_offsets(patcher, source: KontinuousKnob):
+    """A clone of ``patcher`` with ``source``'s offsets added (on top of earlier Kontinuous patches)."""
+    hidden = family_of(patcher).hidden_size
+    if source.table.shape[-1] != 2 * hidden:
+        raise ValueError(f"offsets of width {source.table.shape[-1]} need a model of hidden size "
+                         f"{source.table.shape[-1] // 2}, this model has {hidden}")
+    return patched_clone(patcher, knobs=installed_runtime(patcher).knobs + (source,))
+
+
 def kontinuous_patched_model(model, loaded: LoadedKontinuous, conditioning, strengths, lora_strength: float,
                              negative: str = NEGATIVE_SAME):
     """The patched clone; shared by the Apply node and the later sweep nodes (``strengths``: list)."""
     config = loaded.weights.projector_config
-    flux_double_blocks(model)  # a clear error for non-Flux models before anything else
-    hidden = flux_hidden_size(model)
+    hidden = family_of(model).hidden_size  # a clear error for other models before anything else
     if config.hidden_size != hidden:
         raise ValueError(f"{loaded.name} was made for a transformer of hidden size {config.hidden_size} "
                          f"(projector output {config.out_dim}); this model has hidden size {hidden}. "

@@ -1,13 +1,13 @@
 """Strength sweeps: KontextStrengthSweep (which values) and the KONTEXT_SWEEP wire type.
 
-The sampler that renders a sweep lives in nodes/sweep_sampler.py; the preview and save nodes in
-nodes/sweep_output.py. They all pass a ``core.sweep.Sweep``.
+The sampler that renders a sweep lives in nodes/sweep/sampler.py; the preview and save nodes in
+nodes/sweep/output.py. They all pass a ``core.sweep.Sweep``.
 """
 from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..core.sweep import MAX_VALUES, SPACINGS, Sweep, linear_values, parse_values
+from ...core.sweep import MAX_VALUES, SPACINGS, Sweep, linear_values, parse_values
 
 CATEGORY = "Kontext Sliders"
 SweepType = io.Custom("KONTEXT_SWEEP")

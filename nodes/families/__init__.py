@@ -1,0 +1,46 @@
+"""The model-family seam of the ComfyUI side: what the runtime and the nodes need to know about a MODEL.
+
+The runtime (nodes/runtime/) and the method nodes never name a transformer's classes or attribute paths;
+they ask ``family_of(model)`` for a ``HostFamily`` adapter and work with what it yields:
+
+* text-modulation sites (``ModulationSite``): a module whose ``forward`` makes the text stream's modulation,
+  the object-patch path of that forward, the double-stream blocks its output serves, and the family's
+  functions to scale (modulation knob) and offset (Kontinuous) that output;
+* text-stream block sites (``TextStreamSite``): a block whose ``forward`` sees the text tokens, its
+  object-patch path, and the family's functions to read and replace the text tokens in its arguments
+  (the per-instruction sliders move them toward the pad token's state);
+* per-model facts: hidden size, double-stream block count, text-encoder width, the pooled-vector kwarg
+  of the model call (or None), the sizes a trained adapter must fit, and where an adapter's Linear sits.
+
+Site functions are plain module-level functions of the family module (no state): the runtime's patch
+closures call them, and torch.compile inlines them without guarding on a per-clone object.
+
+A family module (``adapt(patcher, diffusion_model)`` -> adapter, None, or ``UnsupportedVariant``) is listed
+in ``FAMILIES`` below; ``family_of`` asks each in turn.
+"""
+from __future__ import annotations
+
+from . import flux1
+from .base import HostFamily, ModulationSite, TextStreamSite, UnsupportedVariant
+
+__all__ = ["FAMILIES", "HostFamily", "ModulationSite", "TextStreamSite", "UnsupportedVariant", "family_of"]
+
+FAMILIES = (flux1,)
+
+
+def family_of(patcher) -> HostFamily:
+    """The family adapter of a MODEL (a ModelPatcher), or a TypeError naming the model and the supported families."""
+    diffusion_model = patcher.get_model_object("diffusion_model")
+    refused = None
+    for family in FAMILIES:
+        try:
+            adapter = family.adapt(patcher, diffusion_model)
+        except UnsupportedVariant as e:  # another family may still claim it
+            refused = refused or e
+            continue
+        if adapter is not None:
+            return adapter
+    if refused is not None:
+        raise refused
+    raise TypeError(f"this node needs a {' or '.join(f.DISPLAY for f in FAMILIES)} model; this MODEL is "
+                    f"{type(diffusion_model).__module__}.{type(diffusion_model).__name__}")
