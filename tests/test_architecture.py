@@ -161,7 +161,6 @@ def test_every_package_is_installed():
     assert listed - found == set(), f"listed but not a package: {sorted(listed - found)}"
 
 
-@pytest.mark.xfail(strict=True, reason="nodes/runtime.py, trainer/demo.py, numeric_demo.py, data/cat.py: split with the move (issue 24)")
 def test_no_module_is_too_long():
     """One job per module: nothing far over ~400 lines (the brief's style rule)."""
     long = {str(p.relative_to(PACK)): n for side in SIDES for p in (PACK / side).rglob("*.py")
