@@ -70,7 +70,8 @@ def seeded_(module: torch.nn.Module, seed: int, std: float = 0.1) -> torch.nn.Mo
         for name, p in sorted(module.named_parameters()):
             noise = torch.randn(p.shape, generator=g, dtype=torch.float32) * std
             p.copy_((1.0 + noise) if name.endswith(("scale", "norm_q.weight", "norm_k.weight", "norm_added_q.weight",
-                                                   "norm_added_k.weight")) else noise)
+                                                   "norm_added_k.weight", "query_norm.weight", "key_norm.weight"))
+                    else noise)  # the last two: ComfyUI 0.33's Flux names its RMSNorms' parameter "weight"
     return module
 
 
@@ -175,7 +176,9 @@ def comfy_unet_config(hidden: int = HIDDEN, pooled_dim: int = POOLED_DIM) -> dic
 
 
 def tiny_bfl_state_dict(seed: int = 0, hidden: int = HIDDEN, pooled_dim: int = POOLED_DIM) -> dict[str, torch.Tensor]:
-    """Random FLUX weights in BFL / ComfyUI names, made with ComfyUI's own Flux class."""
+    """Random FLUX weights in BFL / ComfyUI names, made with ComfyUI's own Flux class: in the host's own
+    layout (RMSNorms ``...norm.scale`` up to ComfyUI 0.8, ``...norm.weight`` from 0.33; see
+    ``core.families.flux1.NORM_PARAMS``)."""
     import comfy.ldm.flux.model
     import comfy.ops
     cfg = {k: v for k, v in comfy_unet_config(hidden, pooled_dim).items() if k != "image_model"}

@@ -59,7 +59,7 @@ def run_prompt(prompt, extra_data=None):
     if not valid:
         return False, (error, node_errors)
     server = _Server()
-    executor = execution.PromptExecutor(server, cache_type=execution.CacheType.CLASSIC, cache_args={"lru": 0, "ram": 0})
+    executor = execution.PromptExecutor(server, cache_type=execution.CacheType.CLASSIC, cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})
     executor.execute(prompt, "test", extra_data or {}, outputs)
     return executor.success, server.messages
 

@@ -153,22 +153,37 @@ def test_perceptual_spacing_evens_out_a_nonlinear_knob(setup):
 
 
 def test_progress_spans_every_pass_and_step_and_cancel_stops_between_steps(setup, monkeypatch):
+    """The pack reports every step of every pass to ComfyUI's bar (one span, 1 ... total); what reaches the
+    server's hook is monotone and ends at the total (ComfyUI 0.33's bar throttles the calls in between:
+    the first, the final and those 100 ms apart pass); a Cancel seen in the hook stops before the next step."""
     import comfy.model_management
     import comfy.utils
-    seen = []
+    reported, seen = [], []
+    update_absolute = comfy.utils.ProgressBar.update_absolute
+
+    def record(bar, value, total=None, preview=None):
+        reported.append((value, bar.total if total is None else total))
+        return update_absolute(bar, value, total, preview)
+
+    monkeypatch.setattr(comfy.utils.ProgressBar, "update_absolute", record)
     monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", lambda value, total, preview, node_id=None:
                         seen.append((value, total)))
     sweep(setup, knob_model(setup, "modulation", 1.0), [0.0, 1.0, 2.0], max_batch=2)
-    assert seen[-1] == (2 * STEPS, 2 * STEPS) and [v for v, _ in seen] == list(range(1, 2 * STEPS + 1))
+    assert reported == [(v, 2 * STEPS) for v in range(1, 2 * STEPS + 1)]
+    values = [v for v, _ in seen]
+    assert seen[0] == (1, 2 * STEPS) and seen[-1] == (2 * STEPS, 2 * STEPS)
+    assert all(total == 2 * STEPS for _, total in seen) and all(a < b for a, b in zip(values, values[1:]))
 
     def cancel_after_first_step(value, total, preview, node_id=None):
         if value == 1:
             comfy.model_management.interrupt_current_processing(True)
         comfy.model_management.throw_exception_if_processing_interrupted()  # what the server's hook does
 
+    reported.clear()
     monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", cancel_after_first_step)
     with pytest.raises(comfy.model_management.InterruptProcessingException):
         sweep(setup, knob_model(setup, "modulation", 1.0), [0.0, 1.0, 2.0], max_batch=1)
+    assert reported == [(1, 3 * STEPS)]  # stopped after the first step: no second step, no second pass
 
 
 def test_clear_errors(setup):

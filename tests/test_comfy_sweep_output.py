@@ -56,7 +56,7 @@ def run_prompt(prompt):
     valid, error, outputs, node_errors = asyncio.run(execution.validate_prompt("test", prompt, None))
     assert valid, (error, node_errors)
     server = _Server()
-    executor = execution.PromptExecutor(server, cache_type=execution.CacheType.CLASSIC, cache_args={"lru": 0, "ram": 0})
+    executor = execution.PromptExecutor(server, cache_type=execution.CacheType.CLASSIC, cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})
     executor.execute(prompt, "test", {"client_id": "test"}, outputs)  # no client: no execution_error message
     return executor.success, server.messages, executor.history_result.get("outputs", {})
 

@@ -7,6 +7,14 @@ layouts (diffusers <-> BFL / ComfyUI), where each diffusers Linear sits inside B
 State dicts: diffusers keeps q, k, v (and the single blocks' MLP input) as separate Linears; BFL fuses them
 row-wise (``qkv``, ``linear1``). The final AdaLN emits (scale, shift) in diffusers and
 (shift, scale) in BFL, so its rows swap halves. Everything else is a rename.
+
+The q/k RMSNorms' parameter has two BFL-side names (``NORM_PARAMS``): ``...query_norm.scale`` as in BFL's
+checkpoints and in ComfyUI's own RMSNorm up to 0.8.x, and ``...query_norm.weight`` in ComfyUI 0.33's Flux
+(``torch.nn.RMSNorm``; its ``supported_models.Flux.process_unet_state_dict`` renames a checkpoint's
+``_norm.scale`` keys at load). ``bfl_to_diffusers`` reads either; ``diffusers_to_bfl`` writes the one it
+is asked for (``norm_param``), by default ``scale``: the checkpoint layout that every ComfyUI version loads.
+Code that fills a ComfyUI Flux module directly (``load_state_dict``, no load-time rename) passes the host's
+own name, ``norm_param_of(module.state_dict())``.
 """
 from __future__ import annotations
 
@@ -47,11 +55,13 @@ _DOUBLE = [
     ("txt_mlp.0", "ff_context.net.0.proj"),
     ("txt_mlp.2", "ff_context.net.2"),
 ]
+# RMSNorms: the BFL name is completed with "." + one of NORM_PARAMS (see the module docstring)
+NORM_PARAMS = ("scale", "weight")
 _DOUBLE_NORMS = [
-    ("img_attn.norm.query_norm.scale", "attn.norm_q.weight"),
-    ("img_attn.norm.key_norm.scale", "attn.norm_k.weight"),
-    ("txt_attn.norm.query_norm.scale", "attn.norm_added_q.weight"),
-    ("txt_attn.norm.key_norm.scale", "attn.norm_added_k.weight"),
+    ("img_attn.norm.query_norm", "attn.norm_q.weight"),
+    ("img_attn.norm.key_norm", "attn.norm_k.weight"),
+    ("txt_attn.norm.query_norm", "attn.norm_added_q.weight"),
+    ("txt_attn.norm.key_norm", "attn.norm_added_k.weight"),
 ]
 _DOUBLE_FUSED = [
     ("img_attn.qkv", ("attn.to_q", "attn.to_k", "attn.to_v")),
@@ -62,8 +72,8 @@ _SINGLE = [
     ("modulation.lin", "norm.linear"),
 ]
 _SINGLE_NORMS = [
-    ("norm.query_norm.scale", "attn.norm_q.weight"),
-    ("norm.key_norm.scale", "attn.norm_k.weight"),
+    ("norm.query_norm", "attn.norm_q.weight"),
+    ("norm.key_norm", "attn.norm_k.weight"),
 ]
 _SINGLE_FUSED = ("linear1", ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"))
 _FINAL_ADALN = ("final_layer.adaLN_modulation.1", "norm_out.linear")
@@ -79,8 +89,20 @@ def _swap_halves(t: torch.Tensor) -> torch.Tensor:
     return torch.cat([b, a], dim=0)
 
 
-def _renames(n_double: int, n_single: int):
-    """Yield (bfl_name, diffusers_name) for every renamed tensor (weights and biases)."""
+def norm_param_of(bfl_keys) -> str | None:
+    """Which of ``NORM_PARAMS`` a BFL / ComfyUI Flux state dict (or its keys) names its RMSNorms with; None
+    when it has no RMSNorm. Raises on a mix of both."""
+    found = {k.rsplit(".", 1)[1] for k in bfl_keys if re.search(r"\.(query|key)_norm\.(scale|weight)$", k)}
+    if len(found) > 1:
+        raise ValueError("a Flux state dict names its RMSNorms both '.scale' and '.weight'")
+    return found.pop() if found else None
+
+
+def _renames(n_double: int, n_single: int, norm_param: str = "scale"):
+    """Yield (bfl_name, diffusers_name) for every renamed tensor (weights and biases); the RMSNorms' BFL
+    names end in ``norm_param``."""
+    if norm_param not in NORM_PARAMS:
+        raise ValueError(f"norm_param must be one of {NORM_PARAMS}, not {norm_param!r}")
     def both(bfl, dif):
         if bfl.endswith(".scale") or dif.endswith(".weight"):
             yield bfl, dif
@@ -93,12 +115,12 @@ def _renames(n_double: int, n_single: int):
         for bfl, dif in _DOUBLE:
             yield from both(f"double_blocks.{i}.{bfl}", f"transformer_blocks.{i}.{dif}")
         for bfl, dif in _DOUBLE_NORMS:
-            yield f"double_blocks.{i}.{bfl}", f"transformer_blocks.{i}.{dif}"
+            yield f"double_blocks.{i}.{bfl}.{norm_param}", f"transformer_blocks.{i}.{dif}"
     for i in range(n_single):
         for bfl, dif in _SINGLE:
             yield from both(f"single_blocks.{i}.{bfl}", f"single_transformer_blocks.{i}.{dif}")
         for bfl, dif in _SINGLE_NORMS:
-            yield f"single_blocks.{i}.{bfl}", f"single_transformer_blocks.{i}.{dif}"
+            yield f"single_blocks.{i}.{bfl}.{norm_param}", f"single_transformer_blocks.{i}.{dif}"
 
 
 def _fused(n_double: int, n_single: int):
@@ -111,13 +133,15 @@ def _fused(n_double: int, n_single: int):
         yield f"single_blocks.{i}.{bfl}", [f"single_transformer_blocks.{i}.{p}" for p in parts]
 
 
-def diffusers_to_bfl(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A diffusers ``FluxTransformer2DModel`` state dict in BFL / ComfyUI key names."""
+def diffusers_to_bfl(sd: dict[str, torch.Tensor], norm_param: str = "scale") -> dict[str, torch.Tensor]:
+    """A diffusers ``FluxTransformer2DModel`` state dict in BFL / ComfyUI key names, the RMSNorms named
+    ``...norm.<norm_param>``: ``scale`` (default; BFL's checkpoints, which every ComfyUI loads) or ``weight``
+    (the parameter name of ComfyUI 0.33's Flux module itself)."""
     n_double = _block_count(sd, "transformer_blocks")
     n_single = _block_count(sd, "single_transformer_blocks")
     out: dict[str, torch.Tensor] = {}
     used: set[str] = set()
-    for bfl, dif in _renames(n_double, n_single):
+    for bfl, dif in _renames(n_double, n_single, norm_param):
         if dif in sd:
             out[bfl] = sd[dif]
             used.add(dif)
@@ -137,13 +161,14 @@ def diffusers_to_bfl(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def bfl_to_diffusers(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A BFL / ComfyUI Flux state dict (no ``diffusion_model.`` prefix) in diffusers key names."""
+    """A BFL / ComfyUI Flux state dict (no ``diffusion_model.`` prefix) in diffusers key names; its RMSNorms
+    may be named either way (``NORM_PARAMS``), not both."""
     n_double = _block_count(sd, "double_blocks")
     n_single = _block_count(sd, "single_blocks")
     hidden = sd["img_in.weight"].shape[0]
     out: dict[str, torch.Tensor] = {}
     used: set[str] = set()
-    for bfl, dif in _renames(n_double, n_single):
+    for bfl, dif in _renames(n_double, n_single, norm_param_of(sd) or "scale"):
         if bfl in sd:
             out[dif] = sd[bfl]
             used.add(bfl)
