@@ -11,21 +11,17 @@ from pathlib import Path
 import pytest
 import torch
 
+from kontext_sliders.core.families.flux1 import TINY, seeded_  # noqa: F401  (F.seeded_: the tests' import)
 from kontext_sliders.core.kontinuous.weights import KontinuousWeights
 from kontext_sliders.nodes import comfy_location
 from kontext_sliders.core.kontinuous.projector import ProjectorConfig, SliderProjector
 
 PACK_DIR = Path(__file__).resolve().parents[1]
 
-# The parity-test size: 3 double + 2 single blocks, 2 heads x 16, T5 width 32, pooled CLIP-L 768.
-HIDDEN = 32
-HEADS = 2
-DEPTH = 3
-DEPTH_SINGLE = 2
-CONTEXT_DIM = 32
-POOLED_DIM = 768
-AXES = (4, 6, 6)
-LATENT_CHANNELS = 16
+# The parity-test size (core.families.flux1.TINY: 3 double + 2 single blocks, 2 heads x 16, T5 width 32,
+# pooled CLIP-L 768); both sides build their tiny models from it in their family modules.
+HIDDEN, HEADS, DEPTH, DEPTH_SINGLE = TINY.hidden, TINY.heads, TINY.depth, TINY.depth_single
+CONTEXT_DIM, POOLED_DIM, AXES, LATENT_CHANNELS = TINY.context_dim, TINY.pooled_dim, TINY.axes, TINY.latent_channels
 
 # The official LoRA targets (peft suffix match; attn.to_q/k/v also hit the single blocks).
 LORA_TARGETS = ("attn.to_k", "attn.to_q", "attn.to_v", "attn.to_out.0", "attn.add_k_proj", "attn.add_q_proj",
@@ -62,18 +58,6 @@ def import_comfyui():
 
 
 # ---------------------------------------------------------------- tiny weights
-
-def seeded_(module: torch.nn.Module, seed: int, std: float = 0.1) -> torch.nn.Module:
-    """Overwrite every parameter with seeded noise (norm scales around 1) so nothing is trivially 0."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in sorted(module.named_parameters()):
-            noise = torch.randn(p.shape, generator=g, dtype=torch.float32) * std
-            p.copy_((1.0 + noise) if name.endswith(("scale", "norm_q.weight", "norm_k.weight", "norm_added_q.weight",
-                                                   "norm_added_k.weight", "query_norm.weight", "key_norm.weight"))
-                    else noise)  # the last two: ComfyUI 0.33's Flux names its RMSNorms' parameter "weight"
-    return module
-
 
 def tiny_projector_weights(seed: int = 0, lora_rank: int = 4, lora_alpha: float | None = 8.0,
                            dtype=torch.float32, hidden: int = HIDDEN, with_lora: bool = True,
@@ -169,62 +153,29 @@ def numeric_weights(seed: int = 0, out_dim: int = CONTEXT_DIM, hidden: int = HID
 # ---------------------------------------------------------------- ComfyUI tiny Flux
 
 def comfy_unet_config(hidden: int = HIDDEN, pooled_dim: int = POOLED_DIM) -> dict:
-    return {"image_model": "flux", "in_channels": LATENT_CHANNELS, "out_channels": LATENT_CHANNELS,
-            "patch_size": 2, "vec_in_dim": pooled_dim, "context_in_dim": CONTEXT_DIM, "hidden_size": hidden,
-            "mlp_ratio": 4.0, "num_heads": HEADS, "depth": DEPTH, "depth_single_blocks": DEPTH_SINGLE,
-            "axes_dim": list(AXES), "theta": 10000, "qkv_bias": True, "guidance_embed": True, "txt_ids_dims": []}
+    from kontext_sliders.nodes.families.flux1 import tiny_unet_config
+    return tiny_unet_config(hidden=hidden, pooled_dim=pooled_dim)
 
 
 def tiny_bfl_state_dict(seed: int = 0, hidden: int = HIDDEN, pooled_dim: int = POOLED_DIM) -> dict[str, torch.Tensor]:
-    """Random FLUX weights in BFL / ComfyUI names, made with ComfyUI's own Flux class: in the host's own
-    layout (RMSNorms ``...norm.scale`` up to ComfyUI 0.8, ``...norm.weight`` from 0.33; see
-    ``core.families.flux1.NORM_PARAMS``)."""
-    import comfy.ldm.flux.model
-    import comfy.ops
-    cfg = {k: v for k, v in comfy_unet_config(hidden, pooled_dim).items() if k != "image_model"}
-    model = comfy.ldm.flux.model.Flux(dtype=torch.float32, device="cpu", operations=comfy.ops.disable_weight_init,
-                                      **cfg)
-    return {k: v.clone() for k, v in seeded_(model, seed).state_dict().items()}
+    """Seeded FLUX weights in the host's own BFL / ComfyUI layout (nodes/families/flux1.py)."""
+    from kontext_sliders.nodes.families.flux1 import tiny_state_dict
+    return tiny_state_dict(seed, hidden=hidden, pooled_dim=pooled_dim)
 
 
 def comfy_patcher(bfl_sd: dict[str, torch.Tensor], dtype=torch.float32, manual_cast=None, **unet_overrides):
-    """A real ModelPatcher around ComfyUI's Flux (model_base.Flux via supported_models), on the CPU.
-
-    Built from a detected config with heads and RoPE axes overridden (ComfyUI's detection hard-codes
-    FLUX.1's 24 heads and [16, 56, 56]).
-    """
-    import comfy.model_detection
-    import comfy.model_patcher
-    sd = dict(bfl_sd)
-    unet_config = comfy.model_detection.detect_unet_config(sd, "")
-    unet_config.update(num_heads=HEADS, axes_dim=list(AXES), **unet_overrides)
-    model_config = comfy.model_detection.model_config_from_unet_config(unet_config, sd)
-    model_config.set_inference_dtype(dtype, manual_cast)
-    model = model_config.get_model(sd, "")
-    model.load_model_weights(sd, "")
-    return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+    """A real ModelPatcher around ComfyUI's Flux, through ComfyUI's detection (nodes/families/flux1.py)."""
+    from kontext_sliders.nodes.families.flux1 import tiny_model
+    return tiny_model(bfl_sd, dtype=dtype, manual_cast=manual_cast, **unet_overrides)
 
 
-# A FLUX text encoder pair at a tiny size: ComfyUI's own FluxTokenizer (CLIP-L + T5 tokenizers, shipped
-# in ComfyUI) and FluxClipModel, with the layer sizes overridden through model_options.
-TINY_CLIP_L_POOLED = 64
-TINY_CLIP_L = {"hidden_size": TINY_CLIP_L_POOLED, "intermediate_size": 128, "num_attention_heads": 2,
-               "num_hidden_layers": 2}
-TINY_T5 = {"d_model": CONTEXT_DIM, "d_ff": 64, "d_kv": 16, "num_heads": 2, "num_layers": 2}
+TINY_CLIP_L_POOLED = 64  # nodes/families/flux1.py's tiny CLIP-L width
 
 
 def tiny_flux_clip(seed: int = 0):
-    """A real comfy.sd.CLIP (tokenizers, scheduled encode, patcher) with seeded tiny encoders."""
-    import comfy.sd
-    import comfy.supported_models_base
-    import comfy.text_encoders.flux
-    target = comfy.supported_models_base.ClipTarget(comfy.text_encoders.flux.FluxTokenizer,
-                                                    comfy.text_encoders.flux.flux_clip())
-    clip = comfy.sd.CLIP(target, model_options={"clip_l_model_config": dict(TINY_CLIP_L),
-                                                "t5xxl_model_config": dict(TINY_T5),
-                                                "dtype": torch.float32})
-    seeded_(clip.cond_stage_model, seed, std=0.3).requires_grad_(False)
-    return clip
+    """A real comfy.sd.CLIP with seeded tiny FLUX text encoders (nodes/families/flux1.py)."""
+    from kontext_sliders.nodes.families.flux1 import tiny_text_encoder
+    return tiny_text_encoder(seed)
 
 
 def process_latent_out(patcher, latent: torch.Tensor) -> torch.Tensor:
@@ -294,21 +245,15 @@ def instruction_env(prompt: str) -> dict:
 # ---------------------------------------------------------------- diffusers tiny Flux
 
 def diffusers_seeded(seed: int, pooled_dim: int = POOLED_DIM):
-    """diffusers' FluxTransformer2DModel at the tiny size with seeded random weights."""
-    from diffusers import FluxTransformer2DModel
-    model = FluxTransformer2DModel(patch_size=1, in_channels=4 * LATENT_CHANNELS, num_layers=DEPTH,
-                                   num_single_layers=DEPTH_SINGLE, attention_head_dim=HIDDEN // HEADS,
-                                   num_attention_heads=HEADS, joint_attention_dim=CONTEXT_DIM,
-                                   pooled_projection_dim=pooled_dim, guidance_embeds=True, axes_dims_rope=AXES)
-    return seeded_(model, seed)
+    """diffusers' FluxTransformer2DModel at the tiny size with seeded weights (trainer/families/flux1.py)."""
+    from kontext_sliders.trainer.families.flux1 import tiny_transformer
+    return tiny_transformer(seed, pooled_dim=pooled_dim)
 
 
 def diffusers_tiny(bfl_sd: dict[str, torch.Tensor]):
     """The tiny diffusers model holding the same weights as ``bfl_sd`` (BFL / ComfyUI names)."""
-    from kontext_sliders.core.families.flux1 import bfl_to_diffusers
-    model = diffusers_seeded(0, pooled_dim=bfl_sd["vector_in.in_layer.weight"].shape[1])
-    model.load_state_dict(bfl_to_diffusers(bfl_sd), strict=True)
-    return model.eval()
+    from kontext_sliders.trainer.families.flux1 import tiny_transformer_from_host
+    return tiny_transformer_from_host(bfl_sd)
 
 
 def pack_latents(z: torch.Tensor) -> torch.Tensor:

@@ -237,3 +237,36 @@ def lora_shape(suffix: str, double: bool, sizes: FluxSizes) -> tuple[int, int]:
     if suffix == "proj_out":
         return h, h + mlp
     return h, h
+
+
+# ---------------------------------------------------------------- tiny models for tests and parity checks
+
+@dataclass(frozen=True)
+class TinyFlux:
+    """A FLUX.1 small enough for CPU tests (the parity-test size: 3 double + 2 single blocks, 2 heads x 16,
+    T5 width 32, pooled CLIP-L 768); both sides build it from these numbers (``nodes/families/flux1.py``
+    through ComfyUI's classes, ``trainer/families/flux1.py`` through diffusers')."""
+    hidden: int = 32
+    heads: int = 2
+    depth: int = 3
+    depth_single: int = 2
+    context_dim: int = 32
+    pooled_dim: int = POOLED_DIM
+    axes: tuple[int, int, int] = (4, 6, 6)
+    latent_channels: int = 16
+
+
+TINY = TinyFlux()
+# parameters that scale a normalised value: seeded around 1, not 0 (both layouts' and both RMSNorm names)
+_NORM_SCALES = ("scale", "norm_q.weight", "norm_k.weight", "norm_added_q.weight", "norm_added_k.weight",
+                "query_norm.weight", "key_norm.weight")
+
+
+def seeded_(module: torch.nn.Module, seed: int, std: float = 0.1) -> torch.nn.Module:
+    """Overwrite every parameter with seeded noise (norm scales around 1) so nothing is trivially 0."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in sorted(module.named_parameters()):
+            noise = torch.randn(p.shape, generator=g, dtype=torch.float32) * std
+            p.copy_((1.0 + noise) if name.endswith(_NORM_SCALES) else noise)
+    return module

@@ -12,7 +12,7 @@ import comfy.ldm.flux.layers
 import comfy.ldm.flux.model
 import torch
 
-from ...core.families.flux1 import DISPLAY, NAME, FluxSizes
+from ...core.families.flux1 import DISPLAY, NAME, TINY, FluxSizes, TinyFlux, seeded_
 from .base import ModulationSite, TextStreamSite, UnsupportedVariant
 
 __all__ = ["DISPLAY", "NAME", "Flux1", "adapt"]
@@ -123,3 +123,65 @@ def adapt(patcher, diffusion_model) -> Flux1 | None:
         raise UnsupportedVariant("this Flux variant has no per-block text modulation (global modulation, e.g. "
                                  "FLUX.2 / Chroma); the Kontext Sliders patches need FLUX.1's per-block txt_mod")
     return Flux1(patcher, diffusion_model, blocks)
+
+
+# ---------------------------------------------------------------- tiny models for tests (ComfyUI's own classes)
+
+def tiny_unet_config(tiny: TinyFlux = TINY, hidden: int | None = None, pooled_dim: int | None = None) -> dict:
+    """The unet config of ComfyUI's Flux at a tiny size (``hidden`` / ``pooled_dim`` override ``tiny``'s)."""
+    return {"image_model": "flux", "in_channels": tiny.latent_channels, "out_channels": tiny.latent_channels,
+            "patch_size": 2, "vec_in_dim": pooled_dim or tiny.pooled_dim, "context_in_dim": tiny.context_dim,
+            "hidden_size": hidden or tiny.hidden, "mlp_ratio": 4.0, "num_heads": tiny.heads, "depth": tiny.depth,
+            "depth_single_blocks": tiny.depth_single, "axes_dim": list(tiny.axes), "theta": 10000, "qkv_bias": True,
+            "guidance_embed": True, "txt_ids_dims": []}
+
+
+def tiny_state_dict(seed: int = 0, tiny: TinyFlux = TINY, hidden: int | None = None,
+                    pooled_dim: int | None = None) -> dict[str, torch.Tensor]:
+    """Seeded FLUX weights in BFL / ComfyUI names, made by the host's own Flux class, so in the host's own
+    layout (RMSNorms ``...norm.scale`` up to ComfyUI 0.8, ``...norm.weight`` from 0.33)."""
+    import comfy.ops
+    cfg = {k: v for k, v in tiny_unet_config(tiny, hidden, pooled_dim).items() if k != "image_model"}
+    model = comfy.ldm.flux.model.Flux(dtype=torch.float32, device="cpu", operations=comfy.ops.disable_weight_init,
+                                      **cfg)
+    return {k: v.clone() for k, v in seeded_(model, seed).state_dict().items()}
+
+
+def tiny_model(bfl_sd: dict[str, torch.Tensor], tiny: TinyFlux = TINY, dtype=torch.float32, manual_cast=None,
+               **unet_overrides):
+    """A real ModelPatcher around ComfyUI's Flux (model_base.Flux via detection and supported_models), on the CPU.
+
+    Built from the detected config with heads and RoPE axes overridden (ComfyUI's detection hard-codes
+    FLUX.1's 24 heads and [16, 56, 56]).
+    """
+    import comfy.model_detection
+    import comfy.model_patcher
+    sd = dict(bfl_sd)
+    unet_config = comfy.model_detection.detect_unet_config(sd, "")
+    unet_config.update(num_heads=tiny.heads, axes_dim=list(tiny.axes), **unet_overrides)
+    model_config = comfy.model_detection.model_config_from_unet_config(unet_config, sd)
+    model_config.set_inference_dtype(dtype, manual_cast)
+    model = model_config.get_model(sd, "")
+    model.load_model_weights(sd, "")
+    return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+
+
+# FLUX's text encoder pair at a tiny size: ComfyUI's own FluxTokenizer (CLIP-L + T5 tokenizers, shipped in
+# ComfyUI) and FluxClipModel, with the layer sizes overridden through model_options.
+TINY_CLIP_L_POOLED = 64
+TINY_CLIP_L = {"hidden_size": TINY_CLIP_L_POOLED, "intermediate_size": 128, "num_attention_heads": 2,
+               "num_hidden_layers": 2}
+
+
+def tiny_text_encoder(seed: int = 0, tiny: TinyFlux = TINY):
+    """A real comfy.sd.CLIP (tokenizers, scheduled encode, patcher) with seeded tiny encoders."""
+    import comfy.sd
+    import comfy.supported_models_base
+    import comfy.text_encoders.flux
+    t5 = {"d_model": tiny.context_dim, "d_ff": 64, "d_kv": 16, "num_heads": 2, "num_layers": 2}
+    target = comfy.supported_models_base.ClipTarget(comfy.text_encoders.flux.FluxTokenizer,
+                                                    comfy.text_encoders.flux.flux_clip())
+    clip = comfy.sd.CLIP(target, model_options={"clip_l_model_config": dict(TINY_CLIP_L), "t5xxl_model_config": t5,
+                                                "dtype": torch.float32})
+    seeded_(clip.cond_stage_model, seed, std=0.3).requires_grad_(False)
+    return clip

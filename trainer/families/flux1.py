@@ -12,10 +12,11 @@ from typing import Sequence
 
 import torch
 
+from ...core.families.flux1 import TINY, bfl_to_diffusers, seeded_
 from ...core.instructions import joined_prompt
 from ...core.slideredit.lora import first_token_span
-from ..data.images import load_rgb
 from ...core.slideredit.weights import GSTLORA_TARGETS, STLORA_TARGETS, VARIANTS
+from ..data.images import load_rgb
 
 # hidden 64 = 2 heads x 32 (RoPE axes 8 + 12 + 12 = 32), 2 double + 2 single blocks; pixels packed 2x2
 DEMO_TRANSFORMER = {"patch_size": 1, "in_channels": 12, "out_channels": 12, "num_layers": 2,
@@ -197,3 +198,25 @@ class FluxTextEncoder:
 
     def release(self):
         self._pipe = None
+
+
+# ---------------------------------------------------------------- tiny models for tests (diffusers' class)
+
+def tiny_transformer(seed: int, tiny=None, pooled_dim: int | None = None):
+    """diffusers' FluxTransformer2DModel at ``core.families.flux1.TINY``'s size, with seeded weights (the same
+    numbers ``nodes/families/flux1.py`` builds ComfyUI's Flux from)."""
+    from diffusers import FluxTransformer2DModel
+    t = tiny or TINY
+    model = FluxTransformer2DModel(patch_size=1, in_channels=4 * t.latent_channels, num_layers=t.depth,
+                                   num_single_layers=t.depth_single, attention_head_dim=t.hidden // t.heads,
+                                   num_attention_heads=t.heads, joint_attention_dim=t.context_dim,
+                                   pooled_projection_dim=pooled_dim or t.pooled_dim, guidance_embeds=True,
+                                   axes_dims_rope=t.axes)
+    return seeded_(model, seed)
+
+
+def tiny_transformer_from_host(bfl_sd: dict[str, torch.Tensor], tiny=None):
+    """The tiny diffusers transformer holding the same weights as a host (BFL / ComfyUI names) state dict."""
+    model = tiny_transformer(0, tiny, pooled_dim=bfl_sd["vector_in.in_layer.weight"].shape[1])
+    model.load_state_dict(bfl_to_diffusers(bfl_sd), strict=True)
+    return model.eval()
