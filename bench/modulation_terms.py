@@ -10,7 +10,7 @@ transformer call of the same random FLUX-architecture model on the same inputs, 
 * text drift: the same relative change of the text tokens' hidden state after the double blocks.
 
 Random weights say nothing about what an edit looks like; they do show how strongly and how smoothly
-each term set moves the computation. See bench/README.md for the figures.
+each term set moves the computation. See docs/benches.md and docs/results.md for the figures.
 
   python bench/modulation_terms.py [--device cuda] [--size small|medium|full] [--json out.json]
 """
@@ -39,7 +39,7 @@ def unit_modulations(dm, inputs):
     """Rescale every block's modulation Linear so its outputs have unit std on these inputs.
 
     With N(0, 0.02) weights the modulations are ~1e-3 and no multiplier moves anything; a trained
-    model's shifts and scales are O(1). This is an assumption of the measurement, stated in the README.
+    model's shifts and scales are O(1). This is an assumption of the measurement, stated in docs/benches.md.
     """
     from comfy.ldm.flux.layers import timestep_embedding
     vec = dm.time_in(timestep_embedding(inputs["timestep"], 256).to(inputs["x"].dtype))

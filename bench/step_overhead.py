@@ -8,7 +8,7 @@ run, and prints the median ratio patched / unpatched. Target: at most +1 %.
   python bench/step_overhead.py --size small --device cpu --json out.json
   python bench/step_overhead.py --device meta      # builds + patches the full size, no timing
 
-Weights are random (nothing real is needed to measure time); see bench/README.md.
+Weights are random (nothing real is needed to measure time); see docs/benches.md.
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ import torch
 
 
 # The most sub-instructions one prompt may have. Each line is a slider the user sets by hand; guidance
-# adds one batch row per line at every step, and the encode cost grows with the count (README: measured
+# adds one batch row per line at every step, and the encode cost grows with the count (docs/results.md: measured
 # cost at 2 / 8 / 32 / 64 lines). 64 leaves twice the room anyone sets by hand.
 MAX_INSTRUCTIONS = 64
 

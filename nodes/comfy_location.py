@@ -1,6 +1,6 @@
 """Where ComfyUI is, for the tests, the benches and CI (inside ComfyUI nothing needs to look).
 
-The order the README gives: ``COMFYUI_PATH``, else the ``custom_nodes`` grandparent of this pack, else
+The order docs/testing.md gives: ``COMFYUI_PATH``, else the ``custom_nodes`` grandparent of this pack, else
 ``~/comfy/ComfyUI``. An explicitly set ``COMFYUI_PATH`` that is not ComfyUI is an error, never a silent
 fall-back to another copy: the user asked for that one. Imports nothing from ComfyUI.
 """

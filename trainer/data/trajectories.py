@@ -82,7 +82,7 @@ def _trajectory_from_json(d: dict, where: str) -> Trajectory:
 def read_json_manifest(path: Path, fmt: str, version: int, what: str, error=TrajectoryFormatError) -> dict:
     """A manifest's JSON, its format and version checked; ``error`` (naming the file) for anything else."""
     if not path.is_file():
-        raise error(f"{path} not found: {what} needs a {path.name} (see the README's data section)")
+        raise error(f"{path} not found: {what} needs a {path.name} (see docs/data-formats.md)")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:

@@ -76,7 +76,8 @@ class DataSection:
     pixel_space: bool = False  # the demo: images are the latents (no VAE)
     learned_text_tokens: int = 4  # slideredit: tokens per sub-instruction
     # the offline per-line encoder's pooled vector of a prompt of several lines: the "mean" of its lines' or
-    # their "sum" (each line's share of the modulation input as when it stands alone: README, NumeriKontrol demo)
+    # their "sum" (each line's share of the modulation input as when it stands alone: docs/results.md,
+    # NumeriKontrol demo)
     lines_pooled: str = "mean"
     # method slideredit: folders in the SliderEdit edit format (``edits.json``: an image + its sub-instruction
     # lines; trainer/data/edits.py). Trajectory folders listed in ``trajectories`` count too: each trajectory

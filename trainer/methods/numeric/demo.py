@@ -58,11 +58,11 @@ class NumericDemoSettings(DemoSettings):
     steps: int = 3000
     max_edits: int = 2  # text room (learned encoder) for two-line prompts
     # sources carrying the other task at random frame values (``synth cat --background``): measured, not the
-    # default (README: it cost exposure PSNR and did not close the two-edit gap)
+    # default (docs/results.md: it cost exposure PSNR and did not close the two-edit gap)
     background: bool = False
     # each trajectory spans one of these fractions of its task's range (``synth cat --extents``), and the
     # baseline's 0-1 strength is per trajectory: sequences that stop at different places, which a 0-1 label cannot
-    # say and a number with a unit does (the paper's Table 1 comparison). README: measured against (1,), every
+    # say and a number with a unit does (the paper's Table 1 comparison). docs/results.md: measured against (1,), every
     # trajectory the whole range, where both models get the same information
     extents: tuple[float, ...] = (1 / 3, 2 / 3, 1.0)
     # > 0: the paper's setting, both methods fine-tuned from one base editor: first a plain editor (``method:
@@ -72,7 +72,7 @@ class NumericDemoSettings(DemoSettings):
     # that base (``finetune``: every weight, or a LoRA on the frozen base), ``steps`` each, the same fixed per-line
     # text vectors for all three (``data.text_encoder: lines``).
     # 0: both models from scratch, every weight trained. The defaults (base 3000 steps, whole fine-tunes at 3e-4,
-    # 3000 steps each, the pooled sum) are the setting measured to hold every claim (README: five seeds of six)
+    # 3000 steps each, the pooled sum) are the setting measured to hold every claim (docs/results.md: five seeds of six)
     base_steps: int = 3000
     finetune_rank: int = 16
     # what the two fine-tunes train besides the adapter / the projector: "lora" (rank ``finetune_rank``; the
@@ -87,8 +87,8 @@ class NumericDemoSettings(DemoSettings):
     # is several instructions at once (1: about a tenth)
     base_composed: int = 1
     # the offline line encoder's pooled vector of a two-line prompt (``data.lines_pooled``) in all three runs of
-    # the base setting: "mean" of the lines' or their "sum" (README: the sum keeps each line's modulation input as
-    # in its single edit, and the zero-shot two-line prompt composes)
+    # the base setting: "mean" of the lines' or their "sum" (docs/results.md: the sum keeps each line's
+    # modulation input as in its single edit, and the zero-shot two-line prompt composes)
     lines_pooled: str = "sum"
 
 

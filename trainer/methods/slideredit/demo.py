@@ -55,7 +55,7 @@ class SliderEditDemoSettings(DemoSettings):
     editor_steps: int = 1500
     slider_steps: int = 400
     slider_lr: float = 2e-3
-    rank: int = 4  # on hidden 64; 16 (the authors', on 3072) leaked the blur slider into saturation (README)
+    rank: int = 4  # on hidden 64; 16 (the authors', on 3072) leaked the blur slider into saturation (docs/results.md)
     crops_per_photo: int = 48
 
 

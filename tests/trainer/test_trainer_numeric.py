@@ -274,6 +274,7 @@ def test_numeric_config_defaults_and_errors(cat_data, tmp_path):
 
 # ---------------------------------------------------------------- whole runs: resume, 2 ranks, validation, export
 
+@pytest.mark.slow  # processes killed / launched: tens of seconds each
 def test_sigkill_mid_step_then_resume_equals_an_uninterrupted_run(cat_data, tmp_path):
     import json
     from test_trainer import killed_then_resumed, write_config
@@ -295,6 +296,7 @@ def test_sigkill_mid_step_then_resume_equals_an_uninterrupted_run(cat_data, tmp_
     assert m["instructions"][0] == "Increase the exposure by 0 EV"
 
 
+@pytest.mark.slow  # processes killed / launched: tens of seconds each
 def test_two_process_run_keeps_identical_weights_and_equals_one_process(cat_data, tmp_path):
     from safetensors.torch import load_file
     from test_trainer import cli, launch_two_processes, write_config

@@ -36,7 +36,7 @@ def test_fallbacks_apply_only_when_the_variable_is_unset(tmp_path, monkeypatch):
 
 
 def test_pytest_run_stops_with_the_message(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "--co", "tests/test_flux_keys.py"],
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "--co", "tests/core/test_flux_keys.py"],
                             cwd=F.PACK_DIR, env=_env(COMFYUI_PATH=str(tmp_path)), capture_output=True, text=True)
     assert result.returncode != 0
     assert f"COMFYUI_PATH={tmp_path} is not a ComfyUI folder" in result.stdout + result.stderr

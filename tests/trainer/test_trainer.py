@@ -220,6 +220,7 @@ def killed_then_resumed(straight: Path, killed: Path, kill_at: int, saved: int) 
     return a, b
 
 
+@pytest.mark.slow  # processes killed / launched: tens of seconds each
 def test_sigkill_mid_step_then_resume_equals_an_uninterrupted_run(data, tmp_path):
     a, b = killed_then_resumed(write_config(tmp_path / "straight.yaml", tiny_config(data, tmp_path / "straight")),
                                write_config(tmp_path / "killed.yaml", tiny_config(data, tmp_path / "killed")), 5, 3)
@@ -263,6 +264,7 @@ def launch_two_processes(config: Path) -> None:
     assert "trainable weights identical on 2 ranks" in r.stderr
 
 
+@pytest.mark.slow  # processes killed / launched: tens of seconds each
 def test_two_process_run_keeps_identical_weights_on_both_ranks(data, tmp_path):
     from safetensors.torch import load_file
     launch_two_processes(write_config(tmp_path / "ddp.yaml", tiny_config(data, tmp_path / "ddp", batch_size=1)))

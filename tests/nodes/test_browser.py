@@ -147,12 +147,14 @@ def page(browser, server):
     page.close()
 
 
+@pytest.mark.slow  # a browser against a real server: the slow tier
 def test_the_extension_registers_once(page, server):
     names = page.evaluate("() => app.extensions.map(e => e.name)")
     assert names.count("KontextSliders.SweepPreview") == 1, names
     assert errors(page, server) == []
 
 
+@pytest.mark.slow  # a browser against a real server: the slow tier
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
 def test_example_workflow_loads_without_errors_or_missing_nodes(page, server, path, shots):
     workflow = json.loads(path.read_text(encoding="utf-8"))
@@ -295,6 +297,7 @@ def exercise_scrubber(page, server, shots, name):
     return root
 
 
+@pytest.mark.slow  # a browser against a real server: the slow tier
 def test_sweep_preview_scrubs_in_the_classic_canvas(page, server, shots):
     root = exercise_scrubber(page, server, shots, "classic")
     page.keyboard.press("Home")
@@ -313,6 +316,7 @@ def test_sweep_preview_scrubs_in_the_classic_canvas(page, server, shots):
     page.screenshot(path=shots / "sweep_preview.png", clip=clip)  # the README's picture (web/docs/)
 
 
+@pytest.mark.slow  # a browser against a real server: the slow tier
 def test_sweep_preview_scrubs_with_vue_nodes(page, server, shots):
     page.evaluate("() => app.extensionManager.setting.set('Comfy.VueNodes.Enabled', true)")
     try:

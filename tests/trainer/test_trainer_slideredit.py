@@ -241,6 +241,7 @@ def test_gradient_checkpointing_keeps_the_scales_for_the_recompute(edits, tmp_pa
 
 # ---------------------------------------------------------------- whole runs: resume, 2 ranks, validation, export
 
+@pytest.mark.slow  # processes killed / launched: tens of seconds each
 def test_sigkill_mid_step_then_resume_equals_an_uninterrupted_run(edits, tmp_path):
     from test_trainer import killed_then_resumed
     a, b = killed_then_resumed(write_config(tmp_path / "straight.yaml", slideredit_config(edits, tmp_path / "straight")),
@@ -258,6 +259,7 @@ def test_sigkill_mid_step_then_resume_equals_an_uninterrupted_run(edits, tmp_pat
         assert im.size == (16 * 4, 16)
 
 
+@pytest.mark.slow  # processes killed / launched: tens of seconds each
 def test_two_process_run_keeps_identical_weights_and_equals_one_process(edits, tmp_path):
     from safetensors.torch import load_file
     from test_trainer import launch_two_processes

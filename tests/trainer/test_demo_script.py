@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "trainer" / "demo.sh"
 SYSTEM_PATH = "/usr/bin:/bin"  # bash, cat, cksum; no nvidia-smi unless the machine really has one
 
