@@ -189,3 +189,20 @@ def test_the_runtime_and_shared_node_modules_import_no_method():
     bad = [f"{name} -> {dep}" for name, deps in import_graph().items() if _within(name, NODES_SHARED)
            for dep in deps if _within(dep, NODES_METHODS)]
     assert not bad, f"the runtime and shared node modules must not import a method's nodes: {bad}"
+
+
+TRAINER_SHARED = ("trainer.engine", "trainer.families", "trainer.data")
+
+
+def test_the_trainer_engine_families_and_data_import_no_method():
+    """Methods register with the engine (trainer/engine/registry.py); the shared loop never imports one."""
+    bad = [f"{name} -> {dep}" for name, deps in import_graph().items() if _within(name, TRAINER_SHARED)
+           for dep in deps if _within(dep, ("trainer.methods",))]
+    assert not bad, f"the trainer's shared pieces must not import a method: {bad}"
+
+
+def test_family_modules_import_no_method_and_no_engine():
+    bad = [f"{name} -> {dep}" for name, deps in import_graph().items()
+           if _within(name, ("core.families", "nodes.families", "trainer.families"))
+           for dep in deps if _within(dep, ("trainer.methods", "trainer.engine", "nodes.runtime") + NODES_METHODS)]
+    assert not bad, f"a family module knows its model, not the methods or the engine: {bad}"

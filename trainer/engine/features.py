@@ -155,13 +155,13 @@ def cache_trajectories(roots: list[str], cache: FeatureCache, codec, text_encode
         from tqdm.auto import tqdm
         iterator = tqdm(items, desc="caching features", unit="trajectory")
     for root, traj in iterator:
-        source = _cached_image(root / traj.source, cache, codec, skipped)
+        source = cached_image(root / traj.source, cache, codec, skipped)
         if source is None:
             skipped["trajectory without a readable source"] += 1
             continue
         frames, values = [], []
         for frame in traj.frames:
-            key = _cached_image(root / frame.path, cache, codec, skipped)
+            key = cached_image(root / frame.path, cache, codec, skipped)
             if key is not None:
                 frames.append((key, frame.strength))
                 values.append(frame.value)
@@ -179,7 +179,7 @@ def cache_trajectories(roots: list[str], cache: FeatureCache, codec, text_encode
     return CachedDataset(out, texts, skipped)
 
 
-def _cached_image(path: Path, cache: FeatureCache, codec, skipped: Counter) -> str | None:
+def cached_image(path: Path, cache: FeatureCache, codec, skipped: Counter) -> str | None:
     try:
         key = cache.key(path.read_bytes(), codec.id)
         if cache.get("image", key) is None:

@@ -21,22 +21,24 @@ class MethodEntry:
     dtype, transformer_dir)``: a checkpoint's tensors (``config``: its resolved config as a dict) to the files the
     nodes read (``export.export_checkpoint``'s contract); ``check_data(config)``: the data the method needs is
     listed (``config.check_ready_to_train``); ``check_config(config)``: the method's own checks of a config being
-    read (``config.config_from_dict``), or None. Both raise a ConfigError naming the key."""
+    read (``config.config_from_dict``), or None. Both raise a ConfigError naming the key. ``peft_lora``: the
+    method's rule for diffusers' peft LoRA on its transformer (``families.flux1.build_transformer``)."""
     name: str
     factory: Callable
     export: Callable
     check_data: Callable
     check_config: Callable | None = None
+    peft_lora: str = "none"
 
 
 _METHODS: dict[str, MethodEntry] = {}
 
 
 def register_method(name: str, factory: Callable, export: Callable, check_data: Callable,
-                    check_config: Callable | None = None) -> None:
+                    check_config: Callable | None = None, peft_lora: str = "none") -> None:
     if name in _METHODS and _METHODS[name].factory is not factory:
         raise ValueError(f"method {name!r} is registered twice")
-    _METHODS[name] = MethodEntry(name, factory, export, check_data, check_config)
+    _METHODS[name] = MethodEntry(name, factory, export, check_data, check_config, peft_lora)
 
 
 def load_methods() -> None:

@@ -80,14 +80,22 @@ def kontext_velocity(transformer, noisy: torch.Tensor, source: torch.Tensor, sig
     return unpack(out[:, : (h // 2) * (w // 2)].float(), h, w)
 
 
-def build_transformer(config, dtype: torch.dtype = torch.float32):
+PEFT_LORA = ("none", "pretrained", "always")
+
+
+def build_transformer(config, dtype: torch.dtype = torch.float32, peft_lora: str = "none"):
     """The FLUX transformer: pretrained (frozen, LoRA added) or from scratch (everything trainable).
 
-    ``model.train_transformer``: every weight trains, pretrained too (a full fine-tune). SliderEdit
-    (``method: slideredit``) keeps the base frozen either way (it is its own teacher) and adds no peft LoRA: its
-    adapter is ``methods/slideredit/model.SliderEditAdapter``. NumeriKontrol (``method: numeric``) adds its own LoRA to a
-    frozen transformer (trainer/methods/numeric/), none when every weight trains.
+    ``model.train_transformer``: every weight trains, pretrained too (a full fine-tune). A method that brings
+    its own adapter (SliderEdit's token-selective LoRA, NumeriKontrol's) gets the base frozen and no peft LoRA.
+
+    ``peft_lora``, the method's rule for diffusers' peft LoRA (its registry entry says which): "none" (it brings
+    its own adapter; a scratch base stays frozen too), "pretrained" (``lora`` on a pretrained base; a scratch
+    base trains every weight: the editor), "always" (``lora`` as configured, on a scratch base too, which also
+    trains every weight: Kontinuous).
     """
+    if peft_lora not in PEFT_LORA:
+        raise ValueError(f"peft_lora must be one of {PEFT_LORA}, not {peft_lora!r}")
     from diffusers import FluxTransformer2DModel
     m = config.model
     if (m.pretrained is None) == (m.scratch is None):
@@ -97,14 +105,14 @@ def build_transformer(config, dtype: torch.dtype = torch.float32):
         transformer = FluxTransformer2DModel.from_pretrained(m.pretrained, subfolder="transformer", torch_dtype=dtype)
     else:
         transformer = FluxTransformer2DModel(**m.scratch)
-    peft_lora = config.method in ("kontinuous", "editor")  # SliderEdit and NumeriKontrol bring their own
-    if not (m.train_transformer or (m.scratch is not None and peft_lora)):
+    own = peft_lora != "none"
+    if not (m.train_transformer or (m.scratch is not None and own)):
         transformer.requires_grad_(False)
-    # a scratch editor trains every weight; a scratch Kontinuous run keeps its LoRA as configured (as before)
-    if peft_lora and config.lora.enabled and (m.pretrained is not None or config.method == "kontinuous"):
+    if own and config.lora.enabled and (m.pretrained is not None or peft_lora == "always"):
         from peft import LoraConfig
         transformer.add_adapter(LoraConfig(r=config.lora.rank, lora_alpha=config.lora.alpha,
-                                           init_lora_weights=config.lora.init, target_modules=list(config.lora.targets)))
+                                           init_lora_weights=config.lora.init,
+                                           target_modules=list(config.lora.targets)))
         for name, p in transformer.named_parameters():
             if "lora_" in name:
                 p.data = p.data.float()  # trainable tensors in fp32; autocast runs the maths in bf16

@@ -18,6 +18,7 @@ import torch
 from ...engine.codecs import make_codecs, text_encoder_for
 from ...engine.config import ConfigError, require_samples
 from ...engine.export import export_editor
+from ...engine.edit_cache import cache_edits
 from ...engine.features import FeatureCache, to_pil
 from ...engine.flow_matching import TRAIN_SIGMAS, flow_matching, seeded_noise
 from ...engine.loop import Method
@@ -25,9 +26,11 @@ from ...engine.registry import register_method
 from ...engine.sampling import euler
 from ...engine.validation import grid
 from ...families.flux1 import build_transformer, kontext_velocity
-from ..slideredit.method import cache_edits
 
 log = logging.getLogger("kontext_sliders.trainer")
+
+# diffusers' peft LoRA on a pretrained base only; a scratch editor trains every weight
+PEFT_LORA_RULE = "pretrained"
 
 
 class KontextEditorModel(torch.nn.Module):
@@ -77,7 +80,8 @@ class EditorMethod(Method):
         log.info("%d edits with targets; skipped: %s", len(self.dataset.samples), dict(self.dataset.skipped) or "none")
 
     def build_model(self) -> KontextEditorModel:
-        return KontextEditorModel(build_transformer(self.config), self.config.slideredit.guidance)
+        transformer = build_transformer(self.config, peft_lora=PEFT_LORA_RULE)
+        return KontextEditorModel(transformer, self.config.slideredit.guidance)
 
     def rows(self, seed: int, step: int, global_batch: int) -> list[EditorRow]:
         return editor_rows_for_step(seed, step, global_batch, len(self.dataset.samples))
@@ -142,4 +146,4 @@ def check_data(config) -> None:
     require_samples(config)
 
 
-register_method("editor", EditorMethod, export_run, check_data)
+register_method("editor", EditorMethod, export_run, check_data, peft_lora=PEFT_LORA_RULE)

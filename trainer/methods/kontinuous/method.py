@@ -20,7 +20,7 @@ from ...engine.loop import Method
 from ...engine.registry import register_method
 from ...engine.validation import render_validation
 from .export import export_run
-from .model import KontextSliderModel, build_model
+from .model import PEFT_LORA_RULE, KontextSliderModel, build_model
 
 log = logging.getLogger("kontext_sliders.trainer")
 
@@ -114,4 +114,4 @@ class KontinuousMethod(Method):
         render_validation(model, self.dataset, self.cache, self.codec, self.config, prefix)
 
 
-register_method("kontinuous", KontinuousMethod, export_run, require_trajectories)
+register_method("kontinuous", KontinuousMethod, export_run, require_trajectories, peft_lora=PEFT_LORA_RULE)

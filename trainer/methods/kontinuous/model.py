@@ -15,6 +15,9 @@ from ...engine.config import TrainConfig
 from ...families.flux1 import build_transformer, kontext_velocity
 from .modulation_hook import ModulationOffsetHooks
 
+# diffusers' peft LoRA as configured, on a scratch base too (which then trains every weight)
+PEFT_LORA_RULE = "always"
+
 
 class LearnedTextEncoder(nn.Module):
     """One learned (T5-like sequence, pooled vector) per instruction: the demo's offline text encoder."""
@@ -81,7 +84,7 @@ class KontextSliderModel(nn.Module):
 
 
 def build_model(config: TrainConfig, instructions: list[str] | None = None, dtype: torch.dtype = torch.float32):
-    transformer = build_transformer(config, dtype)
+    transformer = build_transformer(config, dtype, peft_lora=PEFT_LORA_RULE)
     projector = SliderProjector(projector_config(config, transformer))
     text_encoder = None
     if config.data.text_encoder == "learned":

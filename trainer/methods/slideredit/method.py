@@ -16,10 +16,8 @@ noise are a pure function of (seed, step, row), so resume is exact.
 """
 from __future__ import annotations
 
-import itertools
 import logging
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,12 +25,11 @@ import torch
 from ....core.instructions import joined_prompt
 from ....core.slideredit.weights import SliderEditWeights, save_authors_layout, save_slideredit
 from ....core.slideredit.lora import stlora_token_scales
-from ...data.edits import EditFormatError, read_edits
-from ...data.trajectories import TrajectoryFormatError
 from ...engine.codecs import make_codecs, text_encoder_for
 from ...engine.config import ConfigError, require_samples
 from ...engine.export import refuse_transformer_out
-from ...engine.features import FeatureCache, _cached_image, cached_lines, to_pil
+from ...engine.edit_cache import cache_edits
+from ...engine.features import FeatureCache, to_pil
 from ...engine.flow_matching import TRAIN_SIGMAS, seeded_noise
 from ...engine.loop import Method
 from ...engine.registry import register_method
@@ -42,23 +39,6 @@ from ...families.flux1 import build_transformer
 from .model import SliderEditAdapter, SliderEditModel
 
 log = logging.getLogger("kontext_sliders.trainer")
-
-
-@dataclass
-class CachedEdit:
-    id: str
-    source: str  # image cache key
-    lines: tuple[str, ...]
-    full: str  # text cache key of the full prompt: context, pooled, spans [K, 2]
-    kept: dict[tuple[int, ...], str] = field(default_factory=dict)  # PPS: kept line indices -> text cache key
-    target: str | None = None  # image cache key of the ground-truth edit (``method: editor``)
-
-
-@dataclass
-class EditDataset:
-    samples: list[CachedEdit]
-    neutral: str  # text cache key of the neutral prompt (SPPS teacher)
-    skipped: Counter = field(default_factory=Counter)
 
 
 @dataclass
@@ -84,62 +64,6 @@ def edit_rows_for_step(seed: int, step: int, global_batch: int, line_counts: lis
         sigma = float(TRAIN_SIGMAS[int(torch.randint(1000, (1,), generator=g))])
         rows.append(EditRow(sample, suppressed, sigma, seed * 1_000_003 + step * 4096 + i))
     return rows
-
-
-def cache_edits(roots: list[str], cache: FeatureCache, codec, text_encoder, loss: str | None, neutral_prompt: str,
-                max_lines: int, progress: bool = False, targets: bool = False) -> EditDataset:
-    """Encode what is not cached yet; return the samples as cache keys. Bad samples are counted, never fatal.
-
-    ``loss`` "pps" also caches every kept-lines prompt; ``targets`` (the plain editor): each sample's
-    ground-truth image too, and samples without one are skipped (samples without lines are kept only then).
-    """
-    skipped: Counter = Counter()
-    items = []
-    for root in roots:
-        try:
-            items += [(Path(root), s) for s in read_edits(root)]
-        except (EditFormatError, TrajectoryFormatError) as e:
-            log.warning("skipping sample folder %s: %s", root, e)
-            skipped["unreadable manifest"] += 1
-
-    def text(lines) -> str:
-        return cached_lines(lines, cache, text_encoder)
-
-    if progress:
-        from tqdm.auto import tqdm
-        items = tqdm(items, desc="caching features", unit="sample")
-    samples = []
-    for root, sample in items:
-        lines = sample.instructions
-        if targets and sample.target is None:
-            skipped["sample without a target image"] += 1
-            continue
-        if not (lines or targets):
-            skipped["sample without sub-instructions"] += 1
-            continue
-        if len(lines) > max_lines:
-            skipped["sample with more sub-instructions than slideredit.max_lines"] += 1
-            continue
-        source = _cached_image(root / sample.image, cache, codec, skipped)
-        target = _cached_image(root / sample.target, cache, codec, skipped) if targets else None
-        if source is None or (targets and target is None):
-            skipped["sample without a readable image"] += 1
-            continue
-        try:
-            full = text(lines)
-            kept = {}
-            if loss == "pps":
-                for n in range(len(lines)):
-                    for subset in itertools.combinations(range(len(lines)), n):
-                        kept[subset] = text([lines[i] for i in subset])
-        except ValueError as e:  # a line not found in the prompt's tokens
-            log.warning("sample %s: %s; skipped", sample.id, e)
-            skipped["sample whose sub-instruction tokens were not found"] += 1
-            continue
-        samples.append(CachedEdit(sample.id, source, tuple(lines), full, kept, target))
-    for key, count in skipped.items():
-        log.warning("skipped %d: %s", count, key)
-    return EditDataset(samples, text([neutral_prompt] if neutral_prompt else []), skipped)
 
 
 def pps_loss(model, batch: dict, batch_teacher: bool = True) -> torch.Tensor:
