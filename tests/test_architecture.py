@@ -206,3 +206,24 @@ def test_family_modules_import_no_method_and_no_engine():
            if _within(name, ("core.families", "nodes.families", "trainer.families"))
            for dep in deps if _within(dep, ("trainer.methods", "trainer.engine", "nodes.runtime") + NODES_METHODS)]
     assert not bad, f"a family module knows its model, not the methods or the engine: {bad}"
+
+
+DIFFUSERS_FLUX1_INTERNALS = {"transformer_blocks", "single_transformer_blocks", "norm1_context", "norm1",
+                             "FluxTransformer2DModel", "FluxKontextPipeline", "AutoencoderKL"}
+
+
+def test_only_the_trainer_family_module_names_diffusers_flux1_internals():
+    """Methods hook the transformer through trainer/families/<family>.py (block lists, where the text and the
+    modulation are), as the nodes do through nodes/families/; prose may name the classes, code may not."""
+    bad = []
+    for name, path in _modules().items():
+        if not name.startswith("trainer") or _within(name, ("trainer.families",)):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            word = (node.attr if isinstance(node, ast.Attribute) else node.id if isinstance(node, ast.Name)
+                    else node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None)
+            if word in DIFFUSERS_FLUX1_INTERNALS:
+                bad.append(f"{name}:{node.lineno}: {word}")
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("diffusers"):
+                bad += [f"{name}:{node.lineno}: {a.name}" for a in node.names if a.name in DIFFUSERS_FLUX1_INTERNALS]
+    assert not bad, f"diffusers FLUX.1 internals belong in trainer/families/flux1.py: {bad}"

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import torch
 
-from ...core.families.flux1 import TINY, bfl_to_diffusers, seeded_
+from ...core.families.flux1 import DIFFUSERS_MODULE, TINY, bfl_to_diffusers, seeded_
 from ...core.instructions import joined_prompt
 from ...core.slideredit.lora import first_token_span
 from ...core.slideredit.weights import GSTLORA_TARGETS, STLORA_TARGETS, VARIANTS
@@ -206,6 +206,51 @@ class FluxTextEncoder:
 
     def release(self):
         self._pipe = None
+
+
+# ---------------------------------------------------------------- where the methods' hooks attach
+
+def text_modulation_modules(transformer) -> list:
+    """Each double block's text-stream modulation (``norm1_context``: AdaLayerNormZero), in block order: where
+    Kontinuous offsets go (the trainer-side twin of the nodes' modulation sites)."""
+    blocks = getattr(transformer, "transformer_blocks", None)
+    if not blocks or not all(hasattr(b, "norm1_context") for b in blocks):
+        raise TypeError(f"{type(transformer).__name__} has no Flux double-stream blocks with norm1_context")
+    return [b.norm1_context for b in blocks]
+
+
+def text_modulation_dtype(output) -> torch.dtype:
+    return output[2].dtype
+
+
+def offset_text_modulation(output, dscale: torch.Tensor, dshift: torch.Tensor):
+    """A text modulation's output ``(x, gate_msa, shift_mlp, scale_mlp, gate_mlp)`` with the offsets added to
+    its MLP half's shift and scale, exactly where the official transformer adds them."""
+    x, gate_msa, shift_mlp, scale_mlp, gate_mlp = output
+    return x, gate_msa, shift_mlp + dshift, scale_mlp + dscale, gate_mlp
+
+
+def text_stream_blocks(transformer) -> list:
+    """Every block whose forward takes the text sequence (double, then single blocks)."""
+    blocks = list(getattr(transformer, "transformer_blocks", [])) + list(
+        getattr(transformer, "single_transformer_blocks", []))
+    if not blocks:
+        raise TypeError(f"{type(transformer).__name__} has no Flux transformer blocks")
+    return blocks
+
+
+def block_with_text(args, kwargs, move):
+    """A text-stream block's (args, kwargs) with its text sequence replaced by ``move(text)``: diffusers hands
+    both kinds of block the text as ``encoder_hidden_states`` (positionally under gradient checkpointing)."""
+    if "encoder_hidden_states" in kwargs:
+        return args, dict(kwargs, encoder_hidden_states=move(kwargs["encoder_hidden_states"]))
+    return (args[0], move(args[1])) + tuple(args[2:]), kwargs
+
+
+def linear_suffix(module_path: str) -> str | None:
+    """The block-relative suffix (``attn.add_q_proj`` ...) of a transformer block's module path, else None."""
+    m = DIFFUSERS_MODULE.match(module_path)
+    return m["suffix"] if m else None
 
 
 # ---------------------------------------------------------------- tiny models for tests (diffusers' class)

@@ -1,4 +1,4 @@
-"""SliderEdit on a diffusers ``FluxTransformer2DModel``: the trainer-side twin of the nodes' SliderEdit patch.
+"""SliderEdit on a diffusers transformer: the trainer-side twin of the nodes' SliderEdit patch.
 
 ``SliderEditAdapter`` holds one trainable pair A [r, in] / B [out, r] per adapted Linear and adds
 ``(x Aᵀ Bᵀ) · (alpha / rank) · scale`` to the Linear's output through a forward hook (no module is
@@ -20,7 +20,6 @@ A gaussian (std 1 / rank), B zeros (peft's ``init_lora_weights="gaussian"``, the
 from __future__ import annotations
 
 import math
-import re
 from typing import Sequence
 
 import torch
@@ -28,10 +27,10 @@ from torch import nn
 
 from ....core.slideredit.weights import GSTLORA_TARGETS, STLORA_TARGETS, SliderEditWeights
 from ....core.slideredit.lora import add_lora_delta
-from ...families.flux1 import ADAPTABLE, TEXT_STREAM, check_targets, kontext_velocity  # noqa: F401 (check_targets: re-exported)
+from ...families.flux1 import (ADAPTABLE, TEXT_STREAM, check_targets, kontext_velocity,  # noqa: F401 (check_targets: re-exported)
+                                linear_suffix)
 
 INITS = ("authors", "kaiming", "gaussian")
-_PATH = re.compile(r"^(?P<kind>transformer_blocks|single_transformer_blocks)\.\d+\.(?P<suffix>.+)$")
 
 
 def default_targets(variant: str) -> tuple[str, ...]:
@@ -66,8 +65,7 @@ class SliderEditAdapter(nn.Module):
         self._handles = []
         self._paths: dict[nn.Module, str] = {}
         for path, module in transformer.named_modules():
-            m = _PATH.match(path)
-            if not (m and m["suffix"] in targets and isinstance(module, nn.Linear)):
+            if not (linear_suffix(path) in targets and isinstance(module, nn.Linear)):
                 continue
             pair = LoRAPair(module.in_features, module.out_features, self.rank)
             if (init == "authors" and variant == "stlora") or init == "kaiming":
@@ -90,7 +88,7 @@ class SliderEditAdapter(nn.Module):
         if scales.dim() == 1:
             factor = scales.view(-1, 1, 1)
         else:
-            if _PATH.match(path)["suffix"] not in TEXT_STREAM or x.shape[1] != scales.shape[1]:
+            if linear_suffix(path) not in TEXT_STREAM or x.shape[1] != scales.shape[1]:
                 raise ValueError(f"per-token scales [B, {scales.shape[1]}] reach only text-stream Linears with "
                                  f"{scales.shape[1]} tokens; {path} sees {tuple(x.shape)}")
             factor = scales.unsqueeze(-1)

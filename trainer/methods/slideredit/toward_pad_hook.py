@@ -1,10 +1,10 @@
-"""Training-free instruction sliders on a diffusers ``FluxTransformer2DModel``: the trainer-side twin of
+"""Training-free instruction sliders on a diffusers transformer: the trainer-side twin of
 the nodes' ``KontextInstructionSliders`` (used by the demo to compare it with the trained sliders).
 
 Before every double-stream and single-stream block, the text tokens of each sub-instruction move toward
-the pad token's hidden state, ``h <- pad + s (h - pad)`` (``core.instructions.lerp_toward_pad``; exact at
-s = 1). diffusers hands both kinds of block the text sequence as ``encoder_hidden_states`` (the single
-blocks join it to the image tokens inside), which is where ComfyUI's patch moves it too.
+the pad token's hidden state, ``h <- pad + s (h - pad)`` (``core.knobs.toward_pad.lerp_toward_pad``; exact
+at s = 1). Which blocks see the text and where it is in their arguments is the family's
+(``text_stream_blocks``, ``block_with_text``); ComfyUI's patch moves it at the same places.
 """
 from __future__ import annotations
 
@@ -12,16 +12,14 @@ import torch
 
 from ....core.instructions import InstructionSpans
 from ....core.knobs.toward_pad import lerp_toward_pad, toward_pad_plan
+from ...families.flux1 import block_with_text, text_stream_blocks
 
 
 class TowardPadHooks:
     """Install with ``TowardPadHooks(transformer)``; ``set(spans, rows)`` before a forward, ``clear()`` after."""
 
     def __init__(self, transformer: torch.nn.Module):
-        blocks = list(getattr(transformer, "transformer_blocks", [])) + list(
-            getattr(transformer, "single_transformer_blocks", []))
-        if not blocks:
-            raise TypeError(f"{type(transformer).__name__} has no Flux transformer blocks")
+        blocks = text_stream_blocks(transformer)
         self.plan: tuple[torch.Tensor, torch.Tensor] | None = None  # (index [B, L] long, weight [B, L, 1])
         self._handles = [b.register_forward_pre_hook(self._pre, with_kwargs=True) for b in blocks]
 
@@ -40,11 +38,7 @@ class TowardPadHooks:
 
         def moved(txt):
             return lerp_toward_pad(txt, index.to(txt.device), weight.to(txt.device))
-        if "encoder_hidden_states" in kwargs:
-            kwargs = dict(kwargs, encoder_hidden_states=moved(kwargs["encoder_hidden_states"]))
-        else:  # gradient checkpointing passes the block's arguments positionally
-            args = (args[0], moved(args[1])) + tuple(args[2:])
-        return args, kwargs
+        return block_with_text(args, kwargs, moved)
 
     def remove(self) -> None:
         for h in self._handles:
