@@ -32,8 +32,10 @@ def pytest_runtest_logreport(report):
 def pytest_terminal_summary(terminalreporter):
     ran = _comfy_outcomes["passed"] + _comfy_outcomes["failed"]
     root = F.find_comfyui()
-    if ran:
+    if root is None:  # a comfyui-marked test that needs no ComfyUI (e.g. a browser-log filter) may still run
+        line = f"ComfyUI suite: not run: {F.SKIP_NO_COMFY}"
+    elif ran:
         line = f"ComfyUI suite: ran {ran} tests against {root} ({_comfy_outcomes['failed']} failed)"
     else:
-        line = f"ComfyUI suite: not run: {F.SKIP_NO_COMFY}" if root is None else "ComfyUI suite: not selected"
+        line = "ComfyUI suite: not selected"
     terminalreporter.write_line(line)
