@@ -107,7 +107,7 @@ def test_training_free_sliders_diffusers_hooks_and_comfy_node_agree(setup, stren
     """The demo compares the trained sliders with KontextInstructionSliders through this diffusers twin."""
     from kontext_sliders.nodes.knobs import instruction_sliders_model
     from kontext_sliders.trainer.families.flux1 import kontext_velocity
-    from kontext_sliders.trainer.methods.slideredit.toward_pad_hook import TowardPadHooks
+    from kontext_sliders.trainer.methods.knobs.toward_pad_hook import TowardPadHooks
     s = setup
     transformer = F.diffusers_tiny(s["bfl"])
     hooks = TowardPadHooks(transformer)

@@ -41,7 +41,7 @@ from ...engine.sampling import euler
 from .metrics import SliderSweep, ground_truth_editor, slider_sweep
 from .model import SliderEditAdapter
 from .report import sweep_sheet, write_slideredit_report
-from .toward_pad_hook import TowardPadHooks
+from ..knobs.toward_pad_hook import TowardPadHooks
 
 SWEEP = [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5]
 TARGETS = {"loss_drop": 10.0, "suppression": 5.0, "decoupling": 0.2}
