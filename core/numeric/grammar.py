@@ -3,8 +3,9 @@
 The grammar, case-insensitive; words other than these are ignored:
 
 * exactly one NUMBER: an optional sign (``+``, ``-`` or ``−``), digits with an optional decimal point
-  (``1.5``, ``.5``, ``800``, ``1,000``; no exponent, no decimal comma). Factor tasks also read a prefix
-  ``x1.5`` / ``×1.5``.
+  (``1.5``, ``.5``, ``800``, ``1,000``; no exponent, no decimal comma), a fraction (``2/3``), a unicode
+  vulgar fraction (``½``, ``⅓``) or a mixed number (``1 1/2``, ``1½``): thirds and halves of a stop as
+  photographers write them. Factor tasks also read a prefix ``x1.5`` / ``×1.5``.
 * an optional UNIT right after the number, touching it or after spaces (``1.5EV``, ``30°``, ``2 stops``):
   one of the task's spellings. A word after the number that is no unit of any task, no task name and no
   filler word (and, for, to, ...) is read as an unknown unit. Without a unit the canonical one is meant.
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 from .tasks import NumericTask, RegistryError, format_number
@@ -31,10 +33,19 @@ from .tasks import NumericTask, RegistryError, format_number
 if TYPE_CHECKING:  # the registry checks its templates with this module: a type-only import
     from .registry import Registry
 
-_NUM = r"(?:\d{1,3}(?:,\d{3})+(?![\d,])|\d+)(?:\.\d+)?|\.\d+"
+# Unicode vulgar fractions, as photographers write thirds and halves of a stop (½ EV, 1⅓ stops).
+VULGAR = {"½": Fraction(1, 2), "⅓": Fraction(1, 3), "⅔": Fraction(2, 3), "¼": Fraction(1, 4), "¾": Fraction(3, 4),
+          "⅕": Fraction(1, 5), "⅖": Fraction(2, 5), "⅗": Fraction(3, 5), "⅘": Fraction(4, 5), "⅙": Fraction(1, 6),
+          "⅚": Fraction(5, 6), "⅛": Fraction(1, 8), "⅜": Fraction(3, 8), "⅝": Fraction(5, 8), "⅞": Fraction(7, 8)}
+_V = "[" + "".join(VULGAR) + "]"
+_DECIMAL = r"(?:\d{1,3}(?:,\d{3})+(?![\d,])|\d+)(?:\.\d+)?|\.\d+"
+# a mixed number (1 1/2, 1½), a fraction (2/3), a vulgar fraction (½) or a decimal; tried in that order
+_NUM = (rf"(?P<whole>\d+)(?:[ \t]+(?P<mixed>\d+/\d+)(?![\d/])|(?P<mixed_v>{_V}))"
+        rf"|(?P<ratio>\d+/\d+)(?![\d/])|(?P<vulgar>{_V})|{_DECIMAL}")
 # A sign may follow a letter ("exposure-1"); an unsigned number may not touch a word, a sign or a decimal point.
-NUMBER_RE = re.compile(rf"(?:(?<![\w.,])(?P<prefix>[x×]))?"
-                       rf"(?:(?<![\d.,])(?P<sign>[+\-−])|(?(prefix)|(?<![\w.,+\-−])))(?P<num>{_NUM})")
+# A number never touches a slash either: "1/2/3" is no number, not two.
+NUMBER_RE = re.compile(rf"(?:(?<![\w.,/])(?P<prefix>[x×]))?"
+                       rf"(?:(?<![\d.,/])(?P<sign>[+\-−])|(?(prefix)|(?<![\w.,/+\-−])))(?P<num>(?:{_NUM})(?!/))")
 _UNIT_AFTER = re.compile(r"(\s*)(°|×|[^\W\d_]+)")
 _STRAY = re.compile(r"\S*\d\S*")
 _WORDS = re.compile(r"[^\W\d_]+")
@@ -79,6 +90,19 @@ def _find_tasks(text: str, registry: Registry) -> tuple[list[NumericTask], list[
     return tasks, [(a, b) for a, b, _ in taken]
 
 
+def number_value(match: re.Match) -> float:
+    """The value of a ``NUMBER_RE`` match: a decimal (``1,000.5``), a fraction (``2/3``), a vulgar fraction (``½``)
+    or a mixed number (``1 1/2``, ``1½``), without its sign. A zero denominator raises ZeroDivisionError."""
+    if match["whole"] is not None:
+        part = Fraction(match["mixed"]) if match["mixed"] else VULGAR[match["mixed_v"]]
+        return float(int(match["whole"]) + part)
+    if match["ratio"]:
+        return float(Fraction(match["ratio"]))
+    if match["vulgar"]:
+        return float(VULGAR[match["vulgar"]])
+    return float(match["num"].replace(",", ""))
+
+
 def read_line(line: str, registry: Registry) -> NumericEdit:
     """Read one instruction line (see the module's grammar) against ``registry`` (a ``registry.Registry``)."""
     text = line.strip()
@@ -92,15 +116,18 @@ def read_line(line: str, registry: Registry) -> NumericEdit:
     numbers = list(NUMBER_RE.finditer(text))
     stray = _STRAY.search(_blank(text, [m.span() for m in numbers]))
     if stray:
-        raise fail(f"{stray.group()!r} is not a number this parser reads (write numbers like 1.5, -30, +800 "
-                   f"or 1,000, with a decimal point)")
+        raise fail(f"{stray.group()!r} is not a number this parser reads (write numbers like 1.5, -30, +800, "
+                   f"1,000, 2/3, ½ or 1 1/2, with a decimal point)")
     if not numbers:
         raise fail("found no number (write it in digits, e.g. 'increase the exposure by 1.5 EV')")
     if len(numbers) > 1:
         listed = ", ".join(m.group() for m in numbers)
         raise fail(f"found {len(numbers)} numbers ({listed}); write one edit per line")
     number = numbers[0]
-    value = float(number["num"].replace(",", ""))
+    try:
+        value = number_value(number)
+    except ZeroDivisionError:
+        raise fail(f"{number['num']!r} divides by zero") from None
     sign = _SIGNS.get(number["sign"] or "", 0)
     lower = text.casefold()
 

@@ -62,6 +62,14 @@ VALID = [
     ("remove noise 0.02", "noise", -0.02),
     ("increase the vignette by 0.4", "vignette", 0.4),
     ("vignetting -0.8", "vignette", -0.8),
+    # thirds and halves of a stop, as photographers write them: fractions, vulgar fractions, mixed numbers
+    ("+1/3 EV", "exposure", 1 / 3),
+    ("-2/3 stop", "exposure", -2 / 3),
+    ("½ EV", "exposure", 0.5),
+    ("raise the exposure by 1 1/2 stops", "exposure", 1.5),
+    ("exposure -1⅓ EV", "exposure", -4 / 3),
+    ("decrease the exposure by ⅔ stop", "exposure", -2 / 3),
+    ("blur 2½ px", "blur", 2.5),
 ]
 
 MALFORMED = [  # (line, what the message must say)
@@ -90,6 +98,8 @@ MALFORMED = [  # (line, what the message must say)
     ("contrast -2x", "never negative"),
     ("contrast 0x", "factor of 0"),
     ("contrast x2x", "two units"),
+    ("exposure 1/0 EV", "'1/0' divides by zero"),
+    ("exposure 1/2/3 EV", "'1/2/3' is not a number"),
 ]
 
 
