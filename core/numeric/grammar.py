@@ -6,7 +6,8 @@ The grammar, case-insensitive; words other than these are ignored:
   (``1.5``, ``.5``, ``800``, ``1,000``; no exponent, no decimal comma), a fraction (``2/3``), a unicode
   vulgar fraction (``½``, ``⅓``) or a mixed number (``1 1/2``, ``1½``): thirds and halves of a stop as
   photographers write them. Factor tasks also read a prefix ``x1.5`` / ``×1.5``.
-* an optional UNIT right after the number, touching it or after spaces (``1.5EV``, ``30°``, ``2 stops``):
+* an optional UNIT right after the number, touching it or after spaces (``1.5EV``, ``30°``, ``2 stops``;
+  ``%`` on factor tasks: ``+30 %`` is the factor 1.3, ``-30 %`` 0.7; refused on additive tasks):
   one of the task's spellings. A word after the number that is no unit of any task, no task name and no
   filler word (and, for, to, ...) is read as an unknown unit. Without a unit the canonical one is meant.
 * the TASK: one of its names as whole words (``exposure``, ``colour temperature``); when the line names no
@@ -46,7 +47,7 @@ _NUM = (rf"(?P<whole>\d+)(?:[ \t]+(?P<mixed>\d+/\d+)(?![\d/])|(?P<mixed_v>{_V}))
 # A number never touches a slash either: "1/2/3" is no number, not two.
 NUMBER_RE = re.compile(rf"(?:(?<![\w.,/])(?P<prefix>[x×]))?"
                        rf"(?:(?<![\d.,/])(?P<sign>[+\-−])|(?(prefix)|(?<![\w.,/+\-−])))(?P<num>(?:{_NUM})(?!/))")
-_UNIT_AFTER = re.compile(r"(\s*)(°|×|[^\W\d_]+)")
+_UNIT_AFTER = re.compile(r"(\s*)(°|×|%|[^\W\d_]+)")
 _STRAY = re.compile(r"\S*\d\S*")
 _WORDS = re.compile(r"[^\W\d_]+")
 FILLER = frozenset("a an and at but by for from in of on or overall please so the then to while with".split())
@@ -159,7 +160,12 @@ def read_line(line: str, registry: Registry) -> NumericEdit:
         else:
             raise fail(f"names no task (found {found!r})")
     task = tasks[0]
-    if unit and unit.casefold() not in task.spellings:
+    percent = unit == "%"  # a change of a factor: +30 % is x1.3, -30 % x0.7 (factor tasks only)
+    if percent and task.scale != "log":
+        what = f"its unit is {task.unit}" if task.unit else "it takes a plain number"
+        raise fail(f"percent changes a factor, but {task.name} is changed by adding ({what}): write e.g. "
+                   f"'{task.render(task.delta_range[1] / 2)}'", task)
+    if unit and not percent and unit.casefold() not in task.spellings:
         if not task.units:
             raise fail(f"{task.name} takes a plain number, found {found!r} with the unit {unit!r}", task)
         elsewhere = f" (it is a unit of {', '.join(t.name for t in owners)})" if owners else ""
@@ -176,7 +182,13 @@ def read_line(line: str, registry: Registry) -> NumericEdit:
         raise fail(f"says {said} but the number {number.group()} has the opposite sign", task)
     direction = wording or sign
 
-    if task.scale == "log":
+    if percent:
+        factor = 1.0 + (direction or 1) * value / 100.0
+        if factor <= 0:
+            raise fail(f"{found!r} leaves a factor of {format_number(factor)}; a factor must stay above 0 "
+                       f"(-100 % would remove the {task.name} entirely)", task)
+        delta = factor
+    elif task.scale == "log":
         if sign < 0:
             raise fail(f"a factor is never negative, found {found!r} (to make the {task.name} smaller write "
                        f"'decrease the {task.name} by 2{task.unit}', or a factor below 1 such as "

@@ -70,6 +70,11 @@ VALID = [
     ("exposure -1⅓ EV", "exposure", -4 / 3),
     ("decrease the exposure by ⅔ stop", "exposure", -2 / 3),
     ("blur 2½ px", "blur", 2.5),
+    # percent on factor tasks: a change of the factor
+    ("saturation +30%", "saturation", 1.3),
+    ("decrease the saturation by 30%", "saturation", 0.7),
+    ("saturation -30 %", "saturation", 0.7),
+    ("increase the contrast by 50%", "contrast", 1.5),
 ]
 
 MALFORMED = [  # (line, what the message must say)
@@ -100,6 +105,8 @@ MALFORMED = [  # (line, what the message must say)
     ("contrast x2x", "two units"),
     ("exposure 1/0 EV", "'1/0' divides by zero"),
     ("exposure 1/2/3 EV", "'1/2/3' is not a number"),
+    ("exposure +30%", "percent changes a factor, but exposure is changed by adding (its unit is EV)"),
+    ("saturation -100%", "leaves a factor of 0"),
 ]
 
 
