@@ -13,8 +13,8 @@ The grammar, case-insensitive; words other than these are ignored:
 * the TASK: one of its names as whole words (``exposure``, ``colour temperature``); when the line names no
   task, a unit that belongs to exactly one task names it (``+1.5 EV``, ``30°``).
 * the DIRECTION: the task's increase words (increase, raise, ..., ``cooler`` for temperature) or decrease
-  words, or the number's sign; both present and contradictory is an error, both agreeing is fine
-  (``decrease ... by -1`` is -1). Neither: positive.
+  words, or the number's sign; both present is refused as ambiguous in either direction (``increase ... by
+  -1`` and ``decrease ... by -1`` alike). Neither: positive.
 * factor tasks (scale ``log``, unit ``x``): with increase/decrease wording the number says how many times
   larger or smaller, so it must be >= 1 (``decrease the contrast by 2x`` = factor 0.5); without wording the
   number is the factor itself (``contrast x0.5``). A negative factor is an error.
@@ -178,8 +178,11 @@ def read_line(line: str, registry: Registry) -> NumericEdit:
         raise fail(f"has both increase wording ({up[0]!r}) and decrease wording ({down[0]!r})", task)
     wording = 1 if up else -1 if down else 0
     said = repr((up or down or [""])[0])
-    if wording and sign and wording != sign:
-        raise fail(f"says {said} but the number {number.group()} has the opposite sign", task)
+    if wording and sign:  # either way round: is "decrease by -1" a decrease or an increase? Refused alike.
+        relation = "the opposite sign" if wording != sign else "a sign as well"
+        raise fail(f"says {said} but the number {number.group()} has {relation}: ambiguous; write the amount "
+                   f"without a sign after {said} (e.g. {said[:-1]} ... by {number['num']}'), or the signed number "
+                   f"without {said}", task)
     direction = wording or sign
 
     if percent:

@@ -34,7 +34,6 @@ VALID = [
     ("darken the image by 1 EV", "exposure", -1.0),  # no task named: EV belongs to exposure only
     ("+1.5 EV", "exposure", 1.5),
     ("exposure-1EV", "exposure", -1.0),
-    ("decrease the exposure by -1 EV", "exposure", -1.0),  # wording and sign agree
     ("Increase the exposure by 0 EV", "exposure", 0.0),
     ("increase the exposure by 1.5 EV, please", "exposure", 1.5),
     ("Increase the exposure by 2 EV.", "exposure", 2.0),
@@ -97,7 +96,9 @@ MALFORMED = [  # (line, what the message must say)
     ("rotate the hue by 270 degrees", "outside"),
     ("increase the contrast by 3x", "contrast 3x (from '3x') is outside"),
     ("decrease the contrast by 4x", "contrast 0.25x (from '4x') is outside"),
-    ("increase the exposure by -1 EV", "opposite sign"),
+    ("increase the exposure by -1 EV", "opposite sign: ambiguous"),
+    ("decrease the exposure by -1 EV", "has a sign as well: ambiguous"),  # refused alike, whichever way round
+    ("increase the exposure by +1 EV", "has a sign as well: ambiguous"),
     ("raise and lower the exposure by 1 EV", "both increase wording ('raise') and decrease wording ('lower')"),
     ("increase the contrast by 0.5x", "ambiguous"),
     ("contrast -2x", "never negative"),
