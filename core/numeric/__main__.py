@@ -1,6 +1,6 @@
 """``python -m kontext_sliders.core.numeric parse LINE [LINE ...] [--weights FILE]``.
 
-Prints one JSON object per line, ``{"line", "task", "delta", "unit"}`` or ``{"line", "error"}``; exit status 0
+Prints one JSON object per line, ``{"line", "task", "delta", "unit", "canonical"}`` or ``{"line", "error"}``; exit status 0
 when every line parsed, 2 when any failed or the weight file is missing or unusable (one line on stderr).
 """
 from __future__ import annotations
@@ -38,7 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed = False
     for line in args.lines:
         try:
-            out = {"line": line, **parse_line(line, registry).to_json()}
+            edit = parse_line(line, registry)
+            out = {"line": line, **edit.to_json(), "canonical": registry.task(edit.task).canonical(edit.delta)}
         except NumericParseError as e:
             out, failed = {"line": line, "error": str(e)}, True
         print(json.dumps(out, ensure_ascii=False), flush=True)

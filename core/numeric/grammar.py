@@ -10,14 +10,26 @@ The grammar, case-insensitive; words other than these are ignored:
   ``%`` on factor tasks: ``+30 %`` is the factor 1.3, ``-30 %`` 0.7; refused on additive tasks):
   one of the task's spellings. A word after the number that is no unit of any task, no task name and no
   filler word (and, for, to, ...) is read as an unknown unit. Without a unit the canonical one is meant.
-* the TASK: one of its names as whole words (``exposure``, ``colour temperature``); when the line names no
-  task, a unit that belongs to exactly one task names it (``+1.5 EV``, ``30°``).
+* the TASK: one of its names as whole words (``exposure``, ``colour temperature``). A line that names no task
+  is read by its structure: the ATTRIBUTE phrase is every word before the number other than filler words,
+  edit verbs (``EDIT_VERBS``: make, rotate, shift, ...) and direction words, plus the words right after the
+  number and unit up to the first filler word. A word left there names an attribute, which must be a task or
+  an alias: ``increase the crispness by 1 px`` is refused, not read as blur. Words for the picture itself
+  (``OBJECTS``: image, photo, colours, it, ...) name no attribute. Then the task comes from a direction word
+  with a fixed meaning (a word only one task has: ``brighter``, ``warmer``, ``sharpen``; ``darken the image
+  by 1 EV``, ``make the colours warmer by 500K``), else, in a line that names nothing else, from a unit that
+  belongs to exactly one task (``+1.5 EV``, ``rotate by 30°``); ``rotate the image by 30°`` is refused (the
+  picture, but no attribute of it). A fixed-meaning word of another task than the one named or found by the
+  unit is refused (``1 stop warmer``).
 * the DIRECTION: the task's increase words (increase, raise, ..., ``cooler`` for temperature) or decrease
   words, or the number's sign; both present is refused as ambiguous in either direction (``increase ... by
   -1`` and ``decrease ... by -1`` alike). Neither: positive.
 * factor tasks (scale ``log``, unit ``x``): with increase/decrease wording the number says how many times
   larger or smaller, so it must be >= 1 (``decrease the contrast by 2x`` = factor 0.5); without wording the
   number is the factor itself (``contrast x0.5``). A negative factor is an error.
+
+One edit per line: a line with two complete edits (``exposure +1 EV and hue +20°``) is refused, and the message
+shows it as the two lines to write; splitting silently would guess where one edit ends.
 
 The delta must lie in the task's ``delta_range``. Every failure is a ``NumericParseError`` saying what was
 found and listing what is accepted.
@@ -48,9 +60,15 @@ _NUM = (rf"(?P<whole>\d+)(?:[ \t]+(?P<mixed>\d+/\d+)(?![\d/])|(?P<mixed_v>{_V}))
 NUMBER_RE = re.compile(rf"(?:(?<![\w.,/])(?P<prefix>[x×]))?"
                        rf"(?:(?<![\d.,/])(?P<sign>[+\-−])|(?(prefix)|(?<![\w.,/+\-−])))(?P<num>(?:{_NUM})(?!/))")
 _UNIT_AFTER = re.compile(r"(\s*)(°|×|%|[^\W\d_]+)")
-_STRAY = re.compile(r"\S*\d\S*")
+_DIGIT = re.compile(r"\d")
 _WORDS = re.compile(r"[^\W\d_]+")
 FILLER = frozenset("a an and at but by for from in of on or overall please so the then to while with".split())
+# Verbs that say "edit" without saying what or which way; in the attribute phrase they name nothing.
+EDIT_VERBS = frozenset("adjust apply bump change dial give make move push rotate rotated set shift turn".split())
+# Words for the picture itself: the object of a fixed-meaning direction word ("darken the image"), no attribute.
+OBJECTS = frozenset("colors colours everything image it photo photograph picture scene shot this tones".split())
+_SPLIT = re.compile(r"\s*(?:;|,|\band\b|\bthen\b)\s*")
+MAX_LINE = 4000  # characters: an instruction line is a sentence; longer text is refused before any matching
 _SIGNS = {"+": 1, "-": -1, "−": -1}
 
 
@@ -69,9 +87,62 @@ class NumericEdit:
 
 
 def _blank(text: str, spans: list[tuple[int, int]]) -> str:
-    for a, b in spans:
-        text = text[:a] + " " * (b - a) + text[b:]
-    return text
+    """``text`` with the (non-overlapping) spans turned into spaces: one pass, linear in the text's length."""
+    parts, at = [], 0
+    for a, b in sorted(spans):
+        parts += [text[at:a], " " * (b - a)]
+        at = b
+    return "".join(parts) + text[at:]
+
+
+def _stray(text: str) -> str | None:
+    """The first space-free run holding a digit (what is left of a number the grammar did not read); linear."""
+    digit = _DIGIT.search(text)
+    if digit is None:
+        return None
+    start, end = digit.start(), digit.end()
+    while start and not text[start - 1].isspace():
+        start -= 1
+    while end < len(text) and not text[end].isspace():
+        end += 1
+    return text[start:end]
+
+
+def fixed_direction_words(registry: Registry) -> dict[str, str]:
+    """Direction words with a fixed meaning: an increase or decrease word of exactly one task -> that task."""
+    owners: dict[str, set[str]] = {}
+    for task in registry.tasks:
+        for word in task.increase + task.decrease:
+            owners.setdefault(word.casefold(), set()).add(task.name)
+    return {w: next(iter(t)) for w, t in owners.items() if len(t) == 1}
+
+
+def _attribute_phrase(lower: str, number: re.Match, unit_end: int, registry: Registry) -> tuple[list[str], list[str]]:
+    """(attribute words, picture words) of a line that names no task: the words before the number and those
+    right after the number and unit up to the first filler word, less fillers, edit verbs and direction words."""
+    after = []
+    for word in _WORDS.findall(lower[unit_end:]):
+        if word in FILLER:
+            break
+        after.append(word)
+    directions = {w.casefold() for t in registry.tasks for w in t.increase + t.decrease}
+    words = [w for w in _WORDS.findall(lower[:number.start()]) + after
+             if w not in FILLER and w not in EDIT_VERBS and w not in directions]
+    return [w for w in words if w not in OBJECTS], [w for w in words if w in OBJECTS]
+
+
+def _two_edits(text: str, registry: Registry) -> list[str] | None:
+    """The line cut at a separator (``;``, ``,``, and, then) into pieces that each read as one edit, or None."""
+    pieces = [p for p in _SPLIT.split(text) if p.strip()]
+    for cut in range(1, len(pieces)):
+        halves = [" ".join(pieces[:cut]), " ".join(pieces[cut:])]
+        try:
+            for half in halves:
+                read_line(half, registry)
+        except NumericParseError:
+            continue
+        return halves
+    return None
 
 
 def _name_pattern(phrase: str) -> re.Pattern[str]:
@@ -114,16 +185,22 @@ def read_line(line: str, registry: Registry) -> NumericEdit:
 
     if not text:
         raise fail("the line is empty")
+    if len(text) > MAX_LINE:
+        raise NumericParseError(f"the line is {len(text)} characters long; an instruction line is at most "
+                                f"{MAX_LINE} (one edit per line, e.g. 'increase the exposure by 1.5 EV')")
     numbers = list(NUMBER_RE.finditer(text))
-    stray = _STRAY.search(_blank(text, [m.span() for m in numbers]))
+    stray = _stray(_blank(text, [m.span() for m in numbers]))
     if stray:
-        raise fail(f"{stray.group()!r} is not a number this parser reads (write numbers like 1.5, -30, +800, "
+        raise fail(f"{stray!r} is not a number this parser reads (write numbers like 1.5, -30, +800, "
                    f"1,000, 2/3, ½ or 1 1/2, with a decimal point)")
     if not numbers:
         raise fail("found no number (write it in digits, e.g. 'increase the exposure by 1.5 EV')")
     if len(numbers) > 1:
-        listed = ", ".join(m.group() for m in numbers)
-        raise fail(f"found {len(numbers)} numbers ({listed}); write one edit per line")
+        listed = ", ".join(m.group() for m in numbers[:8]) + (", ..." if len(numbers) > 8 else "")
+        halves = _two_edits(text, registry) if len(numbers) == 2 else None
+        split = f"; it holds two edits: write them on two lines, {halves[0]!r} and {halves[1]!r}" if halves else \
+            "; write one edit per line"
+        raise fail(f"found {len(numbers)} numbers ({listed}){split}")
     number = numbers[0]
     try:
         value = number_value(number)
@@ -134,11 +211,12 @@ def read_line(line: str, registry: Registry) -> NumericEdit:
 
     known_units = {u for t in registry.tasks for u in t.spellings}
     name_words = {p.split()[0].casefold() for t in registry.tasks for p in t.all_names}
+    directions = {w.casefold() for t in registry.tasks for w in t.increase + t.decrease}  # "2 brighter": no unit
     unit, spans = "", [number.span()]
     after = _UNIT_AFTER.match(lower, number.end())
     if after:
         word = after.group(2)
-        if not after.group(1) or word in known_units or word not in FILLER | name_words:
+        if not after.group(1) or word in known_units or word not in FILLER | name_words | directions:
             unit = text[after.start(2):after.end(2)]
             spans.append(after.span(2))
     found = text[number.start():spans[-1][1]]  # the number and its unit, as written
@@ -151,8 +229,19 @@ def read_line(line: str, registry: Registry) -> NumericEdit:
     if len(tasks) > 1:
         raise fail(f"names {len(tasks)} tasks ({', '.join(t.name for t in tasks)}); write one edit per line")
     owners = [t for t in registry.tasks if unit.casefold() in t.spellings] if unit else []
+    fixed_words = fixed_direction_words(registry)
+    fixed = {w: fixed_words[w] for w in _WORDS.findall(_blank(lower, spans + name_spans)) if w in fixed_words}
     if not tasks:
-        if len(owners) == 1:
+        attributes, objects = _attribute_phrase(lower, number, spans[-1][1], registry)
+        if attributes:
+            raise fail(f"names no task (found {found!r}): {' '.join(attributes)!r} is not a task or an alias of "
+                       f"one")
+        if fixed:
+            tasks = [registry.task(next(iter(fixed.values())))]
+        elif objects:
+            raise fail(f"names {objects[0]!r} but no attribute of it to change (found {found!r}): name the task; "
+                       f"a unit alone names it only in a line that names nothing else (e.g. '+1.5 EV')")
+        elif len(owners) == 1:
             tasks = owners
         elif owners:
             raise fail(f"names no task, and the unit {unit!r} of {found!r} fits {', '.join(t.name for t in owners)}: "
@@ -160,6 +249,10 @@ def read_line(line: str, registry: Registry) -> NumericEdit:
         else:
             raise fail(f"names no task (found {found!r})")
     task = tasks[0]
+    others = sorted({w for w, t in fixed.items() if t != task.name})
+    if others:
+        raise fail(f"{others[0]!r} is a direction word of {fixed[others[0]]}, but the line edits {task.name}"
+                   + (f" (the unit {unit!r} is {task.name}'s)" if unit and task in owners else ""), task)
     percent = unit == "%"  # a change of a factor: +30 % is x1.3, -30 % x0.7 (factor tasks only)
     if percent and task.scale != "log":
         what = f"its unit is {task.unit}" if task.unit else "it takes a plain number"

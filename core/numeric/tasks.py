@@ -156,6 +156,13 @@ class NumericTask:
         text = format_number(value)
         return text if not self.unit else f"{text}{self.unit}" if self.unit in "°×" else f"{text} {self.unit}"
 
+    def canonical(self, delta: float) -> str:
+        """The edit's canonical line, as the parse command prints it: ``exposure +1.5 EV``, ``contrast 0.5x``,
+        ``hue -30 deg``; it reads back to exactly (task, delta)."""
+        if self.scale == "log":
+            return f"{self.name} {self.amount(delta)}"
+        return f"{self.name} {'+' if delta > 0 else ''}{self.amount(delta)}"
+
     def describe(self) -> str:
         """``exposure -2 ... 2 EV (units: EV, ev, stop, stops)``: what this task accepts, for messages."""
         lo, hi = self.delta_range

@@ -483,8 +483,9 @@ def _lines(text):
 def test_cli_default_registry(capsys):
     assert cli_main(["parse", "Increase the exposure by 1.5 EV", "Hue: +45°"]) == 0
     out = capsys.readouterr().out
-    assert _lines(out) == [{"line": "Increase the exposure by 1.5 EV", "task": "exposure", "delta": 1.5, "unit": "EV"},
-                           {"line": "Hue: +45°", "task": "hue", "delta": 45.0, "unit": "deg"}]
+    assert _lines(out) == [{"line": "Increase the exposure by 1.5 EV", "task": "exposure", "delta": 1.5, "unit": "EV",
+                            "canonical": "exposure +1.5 EV"},
+                           {"line": "Hue: +45°", "task": "hue", "delta": 45.0, "unit": "deg", "canonical": "hue +45 deg"}]
 
 
 def test_cli_failed_line_exits_2(capsys):
@@ -516,10 +517,11 @@ def test_cli_as_a_module(tmp_path):
     assert bad.returncode == 2, bad.stderr
     rows = _lines(bad.stdout)
     assert rows[0] == {"line": "decrease the colour temperature by 800 K", "task": "temperature", "delta": -800.0,
-                       "unit": "K"}
+                       "unit": "K", "canonical": "temperature -800 K"}
     assert "unknown unit 'dB'" in rows[1]["error"]
     weights = str(_weights(tmp_path / "n.safetensors"))
     good = subprocess.run(cmd + ["--weights", weights, "rotate the hue by -30 degrees"],
                           capture_output=True, text=True, timeout=120)
     assert good.returncode == 0 and _lines(good.stdout) == [
-        {"line": "rotate the hue by -30 degrees", "task": "hue", "delta": -30.0, "unit": "deg"}]
+        {"line": "rotate the hue by -30 degrees", "task": "hue", "delta": -30.0, "unit": "deg",
+         "canonical": "hue -30 deg"}]
