@@ -14,7 +14,7 @@ def make_codecs(config: TrainConfig, device: torch.device, text: bool = True):
     if d.text_encoder not in TEXT_ENCODERS:
         raise ValueError(f"data.text_encoder must be one of {', '.join(TEXT_ENCODERS)}, got {d.text_encoder!r}")
     if d.pixel_space:
-        codec = PixelCodec(d.resolution)
+        codec = PixelCodec(d.resolution, d.pixel_chroma_scale)
     else:
         codec = FluxVaeCodec(config.model.pretrained, d.resolution, device, torch.bfloat16)
     encoder = None

@@ -74,6 +74,9 @@ class DataSection:
     # for every method: how a Kontinuous run reads the text of a base editor trained offline (method editor)
     text_encoder: str = "flux"
     pixel_space: bool = False  # the demo: images are the latents (no VAE)
+    # pixel space only: > 0 stores each pixel as luma + two chroma channels times this (features.PixelCodec),
+    # so the loss weighs colour errors that much more; 0: RGB
+    pixel_chroma_scale: float = 0.0
     learned_text_tokens: int = 4  # slideredit: tokens per sub-instruction
     # the offline per-line encoder's pooled vector of a prompt of several lines: the "mean" of its lines' or
     # their "sum" (each line's share of the modulation input as when it stands alone: docs/results.md,
@@ -300,6 +303,11 @@ def config_from_dict(data: dict) -> TrainConfig:
             and config.lora.enabled):
         raise ConfigError("model.train_transformer trains every weight of the base: a LoRA on weights that train "
                           "anyway adds nothing; set lora.enabled: false (or model.train_transformer: false)")
+    chroma = config.data.pixel_chroma_scale
+    if not chroma >= 0 or (chroma and not config.data.pixel_space):
+        raise ConfigError(f"data.pixel_chroma_scale is the colour weighting of the pixel-space codec: a number >= 0 "
+                          f"(0: RGB) that needs data.pixel_space: true, got {chroma!r}"
+                          + ("" if config.data.pixel_space else " without pixel_space"))
     lr = config.optim.transformer_lr
     if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
         raise ConfigError(f"optim.transformer_lr must be a number > 0 (or absent: optim.lr), got {lr!r}")

@@ -44,6 +44,10 @@ class DemoSettings:
     # process holds (0.34 s/step with 2 threads beside one busy process, 6 s/step beside two; 0.10 with 1).
     threads: int = 1
     transformer: dict = field(default_factory=lambda: dict(DEMO_TRANSFORMER))
+    # frames per trajectory, and the pixel codec's colour weighting (``data.pixel_chroma_scale``; 0: RGB): what
+    # every demo trains with unless its own settings say otherwise (the Kontinuous demo's do)
+    train_frames: int = TRAIN_FRAMES
+    pixel_chroma_scale: float = 0.0
 
 
 # ---------------------------------------------------------------- the demo registry

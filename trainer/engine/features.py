@@ -27,18 +27,45 @@ from ..data.trajectories import Trajectory, TrajectoryFormatError, read_manifest
 log = logging.getLogger("kontext_sliders.trainer")
 
 
-class PixelCodec:
-    """Pixel space: the image is its own latent (the offline demo)."""
+def opponent_basis(chroma_scale: float) -> torch.Tensor:
+    """[3, 3]: RGB -> (luma, red-blue, green-magenta), the two chroma channels times ``chroma_scale``; grey
+    (R = G = B) has exactly zero chroma."""
+    k = float(chroma_scale)
+    return torch.tensor([[1 / 3, 1 / 3, 1 / 3], [k / 2, 0.0, -k / 2], [-k / 4, k / 2, -k / 4]], dtype=torch.float64)
 
-    def __init__(self, resolution: int):
+
+class PixelCodec:
+    """Pixel space: the image is its own latent (the offline demo).
+
+    ``chroma_scale`` > 0: the latent is the opponent basis (luma and two chroma channels scaled up) instead of
+    RGB. Flow matching's MSE then weighs colour as much as the scale says: in RGB, colour is a small part of
+    the signal, and a tiny editor's error, spread evenly over R, G and B, shows as a cast on what should be
+    grey (docs/results.md, Kontinuous demo). 0: plain RGB in [-1, 1]."""
+
+    def __init__(self, resolution: int, chroma_scale: float = 0.0):
+        if chroma_scale < 0:
+            raise ValueError(f"data.pixel_chroma_scale must be >= 0 (0: RGB), got {chroma_scale}")
         self.resolution = resolution
-        self.id = f"pixels-{resolution}"
+        self.chroma_scale = float(chroma_scale)
+        self.id = f"pixels-{resolution}" + (f"-opponent{self.chroma_scale:g}" if chroma_scale else "")
         self.channels = 3
+        if chroma_scale:
+            basis = opponent_basis(chroma_scale)
+            self._to_latent, self._to_rgb = basis.float(), torch.linalg.inv(basis).float()
+
+    def to_latent(self, rgb: torch.Tensor) -> torch.Tensor:
+        """[.., 3, H, W] RGB in [-1, 1] -> latents."""
+        if not self.chroma_scale:
+            return rgb
+        return torch.einsum("ij,...jhw->...ihw", self._to_latent.to(rgb), rgb)
 
     def encode(self, path: Path) -> torch.Tensor:
-        return load_rgb(path, self.resolution)
+        return self.to_latent(load_rgb(path, self.resolution))
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents -> RGB in [-1, 1]."""
+        if self.chroma_scale:
+            latents = torch.einsum("ij,...jhw->...ihw", self._to_rgb.to(latents), latents)
         return latents.clamp(-1, 1)
 
     def release(self):

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 
 from ...data import cat
 from ...data.official import smoothness_kl
+from ...engine.features import PixelCodec
 from ...engine.metrics import adjacent_distances, pearson_r, psnr, triangle_deficit
 from ...engine.sampling import sample_edit
 from .model import KontextSliderModel
@@ -18,6 +19,21 @@ from .model import KontextSliderModel
 SWEEP = [k / 8 for k in range(9)]  # ... so the odd eighths of the evaluation sweep are held out
 HELD_OUT_STRENGTHS = SWEEP[1::2]
 TARGETS = {"exposure": {"psnr_db": 25.0, "abs_r": 0.95}}
+# Every task's: the sweep's step KL at most 0.02 (or twice the exact frames' own, where a task's exact steps are
+# uneven themselves); the first held-out step (0 -> 1/8), from the output at 0 and from no change, within 20 % of
+# what was asked; where the task measures a residual (saturation: residual chroma), at most 0.03 at every strength.
+SMOOTHNESS = {"step_kl": 0.02, "first_step": 0.20, "residual": 0.03}
+# Goals the report measures but ``--require-targets`` does not yet hold the demo to: residual chroma reaches 0.03
+# over the held-out strengths up to 5/8 but not at the strongest (docs/results.md, Kontinuous demo).
+NOT_YET_REQUIRED = frozenset({"residual"})
+
+
+class Check(NamedTuple):
+    what: str
+    value: float
+    target: str
+    met: bool
+    required: bool = True
 
 
 @dataclass
@@ -57,11 +73,46 @@ class TaskEvaluation:
     def psnr_no_edit_held_out(self) -> float:
         return _mean([p for s, p in zip(self.strengths, self.psnr_no_edit) if s in HELD_OUT_STRENGTHS])
 
-    def targets_met(self) -> bool | None:
+    @property
+    def first_step(self) -> tuple[float, float, float]:
+        """(requested, measured from the output at strength 0, measured from no change) for the step to the
+        first held-out strength, in the task's unit."""
+        k = self.strengths.index(HELD_OUT_STRENGTHS[0])
+        lo, hi = self.value_range
+        at = _mean(self.measured[k])
+        return (hi - lo) * self.strengths[k], at - _mean(self.measured[0]), at - lo
+
+    @property
+    def residual_worst_strength(self) -> float:
+        """The largest residual (mean over images) at any strength; nan without a residual measure."""
+        return max((_mean(row) for row in self.residual_model), default=math.nan)
+
+    def checks(self) -> list[Check]:
+        """Every target of this task, measured."""
+        out = []
         target = TARGETS.get(self.task)
-        if target is None:
-            return None
-        return self.psnr_held_out >= target["psnr_db"] and self.abs_r_held_out >= target["abs_r"]
+        if target is not None:
+            out += [Check("PSNR (dB)", self.psnr_held_out, f">= {target['psnr_db']:g}",
+                          self.psnr_held_out >= target["psnr_db"]),
+                    Check("linearity abs(r)", self.abs_r_held_out, f">= {target['abs_r']:g}",
+                          self.abs_r_held_out >= target["abs_r"])]
+        kl_max = max(SMOOTHNESS["step_kl"], 2 * self.step_kl_truth)
+        out.append(Check("step KL", self.step_kl_model, f"<= {kl_max:.3g}", self.step_kl_model <= kl_max))
+        requested, from_output, from_source = self.first_step
+        for what, value in (("first step / asked, from the output at 0", from_output),
+                            ("first step / asked, from no change", from_source)):
+            ratio = value / requested
+            out.append(Check(what, ratio, f"1 +- {SMOOTHNESS['first_step']:g}",
+                             abs(ratio - 1) <= SMOOTHNESS["first_step"] + 1e-12))
+        if self.residual_model:
+            worst = self.residual_worst_strength
+            out.append(Check(f"{self.residual_name}, worst strength", worst, f"<= {SMOOTHNESS['residual']:g}",
+                             worst <= SMOOTHNESS["residual"], "residual" not in NOT_YET_REQUIRED))
+        return out
+
+    def targets_met(self) -> bool:
+        """Every required target met (``checks()`` says which are required)."""
+        return all(c.met for c in self.checks() if c.required)
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -74,13 +125,16 @@ def _mean(values: Sequence[float]) -> float:
 Editor = Callable[[torch.Tensor, cat.CatTask, float], torch.Tensor]
 
 
-def model_editor(model: KontextSliderModel, sample_steps: int, seed: int) -> Editor:
-    """(sources in [0, 1], task, strength) -> edited images in [0, 1]; the same noise for every strength."""
+def model_editor(model: KontextSliderModel, sample_steps: int, seed: int, codec: PixelCodec | None = None) -> Editor:
+    """(sources in [0, 1], task, strength) -> edited images in [0, 1]; the same noise for every strength.
+    ``codec``: the pixel codec the model was trained with (None: RGB)."""
+    codec = codec or PixelCodec(0)
+
     def edit(sources: torch.Tensor, task: cat.CatTask, strength: float) -> torch.Tensor:
         n = sources.shape[0]
-        out = sample_edit(model, sources * 2 - 1, torch.full((n,), float(strength)), sample_steps,
+        out = sample_edit(model, codec.to_latent(sources * 2 - 1), torch.full((n,), float(strength)), sample_steps,
                           torch.Generator().manual_seed(seed), instructions=[task.instruction()] * n)
-        return ((out + 1) / 2).clamp(0, 1)
+        return ((codec.decode(out) + 1) / 2).clamp(0, 1)
     return edit
 
 
