@@ -117,7 +117,7 @@ def fixed_direction_words(registry: Registry) -> dict[str, str]:
     return {w: next(iter(t)) for w, t in owners.items() if len(t) == 1}
 
 
-def _attribute_phrase(lower: str, number: re.Match, unit_end: int, registry: Registry) -> tuple[list[str], list[str]]:
+def _attribute_phrase(lower: str, number: re.Match, unit_end: int, directions: set[str]) -> tuple[list[str], list[str]]:
     """(attribute words, picture words) of a line that names no task: the words before the number and those
     right after the number and unit up to the first filler word, less fillers, edit verbs and direction words."""
     after = []
@@ -125,7 +125,6 @@ def _attribute_phrase(lower: str, number: re.Match, unit_end: int, registry: Reg
         if word in FILLER:
             break
         after.append(word)
-    directions = {w.casefold() for t in registry.tasks for w in t.increase + t.decrease}
     words = [w for w in _WORDS.findall(lower[:number.start()]) + after
              if w not in FILLER and w not in EDIT_VERBS and w not in directions]
     return [w for w in words if w not in OBJECTS], [w for w in words if w in OBJECTS]
@@ -232,7 +231,7 @@ def read_line(line: str, registry: Registry) -> NumericEdit:
     fixed_words = fixed_direction_words(registry)
     fixed = {w: fixed_words[w] for w in _WORDS.findall(_blank(lower, spans + name_spans)) if w in fixed_words}
     if not tasks:
-        attributes, objects = _attribute_phrase(lower, number, spans[-1][1], registry)
+        attributes, objects = _attribute_phrase(lower, number, spans[-1][1], directions)
         if attributes:
             raise fail(f"names no task (found {found!r}): {' '.join(attributes)!r} is not a task or an alias of "
                        f"one")
