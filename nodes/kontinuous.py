@@ -16,7 +16,7 @@ from comfy_api.latest import io
 from ..core.kontinuous.weights import KontinuousWeights, load_kontinuous
 from ..core.kontinuous.offsets import NEGATIVE_MODES, NEGATIVE_SAME, offset_table
 from ..core.kontinuous.projector import SliderProjector
-from .families import family_of
+from .families import trained_family
 from .lora import add_diffusers_lora
 from .model_folder import list_weight_entries, resolve_weight_entry
 from .runtime import KontinuousKnob, installed_runtime, patched_clone
@@ -60,7 +60,7 @@ def pooled_from_conditioning(conditioning) -> torch.Tensor:
 
 def apply_kontinuous_offsets(patcher, source: KontinuousKnob):
     """A clone of ``patcher`` with ``source``'s offsets added (on top of earlier Kontinuous patches)."""
-    hidden = family_of(patcher).hidden_size
+    hidden = trained_family(patcher, "Kontinuous Kontext Apply").hidden_size
     if source.table.shape[-1] != 2 * hidden:
         raise ValueError(f"offsets of width {source.table.shape[-1]} need a model of hidden size "
                          f"{source.table.shape[-1] // 2}, this model has {hidden}")
@@ -71,7 +71,7 @@ def kontinuous_patched_model(model, loaded: LoadedKontinuous, conditioning, stre
                              negative: str = NEGATIVE_SAME):
     """The patched clone; shared by the Apply node and the later sweep nodes (``strengths``: list)."""
     config = loaded.weights.projector_config
-    hidden = family_of(model).hidden_size  # a clear error for other models before anything else
+    hidden = trained_family(model, "Kontinuous Kontext Apply").hidden_size  # a clear error for other models before anything else
     if config.hidden_size != hidden:
         raise ValueError(f"{loaded.name} was made for a transformer of hidden size {config.hidden_size} "
                          f"(projector output {config.out_dim}); this model has hidden size {hidden}. "

@@ -12,7 +12,7 @@ from ..core.instructions import joined_prompt, split_instructions
 from ..core.numeric import DEFAULT_REGISTRY, NumericAdapter, NumericEdit, NumericParseError, parse_line
 from ..core.numeric.weights import NumericWeights, load_numeric_weights, read_numeric_header
 from ..core.weights_io import WeightsFormatError
-from .families import family_of
+from .families import trained_family
 from .instruction_encode import encode
 from .lora import add_diffusers_lora
 from .model_folder import list_weight_entries, resolve_weight_entry
@@ -91,7 +91,7 @@ def parse_edits(text: str, loaded: LoadedNumeric) -> list[NumericEdit]:
 
 def numeric_model(model, loaded: LoadedNumeric, clip, edits_text: str):
     """(patched clone, CONDITIONING of the edits' instructions) for the numeric edits in ``edits_text``."""
-    width = family_of(model).context_dim  # a clear error for other models first
+    width = trained_family(model, DISPLAY_NAME).context_dim  # a clear error for other models first
     config = loaded.weights.adapter_config
     if config.out_dim != width:
         raise ValueError(f"{loaded.name} makes numeric tokens of width {config.out_dim} (the T5 width it was "

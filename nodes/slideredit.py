@@ -9,7 +9,7 @@ from comfy_api.latest import io
 from ..core.instructions import parse_strengths
 from ..core.slideredit.weights import STRENGTH_RANGE, SliderEditWeights, alpha_from_strength, load_slideredit
 from ..core.slideredit.lora import fused_loras
-from .families import family_of
+from .families import trained_family
 from .instruction_encode import instruction_entries
 from .lora import add_diffusers_lora
 from .model_folder import list_weight_entries, resolve_weight_entry
@@ -30,7 +30,7 @@ def slideredit_model(model, loaded: LoadedSliderEdit, conditioning, strengths: s
     """The patched clone. STLoRA: a per-token update on the text stream of the prompt in ``conditioning``;
     GSTLoRA: one strength, merged into the weights by ComfyUI's weight patches."""
     weights = loaded.weights
-    sizes = family_of(model).adapter_sizes()  # other models fail here, before anything else
+    sizes = trained_family(model, DISPLAY_NAME).adapter_sizes()  # other models fail here, before anything else
     loras = tuple(fused_loras(weights, sizes))  # another model size fails here, naming what was found
     if weights.variant == "stlora":
         entries = tuple(instruction_entries(conditioning))

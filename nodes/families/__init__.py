@@ -20,12 +20,13 @@ in ``FAMILIES`` below; ``family_of`` asks each in turn.
 """
 from __future__ import annotations
 
-from . import flux1
+from . import flux1, flux2, qwen_image
 from .base import HostFamily, ModulationSite, TextStreamSite, UnsupportedVariant
 
-__all__ = ["FAMILIES", "HostFamily", "ModulationSite", "TextStreamSite", "UnsupportedVariant", "family_of"]
+__all__ = ["FAMILIES", "HostFamily", "ModulationSite", "TextStreamSite", "UnsupportedVariant", "family_of",
+           "trained_family"]
 
-FAMILIES = (flux1,)
+FAMILIES = (flux1, flux2, qwen_image)
 
 
 def family_of(patcher) -> HostFamily:
@@ -44,3 +45,14 @@ def family_of(patcher) -> HostFamily:
         raise refused
     raise TypeError(f"this node needs a {' or '.join(f.DISPLAY for f in FAMILIES)} model; this MODEL is "
                     f"{type(diffusion_model).__module__}.{type(diffusion_model).__name__}")
+
+
+def trained_family(patcher, node: str, trained_on=flux1) -> HostFamily:
+    """``family_of(patcher)`` for a node whose weights were trained on one family (``trained_on``'s module);
+    another family's model is refused naming both, and what works on it instead."""
+    adapter = family_of(patcher)
+    if adapter.name != trained_on.NAME:
+        raise TypeError(f"{node} applies weights trained on {trained_on.DISPLAY}, but this MODEL is {adapter.display}. "
+                        f"Load a {trained_on.DISPLAY} model for it; on {adapter.display} the training-free knobs work "
+                        f"(Kontext Modulation Strength, Instruction Sliders, Instruction Guidance, Sweep Sampler)")
+    return adapter

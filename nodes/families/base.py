@@ -19,14 +19,22 @@ class ModulationSite:
     a shared modulation serves several and takes the multipliers of its first). On the module's output:
     ``reference(out)`` a tensor whose dtype/device the slot's terms are cast to; ``rescale(out, attention,
     mlp)`` multiplies the attention / MLP halves' shift and scale ([B, 1, 1] tensors, or None = as is);
-    ``offset(out, dscale, dshift)`` adds the Kontinuous offsets ([B, 1, H]) to the MLP half's scale / shift.
+    ``offset(out, dscale, dshift)`` adds the Kontinuous offsets ([B, 1, H]) to the MLP half's scale / shift
+    (None: the family takes no offsets; Kontinuous weights are trained for FLUX.1).
+
+    Two kinds: by default ``module.forward(vec)`` returns the modulation (FLUX.1's and Qwen-Image's per-block
+    ``txt_mod``). With ``read`` / ``write``, ``module`` is a block that receives the modulation among its
+    arguments (FLUX.2: one shared modulation handed to every block): ``read(args, kwargs)`` -> out,
+    ``write(args, kwargs, out)`` -> (args, kwargs); a block range is then scaled where each block receives it.
     """
     path: str
     module: torch.nn.Module
     blocks: tuple[int, ...]
     reference: Callable
     rescale: Callable
-    offset: Callable
+    offset: Callable | None
+    read: Callable | None = None
+    write: Callable | None = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,10 @@ class HostFamily(Protocol):
     context_dim: int  # width of the text sequence the model takes (T5 tokens; NumeriKontrol's tokens)
     pooled_key: str | None  # the model call's kwarg carrying the pooled text vector, or None
 
+    def model_text_length(self, length: int) -> tuple[int, int]:
+        """(rows of the text sequence the blocks see, row of the conditioning's first token in it) for a
+        conditioning of ``length`` rows (FLUX.2 left-pads to 512; FLUX.1, Qwen-Image: (length, 0))."""
+
     def modulation_sites(self) -> list[ModulationSite]: ...
 
     def text_stream_sites(self) -> list[TextStreamSite]: ...
@@ -60,3 +72,63 @@ class HostFamily(Protocol):
 
     def linear_site(self, module_path: str) -> tuple[str, torch.nn.Module]:
         """(object-patch path of its ``forward``, the module) of an adapter's Linear (a core module path)."""
+
+
+PREFIX = "diffusion_model"
+
+
+def argument(args, kwargs, name: str, position: int):
+    """A forward's argument passed by keyword ``name`` or at ``position``."""
+    return kwargs[name] if name in kwargs else args[position]
+
+
+def with_argument(args, kwargs, name: str, position: int, value):
+    """(args, kwargs) with that argument replaced (kwargs is the patch's own dict)."""
+    if name in kwargs:
+        kwargs[name] = value
+    else:
+        args = list(args)
+        args[position] = value
+    return args, kwargs
+
+
+class AdapterBase:
+    """What every family adapter shares: the patcher, its diffusion model, the text input's width (``txt_in``
+    in every family so far), where an adapter's Linear is patched, and a text sequence the blocks see as the
+    conditioning has it (FLUX.2 overrides ``model_text_length``)."""
+
+    def __init__(self, patcher, diffusion_model, double_blocks: list):
+        self.patcher, self.diffusion_model, self.double_blocks = patcher, diffusion_model, double_blocks
+
+    @property
+    def double_block_count(self) -> int:
+        return len(self.double_blocks)
+
+    @property
+    def context_dim(self) -> int:
+        return int(self.diffusion_model.txt_in.weight.shape[1])
+
+    def model_text_length(self, length: int) -> tuple[int, int]:
+        return length, 0
+
+    def linear_site(self, module_path: str) -> tuple[str, torch.nn.Module]:
+        return f"{PREFIX}.{module_path}.forward", self.patcher.get_model_object(f"{PREFIX}.{module_path}")
+
+
+def detected_tiny_model(sd: dict[str, torch.Tensor], image_model: str, overrides: dict, dtype=torch.float32,
+                        manual_cast=None):
+    """A real ModelPatcher on the CPU built the way ComfyUI loads a checkpoint (detection, supported_models,
+    model_base), with ``overrides`` set on the detected config: ComfyUI reads some widths from the weights and
+    takes others (heads, RoPE axes) from the full-size model, which a tiny test model must replace."""
+    import comfy.model_detection
+    import comfy.model_patcher
+    sd = dict(sd)
+    unet_config = comfy.model_detection.detect_unet_config(sd, "")
+    if unet_config is None or unet_config.get("image_model") != image_model:
+        raise ValueError(f"ComfyUI did not detect these weights as {image_model}: {unet_config}")
+    unet_config.update(overrides)
+    model_config = comfy.model_detection.model_config_from_unet_config(unet_config, sd)
+    model_config.set_inference_dtype(dtype, manual_cast)
+    model = model_config.get_model(sd, "")
+    model.load_model_weights(sd, "")
+    return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))

@@ -13,11 +13,9 @@ import comfy.ldm.flux.model
 import torch
 
 from ...core.families.flux1 import DISPLAY, NAME, TINY, FluxSizes, TinyFlux, seeded_
-from .base import ModulationSite, TextStreamSite, UnsupportedVariant
+from .base import PREFIX, AdapterBase, argument, with_argument, ModulationSite, TextStreamSite, UnsupportedVariant, detected_tiny_model
 
 __all__ = ["DISPLAY", "NAME", "Flux1", "adapt"]
-
-PREFIX = "diffusion_model"
 
 
 # ---------------------------------------------------------------- site functions (plain, stateless: see base)
@@ -45,16 +43,11 @@ def modulation_offset(out, dscale, dshift):
 
 
 def double_block_text(args, kwargs, n_txt):
-    return kwargs["txt"] if "txt" in kwargs else args[1]
+    return argument(args, kwargs, "txt", 1)
 
 
 def double_block_with_text(args, kwargs, txt, n_txt):
-    if "txt" in kwargs:
-        kwargs["txt"] = txt
-    else:
-        args = list(args)
-        args[1] = txt
-    return args, kwargs
+    return with_argument(args, kwargs, "txt", 1, txt)
 
 
 def single_block_text(args, kwargs, n_txt):
@@ -71,26 +64,15 @@ def single_block_with_text(args, kwargs, txt, n_txt):
 
 # ---------------------------------------------------------------- the adapter
 
-class Flux1:
+class Flux1(AdapterBase):
     """A FLUX.1 (Kontext) MODEL seen through the family interface (nodes/families/base.py)."""
     name = NAME
     display = DISPLAY
     pooled_key = "y"
 
-    def __init__(self, patcher, diffusion_model, double_blocks: list):
-        self.patcher, self.diffusion_model, self.double_blocks = patcher, diffusion_model, double_blocks
-
     @property
     def hidden_size(self) -> int:
         return self.diffusion_model.hidden_size
-
-    @property
-    def double_block_count(self) -> int:
-        return len(self.double_blocks)
-
-    @property
-    def context_dim(self) -> int:
-        return int(self.diffusion_model.txt_in.weight.shape[1])
 
     def modulation_sites(self) -> list[ModulationSite]:
         return [ModulationSite(f"{PREFIX}.double_blocks.{i}.txt_mod.forward", block.txt_mod, (i,),
@@ -110,18 +92,18 @@ class Flux1:
                          double_blocks=len(self.double_blocks), single_blocks=len(self.diffusion_model.single_blocks),
                          context_in_dim=self.context_dim)
 
-    def linear_site(self, module_path: str) -> tuple[str, torch.nn.Module]:
-        return f"{PREFIX}.{module_path}.forward", self.patcher.get_model_object(f"{PREFIX}.{module_path}")
-
 
 def adapt(patcher, diffusion_model) -> Flux1 | None:
     """The adapter when ``diffusion_model`` is a FLUX.1 transformer; None for other classes."""
     if not isinstance(diffusion_model, comfy.ldm.flux.model.Flux):
         return None
+    if getattr(diffusion_model.params, "global_modulation", False) and hasattr(diffusion_model,
+                                                                               "double_stream_modulation_txt"):
+        return None  # FLUX.2: nodes/families/flux2.py
     blocks = list(diffusion_model.double_blocks)
     if not blocks or not all(getattr(b, "modulation", False) for b in blocks):
-        raise UnsupportedVariant("this Flux variant has no per-block text modulation (global modulation, e.g. "
-                                 "FLUX.2 / Chroma); the Kontext Sliders patches need FLUX.1's per-block txt_mod")
+        raise UnsupportedVariant("this Flux variant has no per-block text modulation; the Kontext Sliders "
+                                 "patches need FLUX.1's per-block txt_mod or FLUX.2's shared one")
     return Flux1(patcher, diffusion_model, blocks)
 
 
@@ -154,16 +136,8 @@ def tiny_model(bfl_sd: dict[str, torch.Tensor], tiny: TinyFlux = TINY, dtype=tor
     Built from the detected config with heads and RoPE axes overridden (ComfyUI's detection hard-codes
     FLUX.1's 24 heads and [16, 56, 56]).
     """
-    import comfy.model_detection
-    import comfy.model_patcher
-    sd = dict(bfl_sd)
-    unet_config = comfy.model_detection.detect_unet_config(sd, "")
-    unet_config.update(num_heads=tiny.heads, axes_dim=list(tiny.axes), **unet_overrides)
-    model_config = comfy.model_detection.model_config_from_unet_config(unet_config, sd)
-    model_config.set_inference_dtype(dtype, manual_cast)
-    model = model_config.get_model(sd, "")
-    model.load_model_weights(sd, "")
-    return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+    return detected_tiny_model(bfl_sd, "flux", dict(num_heads=tiny.heads, axes_dim=list(tiny.axes), **unet_overrides),
+                               dtype, manual_cast)
 
 
 # FLUX's text encoder pair at a tiny size: ComfyUI's own FluxTokenizer (CLIP-L + T5 tokenizers, shipped in

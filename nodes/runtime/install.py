@@ -16,7 +16,7 @@ import comfy.patcher_extension
 
 from ..families import family_of
 from . import patches
-from .patches import lora_linear_patch, memory_with_extra_rows, modulation_patch, text_stream_patch
+from .patches import block_patch, lora_linear_patch, memory_with_extra_rows, modulation_patch
 from .wrapper import PackRuntime
 
 ATTACHMENT_KEY = "kontext_sliders.runtime"
@@ -45,12 +45,19 @@ def patched_clone(patcher, **changes):
     if not (runtime.offset_sources or runtime.multipliers or runtime.sliders or runtime.guidance
             or runtime.slideredit or runtime.numeric):
         return model
+    # per block path, the sites whose patch changes that block's arguments: one patch for both knobs
+    block_sites: dict[str, list] = {}
     if runtime.offset_sources or runtime.multipliers:
         for site in family.modulation_sites():
-            model.add_object_patch(site.path, modulation_patch(site, runtime.slot))
+            if site.read is None:
+                model.add_object_patch(site.path, modulation_patch(site, runtime.slot))
+            else:
+                block_sites.setdefault(site.path, [site.module, None, None])[2] = site
     if runtime.sliders:
         for site in family.text_stream_sites():
-            model.add_object_patch(site.path, text_stream_patch(site, runtime.slot))
+            block_sites.setdefault(site.path, [site.module, None, None])[1] = site
+    for path, (block, text_site, modulation_site) in block_sites.items():
+        model.add_object_patch(path, block_patch(block, runtime.slot, text_site, modulation_site))
     adapters: dict[str, list] = {}
     for key, knob in enumerate(runtime.slideredit):
         for lora in knob.loras:

@@ -25,40 +25,57 @@ from ..families import ModulationSite, TextStreamSite
 from .slot import CallSlot
 
 
+def _modulated(out, index: int, site: ModulationSite, slot: CallSlot):
+    """A text modulation with the slot's multipliers (block ``index``) and Kontinuous offsets applied."""
+    if slot.multipliers is not None:
+        ref = site.reference(out)
+        attention, mlp = slot.block_multipliers(index, ref.dtype, ref.device)
+        out = site.rescale(out, attention, mlp)
+    if slot.offsets is None or site.offset is None:
+        return out
+    ref = site.reference(out)
+    dscale, dshift = slot.offset_terms(ref.dtype, ref.device)
+    return site.offset(out, dscale, dshift)
+
+
 def modulation_patch(site: ModulationSite, slot: CallSlot):
     """Replacement for a text-modulation module's ``forward``: per-row multipliers on shift/scale, then offsets."""
     module, index = site.module, site.blocks[0]
-    reference, rescaled, offset = site.reference, site.rescale, site.offset
 
     def modulation_forward(vec):
         # the class's forward, never the instance attribute: that may be another clone's patch
         out = type(module).forward(module, vec)
-        if slot.multipliers is not None:
-            ref = reference(out)
-            attention, mlp = slot.block_multipliers(index, ref.dtype, ref.device)
-            out = rescaled(out, attention, mlp)
-        if slot.offsets is None:
+        if slot.multipliers is None and slot.offsets is None:
             return out
-        ref = reference(out)
-        dscale, dshift = slot.offset_terms(ref.dtype, ref.device)
-        return offset(out, dscale, dshift)
+        return _modulated(out, index, site, slot)
 
     return modulation_forward
 
 
-def text_stream_patch(site: TextStreamSite, slot: CallSlot):
-    """Replacement for a text-stream block's ``forward``: its text tokens move toward the pad state first."""
-    block, text_of, with_text = site.module, site.text, site.with_text
+def block_patch(block: torch.nn.Module, slot: CallSlot, text_site: TextStreamSite | None = None,
+                modulation_site: ModulationSite | None = None):
+    """Replacement for a block's ``forward`` that changes its arguments first: the modulation it receives
+    (a modulation site of the argument kind: FLUX.2) and / or its text tokens moved toward the pad state
+    (a text-stream site). One patch per block path, so both knobs compose on one block."""
+    index = modulation_site.blocks[0] if modulation_site is not None else -1
 
     def text_block_forward(*args, **kwargs):
-        if slot.pad_index is not None:
+        if modulation_site is not None and (slot.multipliers is not None or slot.offsets is not None):
+            mods = _modulated(modulation_site.read(args, kwargs), index, modulation_site, slot)
+            args, kwargs = modulation_site.write(args, kwargs, mods)
+        if text_site is not None and slot.pad_index is not None:
             n_txt = slot.pad_index.shape[1]
-            txt = text_of(args, kwargs, n_txt)
-            args, kwargs = with_text(args, kwargs, lerp_toward_pad(txt, *slot.pad_plan(txt.dtype, txt.device)),
-                                     n_txt)
+            txt = text_site.text(args, kwargs, n_txt)
+            args, kwargs = text_site.with_text(args, kwargs, lerp_toward_pad(txt, *slot.pad_plan(txt.dtype, txt.device)),
+                                               n_txt)
         return type(block).forward(block, *args, **kwargs)
 
     return text_block_forward
+
+
+def text_stream_patch(site: TextStreamSite, slot: CallSlot):
+    """Replacement for a text-stream block's ``forward``: its text tokens move toward the pad state first."""
+    return block_patch(site.module, slot, text_site=site)
 
 
 def lora_linear_patch(module: torch.nn.Module, adapters: tuple, slot: CallSlot):

@@ -22,6 +22,7 @@ from ...core.knobs.toward_pad import toward_pad_plan
 from ...core.kontinuous.offsets import offsets_for_rows
 from ...core.slideredit.lora import stlora_token_scales
 from .attention import numeric_mask_override
+from .caches import emptied, reference_caches
 from .knobs import InstructionKnob, KontinuousKnob, ModulationKnob, NumericKnob, SliderEditKnob, items_for_chunk
 from .slot import CallSlot
 
@@ -292,13 +293,15 @@ class PackRuntime:
             raise RuntimeError("unexpected apply_model call layout: the per-instruction knobs need the text "
                                "sequence and transformer_options as positional arguments")
         previous = self.slot.state()
+        caches = reference_caches(transformer_options)  # emptied before each forward (nodes/runtime/caches.py)
         try:
             if not extra and not any(job.pad_plan or job.numeric for job in jobs):
                 # the common case: one forward on the batch as it came
                 self.slot.set(offsets, multipliers=multipliers, lora_scales=lora_rows or None)
+                emptied(caches)
                 return executor(x, *args, **kwargs)
             self._run_jobs(executor, jobs + extra, chunk, offsets, multipliers, lora_rows, x, args, kwargs,
-                           transformer_options)
+                           transformer_options, caches)
         finally:
             self.slot.set(*previous)
         outputs = []
@@ -308,7 +311,8 @@ class PackRuntime:
                                                         [s for s, _ in pairs]))
         return torch.cat(outputs, dim=0)
 
-    def _run_jobs(self, executor, jobs, chunk, offsets, multipliers, lora_rows, x, args, kwargs, transformer_options):
+    def _run_jobs(self, executor, jobs, chunk, offsets, multipliers, lora_rows, x, args, kwargs, transformer_options,
+                  caches=()):
         """Forwards grouped by text length (one forward when every job's text has the same length)."""
         batch = x.shape[0]
         context = args[2]
@@ -357,6 +361,7 @@ class PackRuntime:
             g_lora = self._group_lora_rows(lora_rows, group, chunk, g_context.shape[1]) if lora_rows else None
             self.slot.set(None if offsets is None else offsets.index_select(0, rows.to(offsets.device)),
                           pad_index, pad_weight, g_multipliers, g_lora)
+            emptied(caches)
             out = executor(g_x, *g_args, **g_kwargs)
             for k, job in enumerate(group):
                 job.output = out[k * chunk:(k + 1) * chunk]

@@ -1,0 +1,94 @@
+"""FLUX.2 ([dev], [klein]) in ComfyUI (``comfy.ldm.flux.model.Flux`` with ``global_modulation``): detection,
+sites, facts.
+
+The text modulation is one module for all double blocks (``double_stream_modulation_txt``); its
+(attention, MLP) pair reaches every double block as ``vec[1]`` of the block's ``vec`` argument. So a knob
+over a block range rescales that pair where each block of the range receives it (a modulation site of the
+"argument" kind on ``double_blocks.N.forward``): patching the shared module would scale every block at once.
+Text tokens: the double block's ``txt`` argument and the first ``n_txt`` of a single block's joint sequence,
+as in FLUX.1 (the same site functions). No pooled vector.
+"""
+from __future__ import annotations
+
+import comfy.ldm.flux.model
+import torch
+
+from ...core.families.flux1 import seeded_
+from ...core.families.flux2 import DISPLAY, NAME, TEXT_LENGTH, TINY, TinyFlux2
+from .base import PREFIX, ModulationSite, UnsupportedVariant, argument, detected_tiny_model, with_argument
+from .flux1 import Flux1, modulation_reference, modulation_rescaled
+
+__all__ = ["DISPLAY", "NAME", "Flux2", "adapt", "is_flux2"]
+
+
+# ---------------------------------------------------------------- site functions (plain, stateless: see base)
+
+def double_block_modulation(args, kwargs):
+    """The text stream's (attention, MLP) modulation pair among a double block's arguments."""
+    return argument(args, kwargs, "vec", 2)[1]
+
+
+def double_block_with_modulation(args, kwargs, txt_mods):
+    img_mods = argument(args, kwargs, "vec", 2)[0]
+    return with_argument(args, kwargs, "vec", 2, (img_mods, txt_mods))
+
+
+# ---------------------------------------------------------------- the adapter
+
+class Flux2(Flux1):
+    """A FLUX.2 MODEL seen through the family interface (nodes/families/base.py): FLUX.1's text-stream sites
+    and facts, the shared modulation's sites, no pooled vector, no trained adapter."""
+    name = NAME
+    display = DISPLAY
+    pooled_key = None
+
+    def model_text_length(self, length: int) -> tuple[int, int]:
+        """(rows the model's text sequence has, where the conditioning's first row sits in it) for a
+        conditioning of ``length`` rows: ComfyUI's FLUX.2 model left-pads the text with zero rows to 512."""
+        total = max(length, TEXT_LENGTH)
+        return total, total - length
+
+    def modulation_sites(self) -> list[ModulationSite]:
+        return [ModulationSite(f"{PREFIX}.double_blocks.{i}.forward", block, (i,), modulation_reference,
+                               modulation_rescaled, None, read=double_block_modulation,
+                               write=double_block_with_modulation)
+                for i, block in enumerate(self.double_blocks)]
+
+    def adapter_sizes(self):
+        raise UnsupportedVariant(f"no trained adapter of this pack fits {DISPLAY} yet")
+
+
+def is_flux2(diffusion_model) -> bool:
+    return (isinstance(diffusion_model, comfy.ldm.flux.model.Flux)
+            and getattr(diffusion_model.params, "global_modulation", False)
+            and hasattr(diffusion_model, "double_stream_modulation_txt"))
+
+
+def adapt(patcher, diffusion_model) -> Flux2 | None:
+    """The adapter when ``diffusion_model`` is a FLUX.2 transformer; None for other models."""
+    if not is_flux2(diffusion_model):
+        return None
+    return Flux2(patcher, diffusion_model, list(diffusion_model.double_blocks))
+
+
+# ---------------------------------------------------------------- tiny models for tests (ComfyUI's own classes)
+
+def tiny_state_dict(seed: int = 0, tiny: TinyFlux2 = TINY) -> dict[str, torch.Tensor]:
+    """Seeded FLUX.2 weights in BFL / ComfyUI names, made by the host's own Flux class in its FLUX.2 setting
+    (the detection's constants), so in the host's own layout."""
+    import comfy.ops
+    model = comfy.ldm.flux.model.Flux(
+        image_model="flux2", in_channels=128, out_channels=128, vec_in_dim=None, context_in_dim=tiny.context_dim,
+        hidden_size=tiny.hidden, mlp_ratio=3.0, num_heads=tiny.heads, depth=tiny.depth,
+        depth_single_blocks=tiny.depth_single, axes_dim=list(tiny.axes), theta=2000, qkv_bias=False,
+        guidance_embed=tiny.guidance, global_modulation=True, mlp_silu_act=True, ops_bias=False,
+        default_ref_method="index", ref_index_scale=10.0, txt_ids_dims=[3], patch_size=1,
+        dtype=torch.float32, device="cpu", operations=comfy.ops.disable_weight_init)
+    return {k: v.clone() for k, v in seeded_(model, seed).state_dict().items()}
+
+
+def tiny_model(bfl_sd: dict[str, torch.Tensor], tiny: TinyFlux2 = TINY, dtype=torch.float32, manual_cast=None):
+    """A real ModelPatcher around ComfyUI's FLUX.2 (model_base.Flux2 via detection and supported_models), CPU.
+
+    Heads and RoPE axes are overridden after detection (ComfyUI 0.8 fixes 48 heads, 0.33 128-wide heads)."""
+    return detected_tiny_model(bfl_sd, "flux2", dict(num_heads=tiny.heads, axes_dim=list(tiny.axes)), dtype, manual_cast)
