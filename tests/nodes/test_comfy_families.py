@@ -178,3 +178,35 @@ def test_sweep_max_batch_gives_the_same_frames(env):
     whole = sweep(env, model, [0.0, 0.5, 1.5], 2.0)
     for max_batch in (1, 2):
         assert torch.allclose(sweep(env, model, [0.0, 0.5, 1.5], 2.0, max_batch=max_batch), whole, atol=2e-5)
+
+
+# ---------------------------------------------------------------- the host's reference K/V cache (ComfyUI 0.33)
+
+def test_flux_kv_cache_never_serves_a_knob_kv_made_for_another_value(env):
+    nodes_flux = pytest.importorskip("comfy_extras.nodes_flux")
+    if not hasattr(nodes_flux, "FluxKVCache"):
+        pytest.skip("this ComfyUI has no FluxKVCache node (added after 0.8)")
+    if getattr(env["tiny"], "guidance", False):
+        pytest.skip("ComfyUI's zero-timestep references fail on guidance-distilled FLUX.2 [dev] without any knob "
+                    "(timesteps doubled, guidance not)")
+    from kontext_sliders.nodes.knobs import modulation_scaled_model
+    patcher = env["patcher"]
+
+    def cached(model):
+        return nodes_flux.FluxKVCache.execute(model)[0]
+
+    # what the cache node computes without its cache: its reference method, every K/V fresh
+    uncached = patcher.clone()
+    ref_method = ("diffusion_model.params.default_ref_method" if env["family"].NAME == "flux2"
+                  else "diffusion_model.default_ref_method")
+    uncached.add_object_patch(ref_method, "index_timestep_zero")
+    # the cache itself differs from that after the first step (the test can fail)
+    assert (ksampler(env, cached(patcher), 2.0, "euler") - ksampler(env, uncached, 2.0, "euler")).abs().max() > 1e-5
+    for v in (0.0, 2.5):
+        expected = ksampler(env, modulation_scaled_model(uncached, v, 0, -1), 2.0, "euler")
+        for model in (modulation_scaled_model(cached(patcher), v, 0, -1), cached(modulation_scaled_model(patcher, v, 0, -1))):
+            assert torch.allclose(ksampler(env, model, 2.0, "euler"), expected, atol=1e-5), v
+    frames = sweep(env, modulation_scaled_model(cached(patcher), 1.0, 0, -1), [0.0, 2.5], 2.0)
+    for frame, v in zip(frames, (0.0, 2.5)):
+        single = ksampler(env, modulation_scaled_model(uncached, v, 0, -1), 2.0, "euler")
+        assert torch.allclose(frame, single[0], atol=2e-5), v
