@@ -219,6 +219,12 @@ def text_modulation_modules(transformer) -> list:
     return [b.norm1_context for b in blocks]
 
 
+def text_modulation_points(transformer) -> list:
+    """(block index, module, None) per double block: the output of ``norm1_context.linear`` ([B, 6 x width]) is
+    its text modulation (the modulation knob's diffusers hook rescales it)."""
+    return [(i, module.linear, None) for i, module in enumerate(text_modulation_modules(transformer))]
+
+
 def text_modulation_dtype(output) -> torch.dtype:
     return output[2].dtype
 

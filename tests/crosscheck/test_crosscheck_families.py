@@ -1,0 +1,79 @@
+"""FLUX.2 and Qwen-Image-Edit: ComfyUI's model (built through its detection) and diffusers' transformer with the
+same weights give the same velocity, plain and with the modulation knob (the nodes' patch on one side, the
+diffusers hook on the other), in fp32."""
+import dataclasses
+import importlib
+
+import pytest
+import torch
+
+import ks_fixtures as F
+
+pytestmark = pytest.mark.comfyui
+
+SIGMA = 0.7
+VARIANTS = {
+    "flux2-klein": ("flux2", {}),
+    "flux2-dev": ("flux2", {"guidance": True}),
+    "qwen-2509": ("qwen_image", {}),
+    "qwen-2511": ("qwen_image", {"zero_cond_t": True}),
+}
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def pair(request):
+    F.import_comfyui()
+    name, changes = VARIANTS[request.param]
+    host = importlib.import_module(f"kontext_sliders.nodes.families.{name}")
+    twin = importlib.import_module(f"kontext_sliders.trainer.families.{name}")
+    tiny = dataclasses.replace(host.TINY, **changes)
+    sd = host.tiny_state_dict(seed=4, tiny=tiny)
+    g = torch.Generator().manual_seed(2)
+    # Qwen: an even token grid (4 x 4), where diffusers' RoPE positions equal ComfyUI's
+    shape = (128, 4, 6) if name == "flux2" else (16, 1, 8, 8)
+    reference = torch.randn(1, *shape, generator=g)
+    context = torch.randn(1, 9, tiny.context_dim, generator=g)
+    patcher = host.tiny_model(sd, tiny)
+    guidance = 3.5 if getattr(tiny, "guidance", False) else None
+    extra = {"pooled_output": None, "reference_latents": [patcher.model.process_latent_out(reference)]}
+    if guidance is not None:
+        extra["guidance"] = guidance
+    return dict(patcher=patcher, diffusers=twin.tiny_transformer_from_host(sd, tiny), twin=twin, reference=reference,
+                context=context, positive=[[context, extra]], guidance=guidance,
+                x=torch.randn(2, *shape, generator=g))
+
+
+def comfy_velocity(model, pair):
+    with torch.no_grad():
+        return F.comfy_predict(model, pair["positive"], pair["x"], SIGMA)[0]
+
+
+def diffusers_velocity(pair):
+    kwargs = {"guidance": pair["guidance"]} if pair["guidance"] is not None else {}
+    with torch.no_grad():
+        return pair["twin"].edit_velocity(pair["diffusers"], pair["x"], SIGMA, pair["context"], [pair["reference"]],
+                                          **kwargs)
+
+
+def test_plain_models_agree(pair):
+    expected = comfy_velocity(pair["patcher"], pair)
+    assert torch.allclose(diffusers_velocity(pair), expected, atol=1e-4), \
+        (diffusers_velocity(pair) - expected).abs().max()
+
+
+@pytest.mark.parametrize("multiplier,start,end,terms", [(0.4, 1, 2, "both"), (1.8, 0, 0, "mlp"), (0.0, 0, -1, "attention")])
+def test_modulation_knob_agrees_with_the_diffusers_hook(pair, multiplier, start, end, terms):
+    from kontext_sliders.nodes.knobs import TERMS, modulation_scaled_model
+    from kontext_sliders.trainer.methods.knobs.modulation_hook import ModulationScaleHooks
+    model = modulation_scaled_model(pair["patcher"], multiplier, start, end, terms)
+    expected = comfy_velocity(model, pair)
+    assert (expected - comfy_velocity(pair["patcher"], pair)).abs().max() > 1e-3  # the knob acts
+    blocks = range(start, (end if end >= 0 else 2) + 1)
+    attention, mlp = TERMS[terms]
+    hooks = ModulationScaleHooks(pair["twin"].text_modulation_points(pair["diffusers"]), multiplier, blocks,
+                                 attention, mlp)
+    try:
+        got = diffusers_velocity(pair)
+    finally:
+        hooks.remove()
+    assert torch.allclose(got, expected, atol=1e-4), (got - expected).abs().max()
