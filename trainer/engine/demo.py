@@ -174,9 +174,10 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                         help="image side in pixels (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=d.seed,
                         help="seed of the crops, the initial weights and the noise (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=d.threads,
-                        help="torch threads (default: %(default)s; more spin waiting for a core that another busy "
-                             "process holds, several times slower; on an idle 2-core machine 2 are ~25%% faster)")
+    parser.add_argument("--threads", type=int,
+                        help=f"torch threads (default: {noted('threads') or d.threads}, otherwise {d.threads}; more "
+                             f"spin waiting for a core that another busy process holds, several times slower; on an "
+                             f"idle 2-core machine 2 are ~25%% faster)")
     parser.add_argument("--require-targets", action="store_true",
                         help=f"exit with status 1 when a target is missed ({noted('targets')})")
     return parser
@@ -186,12 +187,14 @@ def run_demo_command(args: argparse.Namespace) -> int:
     if args.resolution % 2 or not 8 <= args.resolution <= 64:
         print(f"demo: error: --resolution must be even and within 8..64, got {args.resolution}", file=sys.stderr)
         return 2
-    if args.threads < 1:
+    if args.threads is not None and args.threads < 1:
         print(f"demo: error: --threads must be at least 1, got {args.threads}", file=sys.stderr)
         return 2
     common = dict(held_out=tuple(n.strip() for n in args.held_out.split(",") if n.strip()),
-                  resolution=args.resolution, seed=args.seed, threads=args.threads)
-    common.update({k: v for k, v in (("tasks", args.tasks), ("ranges", args.ranges)) if v is not None})
+                  resolution=args.resolution, seed=args.seed)
+    # not given: each method's own default (its settings class)
+    common.update({k: v for k, v in (("tasks", args.tasks), ("ranges", args.ranges), ("threads", args.threads))
+                   if v is not None})
     return demo_for(args.method).run_command(args, common)
 
 
