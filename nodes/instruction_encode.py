@@ -1,6 +1,9 @@
-"""KontextMultiInstructionEncode: CLIPTextEncode of the joined lines, plus where each line's tokens are.
+"""KontextMultiInstructionEncode: the family's plain encode of the joined lines, plus where each line's tokens are.
 
-The spans come from ComfyUI's own tokenizer (prompt weights, embeddings and unicode behave as in
+FLUX.1 (CLIP-L + T5, here): CLIPTextEncode. FLUX.2 and Qwen-Image-Edit: their text modules under
+nodes/families/ (flux2_text, qwen_text) find the spans inside the chat template and make the encodings
+(CLIPTextEncode; TextEncodeQwenImageEditPlus with the node's optional images and VAE); this module is the glue.
+The FLUX.1 spans come from ComfyUI's own tokenizer (prompt weights, embeddings and unicode behave as in
 CLIPTextEncode). Cost: one tokenisation and one encode of the prompt, as CLIPTextEncode, plus a T5
 tokenisation of each line alone. Encodings that only some knobs need (the prompt without each line
 for per-instruction guidance; the prompt plus one pad for sliders on very long prompts) are made the
@@ -17,12 +20,15 @@ import comfy.model_management
 import torch
 from comfy_api.latest import io
 
+from ..core.families.flux1 import NAME as FLUX1
 from ..core.instructions import (MAX_INSTRUCTIONS, InstructionSpans, joined_prompt, leave_one_out_prompts,
                                  spans_from_lines, split_instructions)
+from .families import display_of, flux2_text, qwen_text
 
 CATEGORY = "Kontext Sliders"
 METADATA_KEY = "kontext_sliders_instructions"
 T5_KEY = "t5xxl"
+TEXT_FAMILIES = (flux2_text, qwen_text)  # FLUX.1's T5 path is this module's own
 
 
 class Deferred:
@@ -52,6 +58,7 @@ class InstructionConditioning:
     # encoded with one pad token after the end token (ComfyUI's tokenizer asked for one more position),
     # and its spans; made when a sliders node first asks.
     padded: Deferred = Deferred.ready(None)
+    family: str = FLUX1  # the family of the text encoder (core family NAME): knobs refuse another family's model
 
     @property
     def without(self) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
@@ -66,8 +73,9 @@ class InstructionConditioning:
 def _t5_tokenizer(clip):
     t5 = getattr(getattr(clip, "tokenizer", None), T5_KEY, None)
     if t5 is None:
-        raise ValueError("KontextMultiInstructionEncode needs a FLUX text encoder (clip_l + t5xxl, e.g. "
-                         "DualCLIPLoader type 'flux'): token spans are positions in the T5 sequence")
+        raise ValueError("KontextMultiInstructionEncode needs a FLUX.1 (clip_l + t5xxl, DualCLIPLoader type "
+                         "'flux'), FLUX.2 (CLIPLoader type 'flux2') or Qwen-Image (CLIPLoader type 'qwen_image') "
+                         "text encoder")
     return t5
 
 
@@ -143,14 +151,56 @@ def encode_leave_one_out(clip, lines: list[str]) -> tuple[tuple[torch.Tensor, to
     return tuple(out)
 
 
-def encode_instructions(clip, instructions: str):
+def _with_metadata(conditioning, make_entry) -> list:
+    out = []
+    for c, extra in conditioning:
+        extra = dict(extra)
+        extra[METADATA_KEY] = make_entry(c)
+        out.append([c, extra])
+    return out
+
+
+def _family_encode(text_family, clip, lines: list[str], prompt: str, inputs: dict):
+    """A FLUX.2 / Qwen-Image encoder's conditioning with the metadata (its text module does the work)."""
+    conditioning, spans, make_padded, encode_text = text_family.encode_lines(clip, lines, prompt, **inputs)
+
+    def without():
+        out = []
+        for text in leave_one_out_prompts(lines):
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            c = encode_text(text)[0]
+            out.append((c[0], c[1].get("pooled_output")))
+        return tuple(out)
+
+    padded = Deferred.ready(None) if make_padded is None else Deferred(make_padded)
+    leave_one_out = Deferred(without)
+    return spans, _with_metadata(conditioning, lambda c: InstructionConditioning(
+        spans, c, leave_one_out, padded, text_family.NAME))
+
+
+def encode_instructions(clip, instructions: str, vae=None, image1=None, image2=None, image3=None):
     if clip is None:
-        raise RuntimeError("clip input is invalid: None (connect a FLUX text encoder)")
+        raise RuntimeError("clip input is invalid: None (connect a FLUX.1, FLUX.2 or Qwen-Image text encoder)")
     lines = split_instructions(instructions)
     prompt = joined_prompt(lines)
+    images = dict(vae=vae, image1=image1, image2=image2, image3=image3)
+    text_family = next((f for f in TEXT_FAMILIES if f.claims(clip)), None)
+    if text_family is not qwen_text and any(v is not None for v in images.values()):
+        raise ValueError("vae / image1..3 are for Qwen-Image-Edit text encoders (as in TextEncodeQwenImageEditPlus); "
+                         "this is another family's text encoder")
+    if text_family is not None:
+        spans, out = _family_encode(text_family, clip, lines, prompt, images if text_family is qwen_text else {})
+    else:
+        spans, out = _flux1_encode(clip, lines, prompt)
+    logging.info("Kontext multi-instruction: %s", "; ".join(f"{line!r} -> rows {s}:{e}"
+                                                            for line, (s, e) in zip(lines, spans.spans)))
+    return out
+
+
+def _flux1_encode(clip, lines: list[str], prompt: str):
     tokens = clip.tokenize(prompt, return_word_ids=True)  # one tokenisation serves the spans and the encode
     if T5_KEY not in tokens:
-        _t5_tokenizer(clip)  # raises the FLUX-encoder message
+        _t5_tokenizer(clip)  # raises the which-encoder message
     if len(tokens[T5_KEY]) != 1:
         _content(tokens[T5_KEY], clip)  # raises the too-long message
     spans = instruction_spans(clip, lines, tokens[T5_KEY][0])
@@ -162,18 +212,12 @@ def encode_instructions(clip, instructions: str):
     leave_one_out = Deferred(lambda: encode_leave_one_out(clip, lines))
     padded = (Deferred.ready(None) if spans.pad_index is not None
               else Deferred(lambda: encode_with_one_pad(clip, prompt, spans)))
-    out = []
-    for c, extra in conditioning:
-        extra = dict(extra)
-        extra[METADATA_KEY] = InstructionConditioning(spans, c, leave_one_out, padded)
-        out.append([c, extra])
-    logging.info("Kontext multi-instruction: %s", "; ".join(f"{line!r} -> tokens {s}:{e}"
-                                                            for line, (s, e) in zip(lines, spans.spans)))
-    return out
+    return spans, _with_metadata(conditioning, lambda c: InstructionConditioning(spans, c, leave_one_out, padded))
 
 
-def instruction_entries(conditioning) -> list[InstructionConditioning]:
-    """The multi-instruction metadata of every entry that has it; a clear error when none does."""
+def instruction_entries(conditioning, family=None) -> list[InstructionConditioning]:
+    """The multi-instruction metadata of every entry that has it; a clear error when none does, or (with
+    ``family``, the model's adapter) when its text encoder is another family's."""
     found = [c[1][METADATA_KEY] for c in conditioning if METADATA_KEY in c[1]]
     if not found:
         raise ValueError("this conditioning carries no sub-instruction spans: encode the prompt with "
@@ -183,6 +227,11 @@ def instruction_entries(conditioning) -> list[InstructionConditioning]:
     if any(f.spans.lines != lines for f in found[1:]):
         raise ValueError("the conditioning combines different multi-instruction prompts; per-instruction "
                          "strengths need one prompt. Connect a single KontextMultiInstructionEncode output.")
+    if family is not None and found[0].family != family.name:
+        encoder = display_of(found[0].family)
+        raise ValueError(f"this conditioning was encoded by a {encoder} text encoder but the MODEL is "
+                         f"{family.display}: its text rows would not be what the model reads. Encode the prompt "
+                         f"with the {family.display} text encoder (or load a {encoder} model)")
     return found
 
 
@@ -193,19 +242,26 @@ class KontextMultiInstructionEncode(io.ComfyNode):
             node_id="KontextMultiInstructionEncode",
             display_name="Kontext Multi-Instruction Encode",
             category=CATEGORY,
-            description="Encodes an edit made of several sub-instructions (one per line) exactly as CLIPTextEncode "
-                        "encodes the lines joined with spaces, and records each line's token span for the "
-                        "per-instruction slider and guidance nodes.",
+            description="Encodes an edit made of several sub-instructions (one per line) exactly as the model's plain "
+                        "encode node encodes the lines joined with spaces (CLIPTextEncode for FLUX.1 / FLUX.2, "
+                        "TextEncodeQwenImageEditPlus for Qwen-Image-Edit), and records each line's token span for "
+                        "the per-instruction slider and guidance nodes.",
             inputs=[
                 io.Clip.Input("clip"),
                 io.String.Input("instructions", multiline=True, default="make the sky stormy\nturn the car red",
                                 tooltip=f"one sub-instruction per line (only a line break, Enter, separates "
                                         f"them), at most {MAX_INSTRUCTIONS}; blank lines are ignored; prompt "
                                         f"weights like (red:1.2) work within a line"),
+                io.Vae.Input("vae", optional=True, tooltip="Qwen-Image-Edit only: as TextEncodeQwenImageEditPlus's "
+                                                           "vae (the images become reference latents)"),
+                io.Image.Input("image1", optional=True, tooltip="Qwen-Image-Edit only: as "
+                                                                "TextEncodeQwenImageEditPlus's image1"),
+                io.Image.Input("image2", optional=True, tooltip="Qwen-Image-Edit only"),
+                io.Image.Input("image3", optional=True, tooltip="Qwen-Image-Edit only"),
             ],
             outputs=[io.Conditioning.Output()],
         )
 
     @classmethod
-    def execute(cls, clip, instructions) -> io.NodeOutput:
-        return io.NodeOutput(encode_instructions(clip, instructions))
+    def execute(cls, clip, instructions, vae=None, image1=None, image2=None, image3=None) -> io.NodeOutput:
+        return io.NodeOutput(encode_instructions(clip, instructions, vae, image1, image2, image3))
