@@ -92,3 +92,26 @@ def tiny_model(bfl_sd: dict[str, torch.Tensor], tiny: TinyFlux2 = TINY, dtype=to
 
     Heads and RoPE axes are overridden after detection (ComfyUI 0.8 fixes 48 heads, 0.33 128-wide heads)."""
     return detected_tiny_model(bfl_sd, "flux2", dict(num_heads=tiny.heads, axes_dim=list(tiny.axes)), dtype, manual_cast)
+
+
+# FLUX.2 [klein]'s text encoder at a tiny size: ComfyUI's KleinTokenizer (the shipped Qwen tokenizer, its chat
+# template, right padding to 512) and klein_te (Qwen3 4B, layers 9/18/27 stacked per token), the LM's sizes
+# overridden through model_options; 28 layers because layer 27 must be an intermediate one.
+def tiny_text_encoder(seed: int = 0, tiny: TinyFlux2 = TINY):
+    """A real comfy.sd.CLIP for [klein] whose rows are ``tiny.context_dim`` wide; None where this ComfyUI has no
+    [klein] text encoder (0.8)."""
+    import comfy.sd
+    import comfy.supported_models_base
+    import comfy.text_encoders.flux
+    from .chat_text import seeded_language_model_
+    if not hasattr(comfy.text_encoders.flux, "KleinTokenizer"):
+        return None
+    lm = dict(hidden_size=tiny.context_dim // 3, intermediate_size=32, num_hidden_layers=28, num_attention_heads=2,
+              num_key_value_heads=1)
+    target = comfy.supported_models_base.ClipTarget(comfy.text_encoders.flux.KleinTokenizer,
+                                                    comfy.text_encoders.flux.klein_te(model_type="qwen3_4b"))
+    clip = comfy.sd.CLIP(target, model_options={"qwen3_4b_model_config": lm, "dtype": torch.float32,
+                                                "load_device": torch.device("cpu"),
+                                                "offload_device": torch.device("cpu")})
+    seeded_language_model_(clip.cond_stage_model, seed)
+    return clip

@@ -1,0 +1,238 @@
+"""Kontext Multi-Instruction Encode, Instruction Sliders and Instruction Guidance on FLUX.2 and Qwen-Image-Edit:
+tiny real text encoders (ComfyUI's tokenizers and chat templates) and tiny models through ComfyUI's detection."""
+import dataclasses
+
+import pytest
+import torch
+
+import ks_fixtures as F
+
+pytestmark = pytest.mark.comfyui
+
+SIGMA = 0.7
+PROMPT = "make the sky stormy\nturn the car (red:1.2)\nadd snow, on the roof!"
+# variant -> (family module, tiny-model changes): "flux2-dev" is [klein]'s encoder asked for no padding (as
+# [dev]'s Mistral pads nothing) on a [dev] model, which left-pads the conditioning with zero rows to 512
+VARIANTS = {
+    "flux2-klein": ("flux2", {}),
+    "flux2-dev": ("flux2", {"guidance": True}),
+    "qwen-2509": ("qwen_image", {}),
+}
+
+
+def _family_module(name):
+    import importlib
+    return importlib.import_module(f"kontext_sliders.nodes.families.{name}")
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def env(request):
+    F.import_comfyui()
+    module_name, changes = VARIANTS[request.param]
+    family = _family_module(module_name)
+    clip = family.tiny_text_encoder(seed=3)
+    if clip is None:
+        pytest.skip("this ComfyUI has no FLUX.2 [klein] text encoder (0.8)")
+    if request.param == "flux2-dev":
+        clip.set_tokenizer_option("qwen3_4b_min_length", 1)
+    tiny = dataclasses.replace(family.TINY, **changes)
+    patcher = family.tiny_model(family.tiny_state_dict(seed=0, tiny=tiny), tiny)
+    g = torch.Generator().manual_seed(1)
+    shape = (128, 8, 8) if module_name == "flux2" else (16, 1, 8, 8)  # Qwen-Image: a frame axis of 1
+    reference = torch.randn(1, *shape, generator=g)
+    # Qwen-Image-Edit: one picture for the vision tower (TextEncodeQwenImageEditPlus's image1)
+    inputs = {"image1": torch.rand(1, 48, 64, 3, generator=g)} if module_name == "qwen_image" else {}
+
+    def edit(conditioning):
+        """What ReferenceLatent (+ FluxGuidance on [dev]) add in an edit workflow."""
+        import node_helpers
+        values = {"reference_latents": [patcher.model.process_latent_out(reference)]}
+        if changes.get("guidance"):
+            values["guidance"] = 3.5
+        return node_helpers.conditioning_set_values(conditioning, values, append=False)
+
+    return dict(name=request.param, family=family, clip=clip, patcher=patcher, edit=edit, inputs=inputs,
+                x=torch.randn(2, *shape, generator=g))
+
+
+def encode_lines(env, text=PROMPT):
+    from kontext_sliders.nodes.instruction_encode import encode_instructions
+    return encode_instructions(env["clip"], text, **env["inputs"])
+
+
+def plain_encode(env, text):
+    """The family's plain encode node: CLIPTextEncode (FLUX.2), TextEncodeQwenImageEditPlus (Qwen-Image-Edit)."""
+    if env["family"].NAME == "flux2":
+        import nodes
+        return nodes.CLIPTextEncode().encode(env["clip"], text)[0]
+    from comfy_extras.nodes_qwen import TextEncodeQwenImageEditPlus
+    out = TextEncodeQwenImageEditPlus.execute(env["clip"], text, None, env["inputs"].get("image1"))
+    return out.args[0] if hasattr(out, "args") else out[0]
+
+
+def metadata(conditioning):
+    from kontext_sliders.nodes.instruction_encode import METADATA_KEY
+    return conditioning[0][1][METADATA_KEY]
+
+
+def predict(model, env, positive, negative=None, cfg=1.0):
+    with torch.no_grad():
+        return F.comfy_predict(model, positive, env["x"], SIGMA, negative=negative, cfg=cfg)
+
+
+def without_metadata(conditioning, context):
+    from kontext_sliders.nodes.instruction_encode import METADATA_KEY
+    return [[context, {k: v for k, v in extra.items() if k != METADATA_KEY}] for _, extra in conditioning]
+
+
+# ---------------------------------------------------------------- the encode node
+
+def test_spans_decode_back_to_each_line_and_the_encoding_is_the_plain_nodes(env):
+    from kontext_sliders.nodes.families import qwen_text
+    from kontext_sliders.nodes.families.chat_text import token_ids
+    ours = encode_lines(env)
+    reference = plain_encode(env, PROMPT.replace("\n", " "))
+    assert len(ours) == len(reference) == 1 and torch.equal(ours[0][0], reference[0][0])
+    assert set(ours[0][1]) - set(reference[0][1]) == {"kontext_sliders_instructions"}
+    entry = metadata(ours)
+    assert entry.family == env["family"].NAME
+    clip, prompt = env["clip"], PROMPT.replace("\n", " ")
+    if entry.family == "flux2":
+        key = "qwen3_4b"
+        sequence = clip.tokenize(prompt)[key][0]
+    else:
+        key = qwen_text.KEY
+        sequence = qwen_text._tokens(clip, prompt, (env["inputs"]["image1"], None, None))[key][0]
+    ids = token_ids(sequence, qwen_text.IMAGE_PAD)
+    shift = ours[0][0].shape[1] - len(ids)  # Qwen: the dropped system prompt and the expanded image token
+    if entry.family == "qwen_image":
+        assert shift > 0  # the vision rows outnumber the dropped template tokens at this image size
+    tokenizer = getattr(clip.tokenizer, key).tokenizer
+    lines = PROMPT.split("\n")
+    assert entry.spans.lines == tuple(lines)
+    for (start, end), line in zip(entry.spans.spans, lines):
+        assert tokenizer.decode(ids[start - shift:end - shift]).strip() == line
+    expected_pad = {"flux2-klein": entry.spans.spans[-1][1] + 9,  # after the template's 9 closing tokens
+                    "flux2-dev": ours[0][0].shape[1] - 512, "qwen-2509": None}[env["name"]]
+    assert entry.spans.pad_index == expected_pad
+
+
+def test_loo_and_padded_encodings_are_the_family_encodes(env):
+    entry = metadata(encode_lines(env))
+    lines = PROMPT.split("\n")
+    for i, (context, _) in enumerate(entry.without):
+        text = " ".join(lines[:i] + lines[i + 1:])
+        assert torch.equal(context, plain_encode(env, text)[0][0])
+    spans, padded = entry.slider_target()
+    if env["name"] == "qwen-2509":  # one pad token appended: a causal LM keeps every earlier row
+        assert padded.shape[1] == entry.context.shape[1] + 1 == spans.length == spans.pad_index + 1
+        assert torch.allclose(padded[:, :-1], entry.context, atol=1e-5)
+    else:
+        assert padded is None and spans is entry.spans
+
+
+# ---------------------------------------------------------------- sliders and guidance
+
+def test_knobs_at_one_are_the_unpatched_model(env):
+    from kontext_sliders.nodes.knobs import instruction_guidance_model, instruction_sliders_model
+    conditioning = encode_lines(env)
+    positive = env["edit"](conditioning)
+    plain = predict(env["patcher"], env, positive)[0]
+    assert torch.equal(predict(instruction_sliders_model(env["patcher"], conditioning, "1, 1, 1"), env, positive)[0],
+                       plain)
+    assert torch.equal(predict(instruction_guidance_model(env["patcher"], conditioning, "1, 1, 1"), env, positive)[0],
+                       plain)
+
+
+class _TextProbe:
+    """Forward pre-hooks on the first module each block applies to its (patched) text input."""
+
+    def __init__(self, model, check):
+        self.seen, self.check = [], check
+        dm = model.model.diffusion_model
+        blocks = getattr(dm, "double_blocks", None) or dm.transformer_blocks
+        self.handles = [b.txt_norm1.register_forward_pre_hook(lambda m, i: self._see(i[0])) for b in blocks]
+        self.handles += [b.pre_norm.register_forward_pre_hook(lambda m, i: self._see(i[0]))
+                         for b in getattr(dm, "single_blocks", [])]
+
+    def _see(self, txt):
+        self.check(txt)
+        self.seen.append(1)
+
+    def close(self):
+        for h in self.handles:
+            h.remove()
+
+
+def test_slider_zero_puts_the_lines_rows_on_the_pad_state_in_model_rows(env):
+    from kontext_sliders.nodes.knobs import instruction_sliders_model
+    conditioning = encode_lines(env)
+    entry = metadata(conditioning)
+    positive = env["edit"](conditioning)
+    n = entry.context.shape[1]
+    # the pad row in the model's text sequence: [klein] its first pad row; [dev] the model's left zero row 0
+    # (the spans shifted by 512 - n); Qwen the appended pad row
+    offset, pad = {"flux2-klein": (0, entry.spans.pad_index), "flux2-dev": (512 - n, 0),
+                   "qwen-2509": (0, n)}[env["name"]]
+    start, end = entry.spans.spans[1]
+    start, end = start + offset, end + offset
+
+    def on_the_pad_state(txt):
+        assert torch.equal(txt[:, start:end], txt[:, pad:pad + 1].expand(-1, end - start, -1))
+        assert not torch.equal(txt[:, end], txt[:, pad])  # the next line's first row keeps its own state
+
+    probe = _TextProbe(env["patcher"], on_the_pad_state)
+    try:
+        out = predict(instruction_sliders_model(env["patcher"], conditioning, "1, 0, 1"), env, positive)[0]
+    finally:
+        probe.close()
+    dm = env["patcher"].model.diffusion_model
+    assert len(probe.seen) == len(getattr(dm, "double_blocks", None) or dm.transformer_blocks) + len(
+        getattr(dm, "single_blocks", []))
+    assert not torch.allclose(out, predict(env["patcher"], env, positive)[0])
+
+
+def test_slider_effect_grows_with_distance_from_one(env):
+    from kontext_sliders.nodes.knobs import instruction_sliders_model
+    conditioning = encode_lines(env)
+    positive = env["edit"](conditioning)
+    plain = predict(env["patcher"], env, positive)[0]
+    for values in ([1.0, 0.5, 0.0], [1.0, 2.0, 3.0]):
+        d = [float((predict(instruction_sliders_model(env["patcher"], conditioning, f"1, {s}, 1"), env,
+                            positive)[0] - plain).abs().mean()) for s in values]
+        assert d[0] == 0.0 and all(a < b for a, b in zip(d, d[1:])), (values, d)
+
+
+@pytest.mark.parametrize("cfg", [1.0, 2.0])
+def test_guidance_is_full_plus_scaled_leave_one_out_differences(env, cfg):
+    from kontext_sliders.nodes.knobs import instruction_guidance_model
+    conditioning = encode_lines(env)
+    entry = metadata(conditioning)
+    positive = env["edit"](conditioning)
+    negative = env["edit"](plain_encode(env, "blurry")) if cfg != 1.0 else None
+    strengths = (0.0, 1.0, 2.5)
+    model = instruction_guidance_model(env["patcher"], conditioning, ", ".join(map(str, strengths)))
+    _, rows = predict(model, env, positive, negative, cfg)
+    _, plain_rows = predict(env["patcher"], env, positive, negative, cfg)
+    full = plain_rows["cond"]
+    expected = full.clone()
+    for (context, _), s in zip(entry.without, strengths):
+        if s != 1.0:
+            without = predict(env["patcher"], env, env["edit"](without_metadata(conditioning, context)))[1]["cond"]
+            expected = expected + (s - 1.0) * (full - without)
+    assert torch.allclose(rows["cond"], expected, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(rows["cond"], full, atol=1e-4)
+    if cfg != 1.0:
+        assert torch.allclose(rows["uncond"], plain_rows["uncond"], atol=1e-5)
+
+
+def test_another_familys_conditioning_is_refused_naming_both(env):
+    from kontext_sliders.nodes.instruction_encode import encode_instructions
+    from kontext_sliders.nodes.knobs import instruction_guidance_model, instruction_sliders_model
+    flux1 = encode_instructions(F.tiny_flux_clip(seed=3), "make the sky stormy\nturn the car red")
+    display = env["family"].DISPLAY
+    for make in (instruction_sliders_model, instruction_guidance_model):
+        with pytest.raises(ValueError, match=rf"FLUX\.1.*{display.split(' ')[0]}"):
+            make(env["patcher"], flux1, "1, 0")
+    with pytest.raises(ValueError, match="Qwen-Image-Edit"):
+        encode_instructions(F.tiny_flux_clip(seed=3), "a\nb", image1=torch.rand(1, 8, 8, 3))
