@@ -11,12 +11,13 @@ pytestmark = pytest.mark.comfyui
 
 SIGMA = 0.7
 PROMPT = "make the sky stormy\nturn the car (red:1.2)\nadd snow, on the roof!"
-# variant -> (family module, tiny-model changes): "flux2-dev" is [klein]'s encoder asked for no padding (as
-# [dev]'s Mistral pads nothing) on a [dev] model, which left-pads the conditioning with zero rows to 512
+# variant -> (family module, tiny-model changes); [dev]'s encoder pads nothing, its model left-pads the
+# conditioning with zero rows to 512
 VARIANTS = {
     "flux2-klein": ("flux2", {}),
     "flux2-dev": ("flux2", {"guidance": True}),
     "qwen-2509": ("qwen_image", {}),
+    "qwen-2511": ("qwen_image", {"zero_cond_t": True}),
 }
 
 
@@ -30,11 +31,10 @@ def env(request):
     F.import_comfyui()
     module_name, changes = VARIANTS[request.param]
     family = _family_module(module_name)
-    clip = family.tiny_text_encoder(seed=3)
+    variant = {"variant": request.param.split("-")[1]} if module_name == "flux2" else {}
+    clip = family.tiny_text_encoder(seed=3, **variant)
     if clip is None:
-        pytest.skip("this ComfyUI has no FLUX.2 [klein] text encoder (0.8)")
-    if request.param == "flux2-dev":
-        clip.set_tokenizer_option("qwen3_4b_min_length", 1)
+        pytest.skip("this ComfyUI cannot build FLUX.2's text encoders (0.8: no [klein]; [dev]'s tokenizer fails)")
     tiny = dataclasses.replace(family.TINY, **changes)
     patcher = family.tiny_model(family.tiny_state_dict(seed=0, tiny=tiny), tiny)
     g = torch.Generator().manual_seed(1)
@@ -88,7 +88,7 @@ def without_metadata(conditioning, context):
 # ---------------------------------------------------------------- the encode node
 
 def test_spans_decode_back_to_each_line_and_the_encoding_is_the_plain_nodes(env):
-    from kontext_sliders.nodes.families import qwen_text
+    from kontext_sliders.nodes.families import flux2_text, qwen_text
     from kontext_sliders.nodes.families.chat_text import token_ids
     ours = encode_lines(env)
     reference = plain_encode(env, PROMPT.replace("\n", " "))
@@ -98,7 +98,7 @@ def test_spans_decode_back_to_each_line_and_the_encoding_is_the_plain_nodes(env)
     assert entry.family == env["family"].NAME
     clip, prompt = env["clip"], PROMPT.replace("\n", " ")
     if entry.family == "flux2":
-        key = "qwen3_4b"
+        key = flux2_text._key(clip)
         sequence = clip.tokenize(prompt)[key][0]
     else:
         key = qwen_text.KEY
@@ -113,7 +113,7 @@ def test_spans_decode_back_to_each_line_and_the_encoding_is_the_plain_nodes(env)
     for (start, end), line in zip(entry.spans.spans, lines):
         assert tokenizer.decode(ids[start - shift:end - shift]).strip() == line
     expected_pad = {"flux2-klein": entry.spans.spans[-1][1] + 9,  # after the template's 9 closing tokens
-                    "flux2-dev": ours[0][0].shape[1] - 512, "qwen-2509": None}[env["name"]]
+                    "flux2-dev": ours[0][0].shape[1] - 512}.get(env["name"])  # Qwen: none
     assert entry.spans.pad_index == expected_pad
 
 
@@ -124,7 +124,7 @@ def test_loo_and_padded_encodings_are_the_family_encodes(env):
         text = " ".join(lines[:i] + lines[i + 1:])
         assert torch.equal(context, plain_encode(env, text)[0][0])
     spans, padded = entry.slider_target()
-    if env["name"] == "qwen-2509":  # one pad token appended: a causal LM keeps every earlier row
+    if env["family"].NAME == "qwen_image":  # one pad token appended: a causal LM keeps every earlier row
         assert padded.shape[1] == entry.context.shape[1] + 1 == spans.length == spans.pad_index + 1
         assert torch.allclose(padded[:, :-1], entry.context, atol=1e-5)
     else:
@@ -172,8 +172,7 @@ def test_slider_zero_puts_the_lines_rows_on_the_pad_state_in_model_rows(env):
     n = entry.context.shape[1]
     # the pad row in the model's text sequence: [klein] its first pad row; [dev] the model's left zero row 0
     # (the spans shifted by 512 - n); Qwen the appended pad row
-    offset, pad = {"flux2-klein": (0, entry.spans.pad_index), "flux2-dev": (512 - n, 0),
-                   "qwen-2509": (0, n)}[env["name"]]
+    offset, pad = {"flux2-klein": (0, entry.spans.pad_index), "flux2-dev": (512 - n, 0)}.get(env["name"], (0, n))
     start, end = entry.spans.spans[1]
     start, end = start + offset, end + offset
 
