@@ -117,6 +117,32 @@ def test_spans_decode_back_to_each_line_and_the_encoding_is_the_plain_nodes(env)
     assert entry.spans.pad_index == expected_pad
 
 
+class _StubVae:
+    """Stands in for Qwen-Image's VAE (a Wan 2.1 VAE): a deterministic latent from the picture it is given."""
+
+    def encode(self, pixels):
+        return pixels.movedim(-1, 1)[:, :, None, ::8, ::8].repeat(1, 6, 1, 1, 1)[:, :16].contiguous()
+
+
+def test_qwen_images_and_vae_give_the_edit_plus_nodes_conditioning_and_references(env):
+    if env["family"].NAME != "qwen_image":
+        pytest.skip("vae / image1..3 are Qwen-Image-Edit's (TextEncodeQwenImageEditPlus)")
+    from comfy_extras.nodes_qwen import TextEncodeQwenImageEditPlus
+    from kontext_sliders.nodes.instruction_encode import encode_instructions
+    g = torch.Generator().manual_seed(7)
+    image2 = torch.rand(1, 40, 40, 3, generator=g)
+    ours = encode_instructions(env["clip"], PROMPT, vae=_StubVae(), image1=env["inputs"]["image1"], image2=image2)
+    out = TextEncodeQwenImageEditPlus.execute(env["clip"], PROMPT.replace("\n", " "), _StubVae(),
+                                              env["inputs"]["image1"], image2)
+    reference = out.args[0] if hasattr(out, "args") else out[0]
+    assert torch.equal(ours[0][0], reference[0][0])
+    references = ours[0][1]["reference_latents"]
+    assert len(references) == 2 and all(torch.equal(a, b) for a, b in zip(references, reference[0][1]["reference_latents"]))
+    # two pictures' vision rows in front: the lines' rows move, their decoded text does not
+    assert metadata(ours).spans.spans[0][0] > metadata(encode_lines(env)).spans.spans[0][0]
+    assert metadata(ours).spans.spans[-1][1] == ours[0][0].shape[1] - 5  # the template's 5 closing tokens
+
+
 def test_loo_and_padded_encodings_are_the_family_encodes(env):
     entry = metadata(encode_lines(env))
     lines = PROMPT.split("\n")
@@ -235,3 +261,27 @@ def test_another_familys_conditioning_is_refused_naming_both(env):
             make(env["patcher"], flux1, "1, 0")
     with pytest.raises(ValueError, match="Qwen-Image-Edit"):
         encode_instructions(F.tiny_flux_clip(seed=3), "a\nb", image1=torch.rand(1, 8, 8, 3))
+
+
+def test_a_sweep_over_a_line_equals_single_runs(env):
+    """Each frame of a Sweep Sampler over line 2 equals a KSampler run at that value."""
+    import nodes
+    from kontext_sliders.core.sweep import Sweep
+    from kontext_sliders.nodes.knobs import instruction_sliders_model
+    from kontext_sliders.nodes.sweep.sampler import sample_sweep
+    conditioning = encode_lines(env)
+    positive = env["edit"](conditioning)
+    latent = {"samples": env["x"][:1] * 0.5}
+    values = [0.0, 1.0, 2.5]
+    frames, _ = sample_sweep(instruction_sliders_model(env["patcher"], conditioning, "1, 1, 1"), positive, [], latent,
+                             Sweep(tuple(values), instruction_index=1), 7, 2, 1.0, "euler", "simple", 1.0, 0, "last")
+    # Qwen-Image-Edit: a frame at 1 shares the batch with frames that need the appended pad row, so it is
+    # rendered with that row in the text too (which by itself moves the prediction); the others are exact
+    appended = metadata(conditioning).slider_target()[1] is not None
+    for frame, v in zip(frames["samples"], values):
+        if v == 1.0 and appended:
+            continue
+        model = instruction_sliders_model(env["patcher"], conditioning, f"1, {v}, 1")
+        single = nodes.common_ksampler(model, 7, 2, 1.0, "euler", "simple", positive, [], latent)[0]["samples"]
+        assert torch.allclose(frame, single[0], atol=2e-5, rtol=1e-5), (v, (frame - single[0]).abs().max())
+    assert (frames["samples"][0] - frames["samples"][-1]).abs().max() > 1e-3
