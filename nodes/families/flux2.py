@@ -42,7 +42,8 @@ class Flux2(Flux1):
     display = DISPLAY
     pooled_key = None
 
-    def model_text_length(self, length: int) -> tuple[int, int]:
+    @staticmethod
+    def model_text_length(length: int) -> tuple[int, int]:
         """(rows the model's text sequence has, where the conditioning's first row sits in it) for a
         conditioning of ``length`` rows: ComfyUI's FLUX.2 model left-pads the text with zero rows to 512."""
         total = max(length, TEXT_LENGTH)

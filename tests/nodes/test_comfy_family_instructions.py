@@ -285,3 +285,19 @@ def test_a_sweep_over_a_line_equals_single_runs(env):
         single = nodes.common_ksampler(model, 7, 2, 1.0, "euler", "simple", positive, [], latent)[0]["samples"]
         assert torch.allclose(frame, single[0], atol=2e-5, rtol=1e-5), (v, (frame - single[0]).abs().max())
     assert (frames["samples"][0] - frames["samples"][-1]).abs().max() > 1e-3
+
+
+def test_a_klein_prompt_that_fills_its_512_rows_gets_one_appended_pad(env):
+    if env["name"] != "flux2-klein":
+        pytest.skip("[klein] pads to 512 rows; a prompt may leave none")
+    from kontext_sliders.nodes.knobs import instruction_sliders_model
+    conditioning = encode_lines(env, "add a " + " ".join(["very"] * 520) + " tall tree\nremove the bench")
+    entry = metadata(conditioning)
+    n = entry.context.shape[1]
+    assert n > 512 and entry.spans.pad_index is None
+    spans, padded = entry.slider_target()
+    assert padded.shape[1] == n + 1 == spans.length and spans.pad_index == n
+    assert torch.allclose(padded[:, :n], entry.context, atol=1e-5)  # a causal LM: the earlier rows are the prompt's
+    positive = env["edit"](conditioning)
+    out = predict(instruction_sliders_model(env["patcher"], conditioning, "1, 0"), env, positive)[0]
+    assert torch.isfinite(out).all() and not torch.allclose(out, predict(env["patcher"], env, positive)[0])
