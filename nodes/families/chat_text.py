@@ -19,18 +19,25 @@ def token_ids(sequence: list, image_id: int | None = None) -> list[int]:
 
 
 def _character_ends(decode, ids: list[int]) -> list[int]:
-    """Character end of each token in ``decode(ids)``. Decoding token by token is exact unless a piece splits
-    a character (then the joined pieces differ from the whole): cumulative decodes then, slower but exact."""
+    """Character end of each token in ``text = decode(ids)``. Decoding token by token is exact unless a piece
+    splits a character (then the joined pieces differ from the whole): cumulative decodes then, slower, each
+    counting only what agrees with ``text`` (a split character decodes to replacement characters until its
+    last byte's token: that token ends it)."""
+    text = decode(ids)
     pieces = [decode([i]) for i in ids]
     ends, total = [], 0
-    if "".join(pieces) == decode(ids):
+    if "".join(pieces) == text:
         for p in pieces:
             total += len(p)
             ends.append(total)
         return ends
     for k in range(len(ids)):
         comfy.model_management.throw_exception_if_processing_interrupted()
-        ends.append(len(decode(ids[:k + 1])))
+        prefix = decode(ids[:k + 1])
+        end = len(prefix)
+        if not text.startswith(prefix):
+            end = next((i for i, (a, b) in enumerate(zip(prefix, text)) if a != b), min(end, len(text)))
+        ends.append(max(end, ends[-1] if ends else 0))
     return ends
 
 

@@ -87,6 +87,31 @@ def without_metadata(conditioning, context):
 
 # ---------------------------------------------------------------- the encode node
 
+TRICKY = ["make it look like a café in Zürich\nadd a sign saying Grüße aus München\nserve crème brûlée 🍮",
+          "(red) car, 2 doors\n3 more wheels!\n- no roof -",
+          "a\nb c\nd"]
+
+
+@pytest.mark.parametrize("prompt", TRICKY)
+def test_spans_of_unicode_digits_and_punctuation_decode_back(env, prompt):
+    from kontext_sliders.nodes.families import flux2_text, qwen_text
+    from kontext_sliders.nodes.families.chat_text import token_ids
+    ours = encode_lines(env, prompt)
+    entry, clip, joined = metadata(ours), env["clip"], prompt.replace("\n", " ")
+    assert torch.equal(ours[0][0], plain_encode(env, joined)[0][0])
+    if entry.family == "flux2":
+        key = flux2_text._key(clip)
+        sequence = clip.tokenize(joined)[key][0]
+    else:
+        key = qwen_text.KEY
+        sequence = qwen_text._tokens(clip, joined, (env["inputs"]["image1"], None, None))[key][0]
+    ids = token_ids(sequence, qwen_text.IMAGE_PAD)
+    shift = ours[0][0].shape[1] - len(ids)
+    tokenizer = getattr(clip.tokenizer, key).tokenizer
+    for (start, end), line in zip(entry.spans.spans, prompt.split("\n")):
+        assert tokenizer.decode(ids[start - shift:end - shift]).strip() == line
+
+
 def test_spans_decode_back_to_each_line_and_the_encoding_is_the_plain_nodes(env):
     from kontext_sliders.nodes.families import flux2_text, qwen_text
     from kontext_sliders.nodes.families.chat_text import token_ids
