@@ -153,7 +153,8 @@ class KontextMultiInstructionEncode(io.ComfyNode):
                 io.String.Input("instructions", multiline=True, default="make the sky stormy\nturn the car red",
                                 tooltip=f"one sub-instruction per line (only a line break, Enter, separates "
                                         f"them), at most {MAX_INSTRUCTIONS}; blank lines are ignored; prompt "
-                                        f"weights like (red:1.2) work within a line"),
+                                        f"weights like (red:1.2) work within a line (FLUX.1; FLUX.2's and "
+                                        f"Qwen's encoders read them as text, as their plain encode does)"),
                 io.Vae.Input("vae", optional=True, tooltip="Qwen-Image-Edit only: as TextEncodeQwenImageEditPlus's "
                                                            "vae (the images become reference latents)"),
                 io.Image.Input("image1", optional=True, tooltip="Qwen-Image-Edit only: as "
