@@ -286,6 +286,10 @@ def test_another_familys_conditioning_is_refused_naming_both(env):
             make(env["patcher"], flux1, "1, 0")
     with pytest.raises(ValueError, match="Qwen-Image-Edit"):
         encode_instructions(F.tiny_flux_clip(seed=3), "a\nb", image1=torch.rand(1, 8, 8, 3))
+    # and the other way round: this family's conditioning on a FLUX.1 model
+    flux1_model = F.comfy_patcher(F.tiny_bfl_state_dict(seed=0, pooled_dim=F.TINY_CLIP_L_POOLED))
+    with pytest.raises(ValueError, match=rf"{display.split(' ')[0]}.*FLUX\.1"):
+        instruction_sliders_model(flux1_model, encode_lines(env), "1, 0, 1")
 
 
 def test_a_sweep_over_a_line_equals_single_runs(env):
