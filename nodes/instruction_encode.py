@@ -4,9 +4,10 @@ Each family's text module under nodes/families/ finds the spans and makes the en
 T5, CLIPTextEncode; flux2_text: the chat template, CLIPTextEncode; qwen_text: TextEncodeQwenImageEditPlus with
 the node's optional images and VAE); this module is the glue: the metadata, the deferred encodings, the node.
 Cost: one tokenisation and one encode of the prompt, as the plain node, plus (FLUX.1) a T5 tokenisation of
-each line alone. Encodings that only some knobs need (the prompt without each line
-for per-instruction guidance; the prompt plus one pad for sliders on very long prompts) are made the
-first time such a knob asks, while its node runs, and kept: a graph without guidance never pays for them.
+each line alone. Encodings that only some knobs need (the prompt without each line for per-instruction
+guidance; the prompt plus one pad token for sliders where the sequence has no pad row: long FLUX.1 / [klein]
+prompts, every Qwen-Image prompt) are made the first time such a knob asks, while its node runs, and kept:
+a graph without guidance never pays for them.
 """
 from __future__ import annotations
 
