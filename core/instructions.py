@@ -82,9 +82,10 @@ def spans_from_lines(full: Sequence, per_line: Sequence[Sequence], lines: Sequen
 class InstructionSpans:
     """Where each sub-instruction sits in the text sequence the model receives.
 
-    ``spans[i]`` is [start, end) in the T5 sequence; ``pad_index`` the position of the first pad
-    token after the end token (None when the prompt fills the padded length); ``length`` the sequence
-    length.
+    ``spans[i]`` is [start, end) in the encoded sequence (conditioning rows); ``pad_index`` the row of the
+    pad state (FLUX.1: the first pad token after the end token), None when the prompt leaves none; it may
+    be negative: a row the model puts before the conditioning's (FLUX.2 [dev]'s left zero rows); ``length``
+    the sequence length.
     """
     lines: tuple[str, ...]
     spans: tuple[tuple[int, int], ...]
@@ -99,6 +100,16 @@ class InstructionSpans:
                 raise ValueError(f"span {start}:{end} outside a sequence of {self.length}")
         if self.pad_index is not None and any(s <= self.pad_index < e for s, e in self.spans):
             raise ValueError("the pad position lies inside an instruction")
+
+    def in_model_rows(self, total: int, offset: int) -> "InstructionSpans":
+        """The spans in the text sequence the model's blocks see: ``total`` rows, the conditioning's first at
+        ``offset`` (a family's ``model_text_length``)."""
+        if (total, offset) == (self.length, 0) and (self.pad_index is None or self.pad_index >= 0):
+            return self
+        pad = None if self.pad_index is None else self.pad_index + offset
+        if pad is not None and not 0 <= pad < total:
+            pad = None  # the pad row the encoder recorded is not in this model's sequence
+        return InstructionSpans(self.lines, tuple((s + offset, e + offset) for s, e in self.spans), pad, total)
 
 
 # Accepted per-instruction strengths unless a knob says otherwise (the training-free knobs' range).

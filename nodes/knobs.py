@@ -37,25 +37,28 @@ def modulation_scaled_model(model, multiplier: float, start_block: int, end_bloc
 
 
 def instruction_knob(conditioning, strengths: str, accepted: tuple[float, float], kind: str,
-                     display: str) -> InstructionKnob:
-    entries = instruction_entries(conditioning)
+                     display: str, family=None) -> InstructionKnob:
+    entries = instruction_entries(conditioning, family)
     lines = entries[0].spans.lines
     values = parse_strengths(strengths, len(lines), lines, accepted, f"{display} strengths")
     return InstructionKnob(tuple(entries), (tuple(values),), kind, accepted, display)
 
 
 def instruction_sliders_model(model, conditioning, strengths: str):
-    family_of(model)  # a clear error for other models first
-    knob = instruction_knob(conditioning, strengths, SLIDER_RANGE, "sliders", KontextInstructionSliders.DISPLAY_NAME)
+    family = family_of(model)  # a clear error for other models first
+    knob = instruction_knob(conditioning, strengths, SLIDER_RANGE, "sliders", KontextInstructionSliders.DISPLAY_NAME,
+                            family)
     for entry in knob.entries:
-        # bad spans fail here, not mid-sampling; a long prompt's one-pad encoding is made here, once
-        toward_pad_plan(entry.slider_target()[0], knob.rows[0])
+        # bad spans fail here, not mid-sampling; a one-pad encoding is made here, once (in the model's rows)
+        spans = entry.slider_target()[0]
+        toward_pad_plan(spans.in_model_rows(*family.model_text_length(spans.length)), knob.rows[0])
     return patched_clone(model, knobs=installed_runtime(model).knobs + (knob,))  # all 1: recorded, patches nothing
 
 
 def instruction_guidance_model(model, conditioning, strengths: str):
-    family_of(model)  # a clear error for other models first
-    knob = instruction_knob(conditioning, strengths, GUIDANCE_RANGE, "guidance", KontextInstructionGuidance.DISPLAY_NAME)
+    family = family_of(model)  # a clear error for other models first
+    knob = instruction_knob(conditioning, strengths, GUIDANCE_RANGE, "guidance", KontextInstructionGuidance.DISPLAY_NAME,
+                            family)
     for entry in knob.entries:
         # made now, while no model is sampling, and kept for later queue runs (a sweep may need them
         # even when every strength here is 1)

@@ -30,10 +30,11 @@ def slideredit_model(model, loaded: LoadedSliderEdit, conditioning, strengths: s
     """The patched clone. STLoRA: a per-token update on the text stream of the prompt in ``conditioning``;
     GSTLoRA: one strength, merged into the weights by ComfyUI's weight patches."""
     weights = loaded.weights
-    sizes = trained_family(model, DISPLAY_NAME).adapter_sizes()  # other models fail here, before anything else
+    family = trained_family(model, DISPLAY_NAME)
+    sizes = family.adapter_sizes()  # other models fail here, before anything else
     loras = tuple(fused_loras(weights, sizes))  # another model size fails here, naming what was found
     if weights.variant == "stlora":
-        entries = tuple(instruction_entries(conditioning))
+        entries = tuple(instruction_entries(conditioning, family))  # another family's encoder: refused
         lines = entries[0].spans.lines
         values = parse_strengths(strengths, len(lines), lines, STRENGTH_RANGE, f"{DISPLAY_NAME} strengths")
         knob = SliderEditKnob(loras, "stlora", entries, (tuple(values),), accepted=STRENGTH_RANGE, name=loaded.name)

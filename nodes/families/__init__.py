@@ -20,13 +20,18 @@ in ``FAMILIES`` below; ``family_of`` asks each in turn.
 """
 from __future__ import annotations
 
-from . import flux1, flux2, qwen_image
+from . import flux1, flux2, flux2_text, qwen_image, qwen_text
 from .base import HostFamily, ModulationSite, TextStreamSite, UnsupportedVariant
 
-__all__ = ["FAMILIES", "HostFamily", "ModulationSite", "TextStreamSite", "UnsupportedVariant", "family_of",
+__all__ = ["FAMILIES", "HostFamily", "display_of", "flux2_text", "qwen_text", "ModulationSite", "TextStreamSite", "UnsupportedVariant", "family_of",
            "trained_family"]
 
 FAMILIES = (flux1, flux2, qwen_image)
+
+
+def display_of(name: str) -> str:
+    """A family's display name from its NAME (what a conditioning's metadata records)."""
+    return next((f.DISPLAY for f in FAMILIES if f.NAME == name), name)
 
 
 def family_of(patcher) -> HostFamily:

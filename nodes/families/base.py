@@ -61,7 +61,8 @@ class HostFamily(Protocol):
 
     def model_text_length(self, length: int) -> tuple[int, int]:
         """(rows of the text sequence the blocks see, row of the conditioning's first token in it) for a
-        conditioning of ``length`` rows (FLUX.2 left-pads to 512; FLUX.1, Qwen-Image: (length, 0))."""
+        conditioning of ``length`` rows (FLUX.2 left-pads to 512; FLUX.1, Qwen-Image: (length, 0)). A
+        staticmethod in the adapters: the runtime keeps it without holding the adapter (and its patcher)."""
 
     def modulation_sites(self) -> list[ModulationSite]: ...
 
@@ -108,7 +109,8 @@ class AdapterBase:
     def context_dim(self) -> int:
         return int(self.diffusion_model.txt_in.weight.shape[1])
 
-    def model_text_length(self, length: int) -> tuple[int, int]:
+    @staticmethod  # no state: the runtime keeps the function itself (nodes/runtime/install.py)
+    def model_text_length(length: int) -> tuple[int, int]:
         return length, 0
 
     def linear_site(self, module_path: str) -> tuple[str, torch.nn.Module]:

@@ -42,7 +42,8 @@ class Flux2(Flux1):
     display = DISPLAY
     pooled_key = None
 
-    def model_text_length(self, length: int) -> tuple[int, int]:
+    @staticmethod
+    def model_text_length(length: int) -> tuple[int, int]:
         """(rows the model's text sequence has, where the conditioning's first row sits in it) for a
         conditioning of ``length`` rows: ComfyUI's FLUX.2 model left-pads the text with zero rows to 512."""
         total = max(length, TEXT_LENGTH)
@@ -92,3 +93,54 @@ def tiny_model(bfl_sd: dict[str, torch.Tensor], tiny: TinyFlux2 = TINY, dtype=to
 
     Heads and RoPE axes are overridden after detection (ComfyUI 0.8 fixes 48 heads, 0.33 128-wide heads)."""
     return detected_tiny_model(bfl_sd, "flux2", dict(num_heads=tiny.heads, axes_dim=list(tiny.axes)), dtype, manual_cast)
+
+
+# FLUX.2's text encoders at a tiny size, ComfyUI's own classes with the LM's sizes overridden through model_options.
+# [klein]: KleinTokenizer (the shipped Qwen tokenizer, its chat template, right padding to 512) and klein_te
+# (Qwen3 4B, layers 9/18/27 stacked per token; 28 layers because layer 27 must be an intermediate one).
+# [dev]: Flux2Tokenizer (Mistral's tekken format, its system prompt, no padding) over a byte-level vocabulary
+# with Mistral's real special-token ids (the real tekken.json travels inside the text encoder's weights), and
+# flux2_te's pruned Mistral 3 (30 layers, layers 10/20/30).
+_MISTRAL_SPECIAL = {0: "<unk>", 1: "<s>", 2: "</s>", 3: "[INST]", 4: "[/INST]", 11: "<pad>", 17: "[SYSTEM_PROMPT]",
+                    18: "[/SYSTEM_PROMPT]"}
+_TEKKEN_PATTERN = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|[^\r\n\p{L}\p{N}]?"
+                   r"[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def _byte_tekken() -> torch.Tensor:
+    """A tekken tokenizer blob (as stored in the text encoder's safetensors: uint8) whose vocabulary is the 256
+    bytes after Mistral's 1000 special tokens."""
+    import base64
+    import json
+    tekken = {"config": {"pattern": _TEKKEN_PATTERN, "num_vocab_tokens": 256, "default_vocab_size": 1256,
+                         "default_num_special_tokens": 1000, "version": "v7"},
+              "vocab": [{"rank": b, "token_bytes": base64.b64encode(bytes([b])).decode(), "token_str": None}
+                        for b in range(256)],
+              "special_tokens": [{"rank": i, "token_str": _MISTRAL_SPECIAL.get(i, f"<SPECIAL_{i}>"), "is_control": True}
+                                 for i in range(1000)]}
+    return torch.frombuffer(bytearray(json.dumps(tekken).encode()), dtype=torch.uint8)
+
+
+def tiny_text_encoder(seed: int = 0, tiny: TinyFlux2 = TINY, variant: str = "klein"):
+    """A real comfy.sd.CLIP for [klein] or [dev] whose rows are ``tiny.context_dim`` wide; None where this
+    ComfyUI cannot build it (0.8: no [klein] encoder; its [dev] tokenizer fails with transformers 5)."""
+    import comfy.sd
+    import comfy.supported_models_base
+    import comfy.text_encoders.flux as flux
+    from .chat_text import seeded_language_model_
+    lm = dict(hidden_size=tiny.context_dim // 3, intermediate_size=32, num_attention_heads=2, num_key_value_heads=1)
+    options = {"dtype": torch.float32, "load_device": torch.device("cpu"), "offload_device": torch.device("cpu")}
+    if variant == "klein":
+        if not hasattr(flux, "KleinTokenizer"):
+            return None
+        target = comfy.supported_models_base.ClipTarget(flux.KleinTokenizer, flux.klein_te(model_type="qwen3_4b"))
+        clip = comfy.sd.CLIP(target, model_options={"qwen3_4b_model_config": dict(lm, num_hidden_layers=28), **options})
+    else:
+        target = comfy.supported_models_base.ClipTarget(flux.Flux2Tokenizer, flux.flux2_te(pruned=True))
+        try:
+            clip = comfy.sd.CLIP(target, tokenizer_data={"tekken_model": _byte_tekken()},
+                                 model_options={"mistral3_24b_model_config": lm, **options})
+        except TypeError:  # 0.8: MistralConverter's arguments changed in transformers 5
+            return None
+    seeded_language_model_(clip.cond_stage_model, seed)
+    return clip

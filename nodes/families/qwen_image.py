@@ -104,3 +104,37 @@ def tiny_model(sd: dict[str, torch.Tensor], tiny: TinyQwenImage = TINY, dtype=to
     ComfyUI's detection reads the block count, the input channels and the 2511 marker from the weights and
     takes widths from the real model; the tiny widths are set after detection."""
     return detected_tiny_model(sd, "qwen_image", _unet_config(tiny), dtype, manual_cast)
+
+
+def tiny_text_encoder(seed: int = 0, tiny: TinyQwenImage = TINY):
+    """A real comfy.sd.CLIP for Qwen-Image (QwenImageTokenizer with the shipped tokenizer, QwenImageTEModel)
+    whose rows are ``tiny.context_dim`` wide, with a tiny vision tower.
+
+    The LM's sizes go through model_options; 4 KV heads (x the class's 128-wide heads) as ComfyUI's detection
+    expects. The vision tower's widths are hard-coded in ComfyUI, so its class is swapped for a narrow one
+    while the CLIP is built (patch 14, merge 2, window 112: the vision-token counts are the real ones)."""
+    import comfy.sd
+    import comfy.supported_models_base
+    import comfy.text_encoders.qwen_image
+    import comfy.text_encoders.qwen_vl as qwen_vl
+    from .chat_text import seeded_language_model_
+    base = qwen_vl.Qwen2VLVisionTransformer
+
+    class TinyVision(base):
+        def __init__(self, hidden_size=1280, output_hidden_size=3584, **kwargs):
+            super().__init__(hidden_size=32, output_hidden_size=output_hidden_size, intermediate_size=64,
+                             num_heads=2, num_layers=2, **kwargs)
+
+    lm = dict(hidden_size=tiny.context_dim, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=4)
+    target = comfy.supported_models_base.ClipTarget(comfy.text_encoders.qwen_image.QwenImageTokenizer,
+                                                    comfy.text_encoders.qwen_image.te())
+    qwen_vl.Qwen2VLVisionTransformer = TinyVision
+    try:
+        clip = comfy.sd.CLIP(target, model_options={"qwen25_7b_model_config": lm, "dtype": torch.float32,
+                                                    "load_device": torch.device("cpu"),
+                                                    "offload_device": torch.device("cpu")})
+    finally:
+        qwen_vl.Qwen2VLVisionTransformer = base
+    seeded_language_model_(clip.cond_stage_model, seed)
+    return clip

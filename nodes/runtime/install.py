@@ -37,7 +37,8 @@ def patched_clone(patcher, **changes):
     """
     family = family_of(patcher)
     model = patcher.clone()
-    runtime = installed_runtime(patcher).with_(pooled_key=family.pooled_key, **changes)
+    runtime = installed_runtime(patcher).with_(pooled_key=family.pooled_key, text_length=family.model_text_length,
+                                               **changes)
     model.set_attachments(ATTACHMENT_KEY, runtime)
     for key in [k for k, v in model.object_patches.items() if getattr(v, "__module__", None) in PATCH_MODULES]:
         del model.object_patches[key]  # the clone's dict: an earlier runtime's patches go (others' stay)

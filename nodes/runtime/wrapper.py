@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -54,6 +55,9 @@ class _ChunkJob:
 class PackRuntime:
     knobs: tuple = ()  # knob records (nodes/runtime/knobs.py) in the order the nodes were applied
     pooled_key: str | None = None  # the model call's pooled-vector kwarg (the family's), None = it has none
+    # the family's ``model_text_length``: conditioning rows -> (rows the model's text sequence has, where the
+    # conditioning's first row sits in it); FLUX.2 left-pads to 512, so the sampler's context is the padded one
+    text_length: Callable | None = field(default=None, compare=False)
     slot: CallSlot = field(default_factory=CallSlot, compare=False)
     _device_cache: dict = field(default_factory=dict, compare=False)
 
@@ -134,16 +138,34 @@ class PackRuntime:
                 out[block] = (attention, mlp)
         return out
 
+    def _model_rows(self, context: torch.Tensor) -> torch.Tensor:
+        """A conditioning's text sequence as the model sees it (FLUX.2: zero rows in front, as its model_base
+        pads), kept per tensor; the identity where the family changes nothing."""
+        total, offset = self.text_length(context.shape[1]) if self.text_length else (context.shape[1], 0)
+        if (total, offset) == (context.shape[1], 0):
+            return context
+        key = ("model rows", id(context))
+        if key not in self._device_cache:
+            rows = context.new_zeros(context.shape[0], total, context.shape[2])
+            rows[:, offset:offset + context.shape[1]] = context
+            self._device_cache[key] = (context, rows)
+        return self._device_cache[key][1]
+
+    def _model_spans(self, spans):
+        """Spans in the model's text rows (the family's ``model_text_length``)."""
+        return spans.in_model_rows(*self.text_length(spans.length)) if self.text_length else spans
+
     def _matching_entry(self, knob: InstructionKnob, chunk_context: torch.Tensor, repeats: bool = False):
         """The knob's conditioning entry whose text this chunk carries, or None. With ``repeats``, also a text
         repeated k times along the sequence (ComfyUI's batching repeats the shorter of cond / uncond up to
         their least common multiple): then (entry, k), else (entry, 1)."""
         for entry in knob.entries:
-            length, width = entry.context.shape[1:]
+            context = self._model_rows(entry.context)
+            length, width = context.shape[1:]
             k = chunk_context.shape[1] // length
             if chunk_context.shape[2] != width or chunk_context.shape[1] != k * length or not (k == 1 or repeats):
                 continue
-            expected = self._on(entry.context, chunk_context.device, chunk_context.dtype)
+            expected = self._on(context, chunk_context.device, chunk_context.dtype)
             if torch.equal(chunk_context, expected.repeat(1, k, 1).expand_as(chunk_context)):
                 return (entry, k) if repeats else entry
         return None
@@ -212,7 +234,7 @@ class PackRuntime:
     def _toward_pad_plan(self, spans, strengths: tuple[float, ...]):
         key = ("plan", id(spans), strengths)  # built once per (prompt, strengths), not every step
         if key not in self._device_cache:
-            self._device_cache[key] = (spans, toward_pad_plan(spans, strengths))
+            self._device_cache[key] = (spans, toward_pad_plan(self._model_spans(spans), strengths))
         return self._device_cache[key][1]
 
     def _plan_jobs(self, context: torch.Tensor, cond_or_uncond: list[int], chunk: int):
@@ -256,7 +278,8 @@ class PackRuntime:
                                      "Use one of them on a prompt")
                 plans = [self._toward_pad_plan(spans, row) for row in rows]
                 job.pad_plan = (torch.stack([p[0] for p in plans]), torch.stack([p[1] for p in plans]))
-                job.context = padded_context  # None unless the prompt left no pad token in the sequence
+                # None unless the prompt left no pad row in the sequence
+                job.context = None if padded_context is None else self._model_rows(padded_context)
             for knob in self.guidance:
                 entry = self._matching_entry(knob, chunk_context)
                 if entry is None:
@@ -266,7 +289,7 @@ class PackRuntime:
                 for i, (loo_context, loo_pooled) in enumerate(entry.without):
                     strengths = tuple(row[i] for row in per_row)
                     if any(s != 1.0 for s in strengths):
-                        loo = _ChunkJob(source=j, tag=0, context=loo_context, pooled=loo_pooled)
+                        loo = _ChunkJob(source=j, tag=0, context=self._model_rows(loo_context), pooled=loo_pooled)
                         extra.append(loo)
                         guided.setdefault(j, []).append((strengths, loo))
         if 0 in cond_or_uncond and context is not None:
