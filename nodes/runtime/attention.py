@@ -1,4 +1,5 @@
-"""NumeriKontrol's attention mask, as an ``optimized_attention_override`` (set per regrouped forward)."""
+"""Attention overrides the runtime sets per regrouped forward (``optimized_attention_override``): NumeriKontrol's
+mask, and an appended pad row hidden from every query."""
 from __future__ import annotations
 
 import torch
@@ -35,3 +36,27 @@ def numeric_mask_override(numeric: int, previous=None):
 
     return attention
 
+
+
+def hidden_key_override(row: int, previous=None):
+    """An ``optimized_attention_override`` that drops key / value ``row`` of the joint sequence (text first) for
+    every query: the pad row the sliders append to a prompt that has none (Qwen-Image-Edit; FLUX.1 / [klein]
+    prompts that fill the padded length) is their target state, not text the model reads. With it hidden, the
+    rows at strength 1 see exactly the prompt the plain model sees, so a slider leaves 1 smoothly and a
+    sweep's frame at 1 is the single run at 1."""
+
+    def attention(func, q, k, v, heads, *args, **kwargs):
+        attend = func if previous is None else (lambda *a, **kw: previous(func, *a, **kw))
+        # the mask comes by keyword (Flux) or as the fifth positional argument (Qwen-Image)
+        mask, args = (args[0], args[1:]) if args else (kwargs.pop("mask", None), ())
+        dim = 2 if kwargs.get("skip_reshape") else 1
+        n = k.shape[dim]
+
+        def kept(t, d):
+            return torch.cat((t.narrow(d, 0, row), t.narrow(d, row + 1, t.shape[d] - row - 1)), dim=d)
+
+        if mask is not None and mask.shape[-1] == n:
+            mask = kept(mask, mask.ndim - 1)
+        return attend(q, kept(k, dim), kept(v, dim), heads, mask, *args, **kwargs)
+
+    return attention

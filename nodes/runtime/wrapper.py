@@ -22,7 +22,7 @@ from ...core.knobs.guidance import combine_instruction_guidance
 from ...core.knobs.toward_pad import toward_pad_plan
 from ...core.kontinuous.offsets import offsets_for_rows
 from ...core.slideredit.lora import stlora_token_scales
-from .attention import numeric_mask_override
+from .attention import hidden_key_override, numeric_mask_override
 from .caches import emptied, reference_caches
 from .knobs import InstructionKnob, KontinuousKnob, ModulationKnob, NumericKnob, SliderEditKnob, items_for_chunk
 from .slot import CallSlot
@@ -48,6 +48,7 @@ class _ChunkJob:
     pooled: torch.Tensor | None = None  # replacement pooled vector [1, D]
     pad_plan: tuple | None = None  # (index [chunk, L], weight [chunk, L]) toward-pad plan per row
     numeric: int = 0  # NumeriKontrol tokens in front of ``context`` (then [chunk, m + L, D], one per row)
+    hidden_row: int | None = None  # an appended pad row (model rows) no query attends to (attention.py)
     output: torch.Tensor | None = None
 
 
@@ -280,6 +281,8 @@ class PackRuntime:
                 job.pad_plan = (torch.stack([p[0] for p in plans]), torch.stack([p[1] for p in plans]))
                 # None unless the prompt left no pad row in the sequence
                 job.context = None if padded_context is None else self._model_rows(padded_context)
+                if padded_context is not None:
+                    job.hidden_row = self._model_spans(spans).pad_index
             for knob in self.guidance:
                 entry = self._matching_entry(knob, chunk_context)
                 if entry is None:
@@ -340,11 +343,11 @@ class PackRuntime:
         batch = x.shape[0]
         context = args[2]
         groups: dict = {}
-        for job in jobs:  # one forward per (text length, numeric tokens): each group's mask is one
+        for job in jobs:  # one forward per (text length, numeric tokens, hidden row): each group's attention is one
             length = (job.context if job.context is not None else context).shape[1]
-            groups.setdefault((length, job.numeric), []).append(job)
+            groups.setdefault((length, job.numeric, job.hidden_row), []).append(job)
         uuids = transformer_options.get("uuids")
-        for (length, numeric), group in groups.items():
+        for (length, numeric, hidden_row), group in groups.items():
             rows = torch.cat([torch.arange(j.source * chunk, (j.source + 1) * chunk) for j in group])
             g_x = x.index_select(0, rows.to(x.device))
             g_args = [take_rows(a, rows, batch) for a in args[:4]] + [None] + list(args[5:])
@@ -370,6 +373,9 @@ class PackRuntime:
             if numeric > 1:  # numeric tokens of different edits do not attend to each other
                 options["optimized_attention_override"] = numeric_mask_override(
                     numeric, options.get("optimized_attention_override"))
+            if hidden_row is not None:
+                options["optimized_attention_override"] = hidden_key_override(
+                    hidden_row, options.get("optimized_attention_override"))
             g_args[4] = options
             pad_index = pad_weight = None
             if any(j.pad_plan for j in group):

@@ -16,7 +16,7 @@ import ks_fixtures as F
 
 WORKFLOWS = sorted((F.PACK_DIR / "example_workflows").glob("*.json"))
 FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
-COMFY_EXTRAS = ("nodes_flux.py", "nodes_edit_model.py")  # the built-in extras the examples use
+COMFY_EXTRAS = ("nodes_flux.py", "nodes_edit_model.py", "nodes_qwen.py", "nodes_model_advanced.py")  # the built-in extras the examples use
 # combos whose options are the user's files: any value is fine in an example
 USER_FILE_COMBOS = {"unet_name", "clip_name", "clip_name1", "clip_name2", "vae_name", "ckpt_name", "lora_name",
                     "image", "weights"}

@@ -183,6 +183,90 @@ WORKFLOWS = {
               "Change the lines and the strengths (one per line, −1 … 3).\n\n" + MODELS)),
 }
 
+# ---------------------------------------------------------------- the same knobs on FLUX.2 and Qwen-Image-Edit
+
+FLUX2_MODELS = ("**Models** (FLUX.2 [klein] 4B, as in ComfyUI's FLUX.2 [klein] template; [dev]: "
+                "`flux2_dev_fp8mixed.safetensors` with `mistral_3_small_flux2_bf16.safetensors`)\n\n"
+                "- `models/diffusion_models/flux-2-klein-base-4b-fp8.safetensors`\n"
+                "- `models/text_encoders/qwen_3_4b.safetensors` (CLIPLoader type `flux2`)\n"
+                "- `models/vae/flux2-vae.safetensors`\n")
+QWEN_MODELS = ("**Models** (as in ComfyUI's Qwen-Image-Edit 2511 template; 2509: "
+               "`qwen_image_edit_2509_fp8_e4m3fn.safetensors`, shift 3)\n\n"
+               "- `models/diffusion_models/qwen_image_edit_2511_bf16.safetensors`\n"
+               "- `models/text_encoders/qwen_2.5_vl_7b_fp8_scaled.safetensors` (CLIPLoader type `qwen_image`)\n"
+               "- `models/vae/qwen_image_vae.safetensors`\n")
+
+
+def family_edit(unet: str, clip: str, clip_type: str, vae: str) -> dict:
+    """Loaders, the source image and its latent, as a FLUX.2 / Qwen-Image-Edit edit starts."""
+    return {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": unet, "weight_dtype": "default"}},
+        "2": {"class_type": "CLIPLoader", "inputs": {"clip_name": clip, "type": clip_type, "device": "default"}},
+        "3": {"class_type": "VAELoader", "inputs": {"vae_name": vae}},
+        "4": {"class_type": "LoadImage", "inputs": {"image": "example.png"}},
+        "5": {"class_type": "FluxKontextImageScale", "inputs": {"image": ["4", 0]}},
+        "6": {"class_type": "VAEEncode", "inputs": {"pixels": ["5", 0], "vae": ["3", 0]}},
+    }
+
+
+# the encode nodes are taller here (a negative encode, image inputs): their own column
+FAMILY_LAYOUT = {"7": (380, 0), "11": (380, 330), "9": (380, 620), "5": (380, 800), "6": (380, 900), "12": (820, 0),
+                 "8": (820, 300),
+                 "10": (820, 420), "20": (820, 560)}
+
+
+def family_sliders_sweep(loaders: dict, nodes: dict, prefix: str, steps: int, cfg: float, note: str) -> dict:
+    """Instruction Sliders on model node 9, the sweep varying line 2, sampling the family's prompt (node 8)
+    against its negative (node 10)."""
+    tail = sweep_tail("12", {"start": 0.0, "end": 1.5, "count": 7, "spacing": "linear", "instruction_index": 2},
+                      prefix)
+    tail["21"]["inputs"].update(steps=steps, cfg=cfg, positive=["8", 0], negative=["10", 0])
+    sliders = {"class_type": "KontextInstructionSliders",
+               "inputs": {"model": ["9", 0], "conditioning": ["8", 0], "strengths": "1, 1"}}
+    return dict(prompt={**loaders, **nodes, "12": sliders, **tail}, note=note, layout=FAMILY_LAYOUT)
+
+
+WORKFLOWS.update({
+    "flux2_instruction_sliders_sweep": family_sliders_sweep(
+        family_edit("flux-2-klein-base-4b-fp8.safetensors", "qwen_3_4b.safetensors", "flux2", "flux2-vae.safetensors"),
+        {"7": multi_encode("make the sky stormy\nturn the car red"),
+         "8": {"class_type": "ReferenceLatent", "inputs": {"conditioning": ["7", 0], "latent": ["6", 0]}},
+         "9": {"class_type": "KontextModulationStrength",
+               "inputs": {"model": ["1", 0], "multiplier": 1.0, "start_block": 0, "end_block": -1, "terms": "mlp"}},
+         "10": {"class_type": "ReferenceLatent", "inputs": {"conditioning": ["11", 0], "latent": ["6", 0]}},
+         "11": clip_encode("")},
+        "flux2_instruction_sweep", 28, 4.0,
+        ("## FLUX.2: per-instruction sweep and intensity dial (training-free)\n\n"
+              "The same nodes as on FLUX.1 Kontext; only the loaders differ. **Kontext Multi-Instruction Encode** "
+              "encodes the lines exactly as CLIP Text Encode does with FLUX.2's text encoder; **ReferenceLatent** "
+              "adds the source image. **Kontext Modulation Strength** scales the text modulation FLUX.2 shares "
+              "across its double blocks, per block range (1 = unchanged); **Kontext Instruction Sliders** holds one "
+              "strength per line, and the sweep varies line 2 (*turn the car red*) from 0 to 1.5.\n\n"
+              "[klein] base: cfg 4 with the empty negative prompt; [dev]: add FluxGuidance and use cfg 1.\n\n"
+              + FLUX2_MODELS)),
+    "qwen_image_edit_instruction_sliders_sweep": family_sliders_sweep(
+        family_edit("qwen_image_edit_2511_bf16.safetensors", "qwen_2.5_vl_7b_fp8_scaled.safetensors", "qwen_image",
+                    "qwen_image_vae.safetensors"),
+        {"7": {"class_type": "KontextMultiInstructionEncode",
+               "inputs": {"clip": ["2", 0], "instructions": "make the sky stormy\nturn the car red", "vae": ["3", 0],
+                          "image1": ["5", 0]}},
+         "8": {"class_type": "FluxKontextMultiReferenceLatentMethod",
+               "inputs": {"conditioning": ["7", 0], "reference_latents_method": "index_timestep_zero"}},
+         "9": {"class_type": "ModelSamplingAuraFlow", "inputs": {"model": ["1", 0], "shift": 3.1}},
+         "10": {"class_type": "FluxKontextMultiReferenceLatentMethod",
+                "inputs": {"conditioning": ["11", 0], "reference_latents_method": "index_timestep_zero"}},
+         "11": {"class_type": "TextEncodeQwenImageEditPlus",
+                "inputs": {"clip": ["2", 0], "prompt": "", "vae": ["3", 0], "image1": ["5", 0]}}},
+        "qwen_instruction_sweep", 40, 4.0,
+        ("## Qwen-Image-Edit: per-instruction sweep (training-free)\n\n"
+              "The same nodes as on FLUX.1 Kontext; only the loaders and the encode's image inputs differ. "
+              "**Kontext Multi-Instruction Encode** with `vae` and `image1` encodes the lines exactly as "
+              "TextEncodeQwenImageEditPlus does (vision tokens and reference latent included). **Kontext "
+              "Instruction Sliders** holds one strength per line; the sweep varies line 2 (*turn the car red*) "
+              "from 0 to 1.5. 2511 runs its references at timestep 0 (the reference-method nodes, as in ComfyUI's "
+              "template); for 2509 remove them and use shift 3.\n\n" + QWEN_MODELS)),
+})
+
 
 def without_none(value):
     if isinstance(value, dict):
@@ -239,7 +323,7 @@ def build(names: list[str]) -> None:
                         app.canvas.ds.offset = [-Math.min(...xs) + 0.025 * w / scale, -Math.min(...ys) + 0.025 * h / scale];
                         app.canvas.setDirty(true, true); app.canvas.draw(true, true);
                         return app.rootGraph.serialize();
-                    }""", [spec["prompt"], spec["note"], LAYOUT])
+                    }""", [spec["prompt"], spec["note"], {**LAYOUT, **spec.get("layout", {})}])
                     # fields the front-end left undefined come back as None: written as null, its own schema
                     # check rejects them on load ("Invalid workflow against zod schema"), so they go
                     graph = without_none(graph)
