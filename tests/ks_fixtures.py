@@ -283,3 +283,23 @@ def diffusers_velocity(model, x, reference, context, pooled, sigma: float, guida
                 img_ids=ids, txt_ids=torch.zeros(context.shape[1], 3), guidance=torch.full((b,), guidance),
                 return_dict=False)[0]
     return unpack_latents(out[:, : (h // 2) * (w // 2)], h, w)
+
+
+# ---------------------------------------------------------------- FLUX.2 / Qwen-Image-Edit tiny models
+
+# family variant -> (family module name, tiny-config changes)
+FAMILY_VARIANTS = {
+    "flux2-klein": ("flux2", {}),
+    "flux2-dev": ("flux2", {"guidance": True}),
+    "qwen-2509": ("qwen_image", {}),
+    "qwen-2511": ("qwen_image", {"zero_cond_t": True}),
+}
+
+
+def family_variant(name: str):
+    """(the family's ComfyUI-side module, its module name, the variant's tiny config)."""
+    import dataclasses
+    import importlib
+    module_name, changes = FAMILY_VARIANTS[name]
+    module = importlib.import_module(f"kontext_sliders.nodes.families.{module_name}")
+    return module, module_name, dataclasses.replace(module.TINY, **changes)

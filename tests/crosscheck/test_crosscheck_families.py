@@ -1,7 +1,6 @@
 """FLUX.2 and Qwen-Image-Edit: ComfyUI's model (built through its detection) and diffusers' transformer with the
 same weights give the same velocity, plain and with the modulation knob (the nodes' patch on one side, the
 diffusers hook on the other), in fp32."""
-import dataclasses
 import importlib
 
 import pytest
@@ -12,21 +11,13 @@ import ks_fixtures as F
 pytestmark = pytest.mark.comfyui
 
 SIGMA = 0.7
-VARIANTS = {
-    "flux2-klein": ("flux2", {}),
-    "flux2-dev": ("flux2", {"guidance": True}),
-    "qwen-2509": ("qwen_image", {}),
-    "qwen-2511": ("qwen_image", {"zero_cond_t": True}),
-}
 
 
-@pytest.fixture(scope="module", params=list(VARIANTS))
+@pytest.fixture(scope="module", params=list(F.FAMILY_VARIANTS))
 def pair(request):
     F.import_comfyui()
-    name, changes = VARIANTS[request.param]
-    host = importlib.import_module(f"kontext_sliders.nodes.families.{name}")
+    host, name, tiny = F.family_variant(request.param)
     twin = importlib.import_module(f"kontext_sliders.trainer.families.{name}")
-    tiny = dataclasses.replace(host.TINY, **changes)
     sd = host.tiny_state_dict(seed=4, tiny=tiny)
     g = torch.Generator().manual_seed(2)
     # Qwen: an even token grid (4 x 4), where diffusers' RoPE positions equal ComfyUI's

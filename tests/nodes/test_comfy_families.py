@@ -1,6 +1,5 @@
 """The training-free modulation knob and the sweep sampler on FLUX.2 and Qwen-Image-Edit (tiny models built
 through ComfyUI's own detection), and the FLUX.1-trained nodes refusing them."""
-import dataclasses
 
 import pytest
 import torch
@@ -11,26 +10,12 @@ pytestmark = pytest.mark.comfyui
 
 SIGMA = 0.7
 STEPS = 3
-# family variant -> (family module name, tiny-config changes)
-VARIANTS = {
-    "flux2-klein": ("flux2", {}),
-    "flux2-dev": ("flux2", {"guidance": True}),
-    "qwen-2509": ("qwen_image", {}),
-    "qwen-2511": ("qwen_image", {"zero_cond_t": True}),
-}
 
 
-def _family_module(name):
-    import importlib
-    return importlib.import_module(f"kontext_sliders.nodes.families.{name}")
-
-
-@pytest.fixture(scope="module", params=list(VARIANTS))
+@pytest.fixture(scope="module", params=list(F.FAMILY_VARIANTS))
 def env(request):
     F.import_comfyui()
-    module_name, changes = VARIANTS[request.param]
-    family = _family_module(module_name)
-    tiny = dataclasses.replace(family.TINY, **changes)
+    family, module_name, tiny = F.family_variant(request.param)
     patcher = family.tiny_model(family.tiny_state_dict(seed=0, tiny=tiny), tiny)
     g = torch.Generator().manual_seed(1)
     # Qwen-Image latents are 5-D (the Wan 2.1 latent format: a frame axis of 1)

@@ -1,6 +1,5 @@
 """Kontext Multi-Instruction Encode, Instruction Sliders and Instruction Guidance on FLUX.2 and Qwen-Image-Edit:
 tiny real text encoders (ComfyUI's tokenizers and chat templates) and tiny models through ComfyUI's detection."""
-import dataclasses
 
 import pytest
 import torch
@@ -11,31 +10,16 @@ pytestmark = pytest.mark.comfyui
 
 SIGMA = 0.7
 PROMPT = "make the sky stormy\nturn the car (red:1.2)\nadd snow, on the roof!"
-# variant -> (family module, tiny-model changes); [dev]'s encoder pads nothing, its model left-pads the
-# conditioning with zero rows to 512
-VARIANTS = {
-    "flux2-klein": ("flux2", {}),
-    "flux2-dev": ("flux2", {"guidance": True}),
-    "qwen-2509": ("qwen_image", {}),
-    "qwen-2511": ("qwen_image", {"zero_cond_t": True}),
-}
 
 
-def _family_module(name):
-    import importlib
-    return importlib.import_module(f"kontext_sliders.nodes.families.{name}")
-
-
-@pytest.fixture(scope="module", params=list(VARIANTS))
+@pytest.fixture(scope="module", params=list(F.FAMILY_VARIANTS))
 def env(request):
     F.import_comfyui()
-    module_name, changes = VARIANTS[request.param]
-    family = _family_module(module_name)
+    family, module_name, tiny = F.family_variant(request.param)
     variant = {"variant": request.param.split("-")[1]} if module_name == "flux2" else {}
     clip = family.tiny_text_encoder(seed=3, **variant)
     if clip is None:
         pytest.skip("this ComfyUI cannot build FLUX.2's text encoders (0.8: no [klein]; [dev]'s tokenizer fails)")
-    tiny = dataclasses.replace(family.TINY, **changes)
     patcher = family.tiny_model(family.tiny_state_dict(seed=0, tiny=tiny), tiny)
     g = torch.Generator().manual_seed(1)
     shape = (128, 8, 8) if module_name == "flux2" else (16, 1, 8, 8)  # Qwen-Image: a frame axis of 1
@@ -47,7 +31,7 @@ def env(request):
         """What ReferenceLatent (+ FluxGuidance on [dev]) add in an edit workflow."""
         import node_helpers
         values = {"reference_latents": [patcher.model.process_latent_out(reference)]}
-        if changes.get("guidance"):
+        if getattr(tiny, "guidance", False):
             values["guidance"] = 3.5
         return node_helpers.conditioning_set_values(conditioning, values, append=False)
 
