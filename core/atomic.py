@@ -33,8 +33,12 @@ def make_temp_dir(parent: str | os.PathLike, prefix: str) -> Path:
     return _create_unique(parent, prefix, "", lambda p: os.mkdir(p, 0o777))
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` on a temp file beside ``path``, fsync it, then rename over ``path``."""
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None], durable: bool = True) -> None:
+    """Call ``write(tmp_path)`` on a temp file beside ``path``, fsync it, then rename over ``path``.
+
+    ``durable=False`` skips the fsync: the rename still makes the write atomic for every reader and against a
+    killed process, only not against a power cut. For files a run can always make again (feature caches,
+    synthesized frames), where thousands of fsyncs cost seconds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _create_unique(path.parent, f".{path.name}.", ".tmp",
@@ -46,8 +50,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
             mode = stat.S_IMODE(os.stat(tmp).st_mode)  # new: 0o666 minus the umask, as the kernel made it
         write(str(tmp))
         os.chmod(tmp, mode)  # after the write: some writers (safetensors) replace the file with a 0o600 one
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
+        if durable:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

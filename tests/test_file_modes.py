@@ -63,3 +63,18 @@ def test_checkpoint_folder_and_files_follow_the_umask(tmp_path):
     assert mode(path) == 0o755
     assert {f.name: mode(f) for f in path.iterdir()} == {
         "trainable.safetensors": 0o644, "state.pt": 0o644, "config.yaml": 0o644}
+
+
+@pytest.mark.parametrize("durable", [True, False])
+def test_fsync_only_when_durable_and_the_write_stays_atomic(tmp_path, monkeypatch, durable):
+    synced = []
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd))
+    target = tmp_path / "frame.png"
+    target.write_text("old")
+    target.chmod(0o640)
+    atomic_write(target, lambda tmp: Path(tmp).write_text("new"), durable=durable)
+    assert target.read_text() == "new" and mode(target) == 0o640
+    assert len(synced) == (1 if durable else 0)
+    with pytest.raises(RuntimeError):  # a writer that fails leaves the old file and no temp file
+        atomic_write(target, lambda tmp: (_ for _ in ()).throw(RuntimeError("boom")), durable=durable)
+    assert target.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["frame.png"]

@@ -247,7 +247,8 @@ def trajectory_seed(seed: int, trajectory_id: str) -> int:
 
 def save_png(image: torch.Tensor, path: Path) -> None:
     array = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
+    # not fsynced (thousands of frames, seconds of fsyncs): rerunning synth makes them again; the manifest is
+    atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"), durable=False)
 
 
 def synthesize_trajectory(out: Path, task: CatTask, photo: Photo, frames: int, seed: int,
