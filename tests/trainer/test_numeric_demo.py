@@ -220,6 +220,35 @@ def test_numeric_demo_whole_fine_tunes_on_a_base_editor_tiny(tmp_path):
     assert "pooled text vector the sum of its lines'" in report
 
 
+def test_finetune_replay_trains_the_slider_beside_the_bases_two_line_edits(tmp_path):
+    """``finetune_replay``: the NumeriKontrol fine-tune draws that fraction of its rows from the base editor's
+    two-line edits in the numeric text form (and nothing else of the base's data); the Kontinuous fine-tune none."""
+    from kontext_sliders.trainer.data.edits import read_edits
+    from kontext_sliders.trainer.engine.config import config_from_dict
+    from kontext_sliders.trainer.engine.features import FeatureCache
+    from kontext_sliders.trainer.methods.numeric.method import NumericMethod
+    settings = tiny(tmp_path / "demo", base_steps=3, finetune="whole", finetune_replay=0.5)
+    result = ND.run_numeric_demo(settings)
+    assert math.isfinite(result.average["psnr_numeric"])
+    replay = read_edits(settings.out / "data" / "base_two_line")
+    base = read_edits(settings.out / "data" / "base")
+    assert replay and all(len(s.instructions) == 2 and all("#" in line for line in s.instructions) for s in replay)
+    assert len(replay) == sum(len(s.instructions) == 2 for s in base) // 2  # one text form of the two
+    weights = settings.out / "weights" / "base_editor"
+    n_config = ND.numeric_config(settings, settings.out / "data" / "frames", weights)
+    k_config = ND.kontinuous_config(settings, settings.out / "data" / "kontinuous", weights)
+    assert n_config.numeric.replay_fraction == 0.5 and k_config.numeric.replay_fraction == 0
+    method = NumericMethod(config_from_dict(n_config.to_dict()))
+    method.prepare(FeatureCache(settings.out / "cache_numeric"), torch.device("cpu"), progress=False)
+    rows = [r for step in range(4) for r in method.rows(settings.seed, step, 16)]
+    assert 0 < sum(r.replay is not None for r in rows) < len(rows)
+    batch = method.load(rows[:16], torch.device("cpu"))
+    assert {len(e) for e in batch["edits"]} == {0, 1}
+    assert torch.isfinite(method.loss(method.build_model(), batch))
+    assert "replays the base's two-line edits (no numeric tokens) in 50 % of its rows" in \
+        (settings.out / "report_numeric.md").read_text()
+
+
 def test_lines_pooled_sum_keeps_each_lines_pooled_vector_whole():
     """``data.lines_pooled: sum``: a prompt of several lines gets the sum of its lines' pooled vectors (the mean
     by default); the token vectors, and everything of a one-line prompt, are the same either way."""

@@ -107,6 +107,35 @@ def test_rows_with_different_edit_counts_equal_each_row_alone():
         model(**inputs(), edits=[[(EXPOSURE, 1.0)], []])
 
 
+def test_a_plain_row_is_the_transformer_alone_and_only_when_asked():
+    """A replayed base row (no edit, ``plain_rows``) is the transformer on its text alone, bit for bit, also
+    beside rows with tokens."""
+    model = tiny_model()
+    x = inputs(batch=3)
+    edits = [[(EXPOSURE, 1.5)], [], [(HUE, -45.0)]]
+    with torch.no_grad():
+        mixed = model(**x, edits=edits, plain_rows=True)
+        plain = kontext_velocity(model.transformer, x["noisy"][1:2], x["source"][1:2], x["sigma"][1:2],
+                                 x["context"][1:2], x["pooled"][1:2], 1.0)
+        tokened = model(**{k: v[[0, 2]] for k, v in x.items()}, edits=[edits[0], edits[2]])
+    assert torch.equal(mixed[1:2], plain)
+    torch.testing.assert_close(mixed[[0, 2]], tokened, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="row 1 has no numeric edit"):
+        model(**x, edits=edits)
+
+
+def test_replay_swaps_about_its_fraction_of_rows_and_keeps_the_others_as_drawn():
+    from kontext_sliders.trainer.methods.numeric.method import numeric_rows_for_step, replay_rows
+    rows = numeric_rows_for_step(3, 7, 400, [5, 5, 5])
+    mixed = replay_rows(rows, 3, 7, 0.25, 11)
+    assert mixed == replay_rows(rows, 3, 7, 0.25, 11)  # a pure function of (seed, step)
+    swapped = [i for i, r in enumerate(mixed) if r.replay is not None]
+    assert 60 <= len(swapped) <= 140 and all(0 <= mixed[i].replay < 11 for i in swapped)
+    assert all(mixed[i] == rows[i] for i in range(400) if i not in swapped)
+    assert all((mixed[i].sigma, mixed[i].noise_seed) == (rows[i].sigma, rows[i].noise_seed) for i in swapped)
+    assert replay_rows(rows, 3, 7, 0.0, 11) == rows
+
+
 def test_lora_sits_on_qkv_of_both_streams_and_the_single_blocks():
     model = tiny_model(rank=4)
     adapted = sorted({n.split(".lora_A")[0] for n, _ in model.transformer.named_parameters() if ".lora_A." in n})
@@ -265,6 +294,8 @@ def test_numeric_config_defaults_and_errors(cat_data, tmp_path):
         (["numeric.init=zeros"], "numeric.init must be gaussian or default"),
         ([f"numeric.registry={tmp_path / 'none.json'}"], "numeric.registry: no such file"),
         ([f"numeric.registry={tmp_path / 'bad.json'}"], "numeric.registry: the registry is not valid JSON"),
+        (["numeric.replay_fraction=1"], r"numeric.replay_fraction must be a number in \[0, 1\), got 1"),
+        (["numeric.replay_fraction=0.2"], "needs numeric.replay_edits: the edits folders"),
     ]
     for overrides, message in bad:
         with pytest.raises(ConfigError, match=message) as e:

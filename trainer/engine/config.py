@@ -200,8 +200,19 @@ class NumericSection:
     init: str = "gaussian"  # peft's init_lora_weights: "gaussian" (A ~ N(0, 1/r)) or "default" (kaiming); B zeros
     guidance: float = 1.0  # the guidance embedding's value in training (the paper: "CFG 1.0")
     max_edits: int = 3  # data.text_encoder learned: room for this many sub-instructions in a prompt
+    # prior preservation in a fine-tune: this fraction of the rows is drawn from the edits folders
+    # ``replay_edits`` (``edits.json`` with targets, e.g. the base editor's own prompts of several instructions)
+    # and trained without numeric tokens, as the base was; 0: every row from the trajectories
+    replay_edits: list[str] = field(default_factory=list)
+    replay_fraction: float = 0.0
 
     def __post_init__(self):
+        if isinstance(self.replay_fraction, bool) or not isinstance(self.replay_fraction, (int, float)) \
+                or not 0 <= self.replay_fraction < 1:
+            raise ConfigError(f"numeric.replay_fraction must be a number in [0, 1), got {self.replay_fraction!r}")
+        if self.replay_fraction > 0 and not self.replay_edits:
+            raise ConfigError("numeric.replay_fraction > 0 needs numeric.replay_edits: the edits folders to draw "
+                              "those rows from")
         for key in ("frequencies", "encoder_width", "embed_width", "decoder_width", "max_edits"):
             value, least = getattr(self, key), 0 if key == "frequencies" else 1
             if isinstance(value, bool) or not isinstance(value, int) or value < least:

@@ -45,7 +45,7 @@ from ..kontinuous.demo import demo_config, export_editor_model
 from .report import write_numeric_report
 from ...engine.codecs import text_encoder_for
 from ...engine.export import export_checkpoint
-from .demo_data import BASE_STEP, base_edits, kontinuous_pairs, trajectory_extents  # noqa: F401 (for tests)
+from .demo_data import BASE_STEP, base_edits, kontinuous_pairs, trajectory_extents, two_line_replay  # noqa: F401 (for tests)
 from .evaluation import (SOURCE_STRENGTH, TARGET_STRENGTHS, TARGETS, TWO_EDIT_TARGETS,  # noqa: F401 (for tests)
                          NumericEditor, composed_error_psnr, evaluate_single, evaluate_two_edit, kontinuous_editor,
                          kontinuous_on_base)
@@ -90,6 +90,10 @@ class NumericDemoSettings(DemoSettings):
     # the base setting: "mean" of the lines' or their "sum" (docs/results.md: the sum keeps each line's
     # modulation input as in its single edit, and the zero-shot two-line prompt composes)
     lines_pooled: str = "sum"
+    # fine-tunes on the base only: this fraction of the NumeriKontrol fine-tune's rows replays the base editor's
+    # two-line edits (``two_line_replay``), without numeric tokens, as the base was trained (prior preservation of
+    # what it knew of several instructions; the numeric tokens still see single edits only); 0: none
+    finetune_replay: float = 0.0
 
 
 @dataclass
@@ -161,6 +165,8 @@ def numeric_config(s: NumericDemoSettings, frames_dir: Path, base: Path | None =
     d.pop("projector", None)
     d["numeric"] = {"max_edits": s.max_edits} if base is None else {"max_edits": s.max_edits, "rank": s.finetune_rank}
     d["model"]["train_transformer"] = base is None
+    if base is not None and s.finetune_replay > 0:
+        d["numeric"].update(replay_edits=[str(s.out / "data" / "base_two_line")], replay_fraction=s.finetune_replay)
     d["data"]["cache_dir"] = str(s.out / "cache_numeric")
     d["run"]["output_dir"] = str(s.out / "numeric_run")
     return config_from_dict(_finetune(d, s, base))
@@ -198,6 +204,7 @@ def _run(s: NumericDemoSettings) -> NumericDemoResult:
     if s.base_steps:
         base_edits(s.out / "data" / "base", frames_dir, trajectories, tasks, train_photos, s.seed,
                    s.base_composed)
+        two_line_replay(s.out / "data" / "base_two_line", s.out / "data" / "base")
     seconds["data"] = time.perf_counter() - t0
 
     weights, base = s.out / "weights", None
@@ -281,6 +288,10 @@ def run_command(args: argparse.Namespace, common: dict) -> int:
         print("demo: error: --finetune-transformer-lr is the rate of the base's weights in a whole fine-tune: it "
               "needs --base-steps > 0 and --finetune whole", file=sys.stderr)
         return 2
+    if not 0 <= args.finetune_replay < 1 or (args.finetune_replay and not args.base_steps):
+        print(f"demo: error: --finetune-replay is a fraction in [0, 1) of the fine-tune's rows and needs "
+              f"--base-steps > 0, got {args.finetune_replay}", file=sys.stderr)
+        return 2
     if args.lines_pooled is not None and not args.base_steps:
         print("demo: error: --lines-pooled sets the text of the base editor and its fine-tunes: it needs "
               "--base-steps > 0", file=sys.stderr)
@@ -289,6 +300,7 @@ def run_command(args: argparse.Namespace, common: dict) -> int:
                                    base_composed=args.base_composed,
                                    **({} if args.lines_pooled is None else {"lines_pooled": args.lines_pooled}),
                                    finetune_rank=args.finetune_rank, finetune=args.finetune,
+                                   finetune_replay=args.finetune_replay,
                                    finetune_lr=args.finetune_lr,
                                    finetune_transformer_lr=args.finetune_transformer_lr, **common,
                                    **({} if args.steps is None else {"steps": args.steps}))
@@ -330,6 +342,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: %(default)s)")
     parser.add_argument("--finetune-lr", type=float, default=n.finetune_lr,
                         help="numeric with --base-steps: learning rate of both fine-tunes (default: %(default)g)")
+    parser.add_argument("--finetune-replay", type=float, default=n.finetune_replay,
+                        help="numeric with --base-steps: fraction of the NumeriKontrol fine-tune's rows that replay "
+                             "the base editor's two-line edits, without numeric tokens (default: %(default)g)")
     parser.add_argument("--finetune-transformer-lr", type=float, default=n.finetune_transformer_lr,
                         help="numeric with --finetune whole: learning rate of the base's own weights, the adapter "
                              "and the projector keeping --finetune-lr (default: one rate for all)")

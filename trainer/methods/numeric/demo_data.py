@@ -97,6 +97,19 @@ def base_edits(root: Path, frames_dir: Path, trajectories: list[Trajectory], tas
     return write_edits(root, samples, tool="kontext-sliders demo --method numeric (base editor)")
 
 
+def two_line_replay(root: Path, base_root: Path) -> Path:
+    """The base editor's two-line edits in the numeric run's text form (its lines as the base read them), as an
+    edits folder under ``root`` for the numeric fine-tune's replay (``numeric.replay_edits``): what the base knew of
+    prompts of several instructions, trained on again without numeric tokens while the slider learns single edits."""
+    from ...data.edits import EditSample, read_edits, write_edits
+    rel = Path(os.path.relpath(base_root, root))
+    samples = [EditSample(s.id, str(rel / s.image), s.instructions, str(rel / s.target))
+               for s in read_edits(base_root)
+               if len(s.instructions) >= 2 and s.target is not None and "/numeric-" in s.id]
+    root.mkdir(parents=True, exist_ok=True)
+    return write_edits(root, samples, tool="kontext-sliders demo --method numeric (base editor's two-line edits)")
+
+
 def trajectory_extents(trajectories: list[Trajectory], tasks: list[cat.CatTask]) -> list[float]:
     """Each trajectory's span as a fraction of its task's range."""
     ranges = {t.name: abs(t.range[1] - t.range[0]) for t in tasks}

@@ -77,6 +77,8 @@ class NumericRow:
     # a no-change pair (source = target) worded "decrease ... by 0" rather than "increase ... by 0": half of them,
     # so that both wordings are anchored at no change and small deltas of either sign sit between trained ones
     decrease_wording: bool = False
+    # a row of ``numeric.replay_edits`` (its sample index) instead of a trajectory's pair: no numeric token
+    replay: int | None = None
 
 
 def pair_delta(task: NumericTask, source_value: float, target_value: float) -> float:
@@ -109,6 +111,18 @@ def numeric_rows_for_step(seed: int, step: int, global_batch: int, frame_counts:
     return rows
 
 
+def replay_rows(rows: list[NumericRow], seed: int, step: int, fraction: float, samples: int) -> list[NumericRow]:
+    """``rows`` with about ``fraction`` of them swapped for replayed edits (each keeps its sigma and noise),
+    from a stream of its own: the trajectory rows that stay are the ones a run without replay draws."""
+    g = torch.Generator().manual_seed((seed * 1_000_003 + step) * 2 + 1)
+    out = []
+    for row in rows:
+        swap = bool(torch.rand((), generator=g) < fraction)
+        pick = int(torch.randint(samples, (1,), generator=g))
+        out.append(NumericRow(-1, 0, 0, row.sigma, row.noise_seed, replay=pick) if swap else row)
+    return out
+
+
 def numeric_trajectories(cached: CachedDataset, registry: Registry) -> tuple[list[NumericTrajectory], Counter]:
     """The cached trajectories numeric training can use; the others counted by reason."""
     out, skipped = [], Counter()
@@ -138,6 +152,7 @@ class NumericMethod(Method):
         self.cache, self.registry = cache, config.numeric.task_registry()
         self.codec, _ = make_codecs(config, device, text=False)
         cached = cache_trajectories(config.data.trajectories, cache, self.codec, None, progress=progress)
+        self.replay = self._cache_replay(cache, device, progress)
         self.codec.release()
         trajectories, skipped = numeric_trajectories(cached, self.registry)
         for key, count in skipped.items():
@@ -161,6 +176,22 @@ class NumericMethod(Method):
         log.info("%d trajectories, %d instructions; skipped: %s", len(trajectories), len(keys),
                  dict(self.dataset.skipped) or "none")
 
+    def _cache_replay(self, cache: FeatureCache, device: torch.device, progress: bool):
+        """The replayed edits (``numeric.replay_edits``), their texts as the base editor read them; None if off."""
+        nc = self.config.numeric
+        if nc.replay_fraction <= 0:
+            return None
+        from ...engine.edit_cache import cache_edits
+        text_encoder = text_encoder_for(self.config, device, nc.max_edits)
+        replay = cache_edits(list(nc.replay_edits), cache, self.codec, text_encoder, None, "", nc.max_edits, progress,
+                             targets=True)
+        text_encoder.release()
+        if not replay.samples:
+            raise ValueError(f"numeric.replay_edits: no usable edits with targets in {nc.replay_edits} "
+                             f"(skipped: {dict(replay.skipped)})")
+        log.info("replaying %d edits in %.0f %% of the rows", len(replay.samples), 100 * nc.replay_fraction)
+        return replay
+
     def _in_range(self, task: str, delta: float) -> bool:
         lo, hi = self.registry.task(task).delta_range
         return lo - 1e-9 <= delta <= hi + 1e-9
@@ -174,7 +205,10 @@ class NumericMethod(Method):
         return NumericModel(transformer, adapter, nc.guidance)
 
     def rows(self, seed: int, step: int, global_batch: int) -> list[NumericRow]:
-        return numeric_rows_for_step(seed, step, global_batch, [len(t.frames) for t in self.dataset.trajectories])
+        rows = numeric_rows_for_step(seed, step, global_batch, [len(t.frames) for t in self.dataset.trajectories])
+        if self.replay is None:
+            return rows
+        return replay_rows(rows, seed, step, self.config.numeric.replay_fraction, len(self.replay.samples))
 
     def edit(self, trajectory: NumericTrajectory, source: int, target: int,
              decrease_wording: bool = False) -> tuple[int, float, str]:
@@ -188,23 +222,32 @@ class NumericMethod(Method):
     def _image(self, key: str) -> torch.Tensor:
         return self.cache.get("image", key)["latent"]
 
+    def _row(self, row: NumericRow) -> tuple[str, str, str, list]:
+        """(source key, target key, text key, edits) of a row."""
+        if row.replay is not None:
+            sample = self.replay.samples[row.replay]
+            return sample.source, sample.target, sample.full, []
+        t = self.dataset.trajectories[row.trajectory]
+        task_id, delta, instruction = self.edit(t, row.source, row.target, row.decrease_wording)
+        return t.frames[row.source], t.frames[row.target], self.dataset.text_keys[instruction], [(task_id, delta)]
+
     def load(self, rows: list[NumericRow], device: torch.device) -> dict:
-        trajs = [self.dataset.trajectories[r.trajectory] for r in rows]
-        edits = [self.edit(t, r.source, r.target, r.decrease_wording) for t, r in zip(trajs, rows)]
-        texts = [self.cache.get("text", self.dataset.text_keys[e[2]]) for e in edits]
-        target = torch.stack([self._image(t.frames[r.target]) for t, r in zip(trajs, rows)])
-        batch = {"source": torch.stack([self._image(t.frames[r.source]) for t, r in zip(trajs, rows)]),
+        parts = [self._row(r) for r in rows]
+        texts = [self.cache.get("text", key) for _, _, key, _ in parts]
+        target = torch.stack([self._image(key) for _, key, _, _ in parts])
+        batch = {"source": torch.stack([self._image(key) for key, _, _, _ in parts]),
                  "target": target, "noise": seeded_noise(target.shape[1:], [r.noise_seed for r in rows]),
                  "sigma": torch.tensor([r.sigma for r in rows]),
                  "context": torch.stack([t["context"] for t in texts]),
                  "pooled": torch.stack([t["pooled"] for t in texts])}
         batch = {k: v.to(device) for k, v in batch.items()}
-        batch["edits"] = [[(task_id, delta)] for task_id, delta, _ in edits]
+        batch["edits"] = [edits for _, _, _, edits in parts]
         return batch
 
     def loss(self, model, batch: dict) -> torch.Tensor:
         return flow_matching(batch, lambda noisy: model(noisy, batch["source"], batch["sigma"], batch["context"],
-                                                        batch["pooled"], batch["edits"]))
+                                                        batch["pooled"], batch["edits"],
+                                                        plain_rows=self.replay is not None))
 
     @torch.no_grad()
     def validate(self, model: NumericModel, prefix: Path) -> dict:

@@ -99,8 +99,10 @@ class NumericModel(nn.Module):
         return cls(transformer, adapter, guidance).requires_grad_(False).eval()
 
     def tokens(self, edits: Edits, device: torch.device) -> torch.Tensor:
-        """[rows, m, T5 width]: the adapter's tokens of rows with m edits each."""
+        """[rows, m, T5 width]: the adapter's tokens of rows with m edits each (m = 0: none)."""
         m = len(edits[0])
+        if m == 0:
+            return torch.zeros(len(edits), 0, self.adapter.config.out_dim, device=device)
         ids = torch.tensor([t for row in edits for t, _ in row], dtype=torch.long, device=device)
         deltas = torch.tensor([float(d) for row in edits for _, d in row], dtype=torch.float64, device=device)
         return self.adapter(ids, deltas).view(len(edits), m, -1)
@@ -116,13 +118,14 @@ class NumericModel(nn.Module):
         return kontext_velocity(self.transformer, noisy, source, sigma, text, pooled, self.guidance, attention)
 
     def forward(self, noisy: torch.Tensor, source: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor,
-                pooled: torch.Tensor, edits: Edits) -> torch.Tensor:
-        """``edits[b]``: row b's (task id, delta) pairs. Returns the velocity [B, C, H, W] in fp32."""
+                pooled: torch.Tensor, edits: Edits, plain_rows: bool = False) -> torch.Tensor:
+        """``edits[b]``: row b's (task id, delta) pairs. Returns the velocity [B, C, H, W] in fp32.
+        ``plain_rows``: a row may have no edit, and is then the transformer alone (a replayed base row)."""
         if len(edits) != noisy.shape[0]:
             raise ValueError(f"edits for {len(edits)} rows, but the batch has {noisy.shape[0]}")
         groups: dict[int, list[int]] = {}
         for row, row_edits in enumerate(edits):
-            if len(row_edits) < 1:
+            if len(row_edits) < 1 and not plain_rows:
                 raise ValueError(f"row {row} has no numeric edit; each row needs at least one (task id, delta)")
             groups.setdefault(len(row_edits), []).append(row)
         if len(groups) == 1:

@@ -28,7 +28,9 @@ def _setting(s, numeric_run) -> str:
     return (f"The paper's setting: a base editor (`method: editor`, {s.base_steps} steps from scratch, one amount "
             f"per instruction, two-line edits too: {s.base_composed} per photo; a prompt's pooled text vector the "
             f"{s.lines_pooled} of its lines'), then both models fine-tuned on it "
-            f"({what}), {budget} each, lr {lr:g} cosine, seed {s.seed}.")
+            f"({what}), {budget} each, lr {lr:g} cosine, seed {s.seed}."
+            + (f" The NumeriKontrol fine-tune replays the base's two-line edits (no numeric tokens) in "
+               f"{100 * s.finetune_replay:g} % of its rows." if s.finetune_replay else ""))
 
 
 def write_numeric_report(s, tasks, result, strips: dict, numeric_run, kontinuous_run) -> Path:
