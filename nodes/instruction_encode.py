@@ -1,8 +1,8 @@
 """KontextMultiInstructionEncode: the family's plain encode of the joined lines, plus where each line's tokens are.
 
 Each family's text module under nodes/families/ finds the spans and makes the encodings (flux1_text: CLIP-L +
-T5, CLIPTextEncode; flux2_text: the chat template, CLIPTextEncode; qwen_text: TextEncodeQwenImageEditPlus with
-the node's optional images and VAE); this module is the glue: the metadata, the deferred encodings, the node.
+T5, CLIPTextEncode; flux2_text: the chat template, CLIPTextEncode; qwen_text: TextEncodeQwenImageEditPlus or
+TextEncodeQwenImageEdit (``qwen_encode``) with the node's optional images and VAE); this module is the glue: the metadata, the deferred encodings, the node.
 Cost: one tokenisation and one encode of the prompt, as the plain node, plus (FLUX.1) a T5 tokenisation of
 each line alone. Encodings that only some knobs need (the prompt without each line for per-instruction
 guidance; the prompt plus one pad token for sliders where the sequence has no pad row: long FLUX.1 / [klein]
@@ -98,7 +98,8 @@ def _family_encode(text_family, clip, lines: list[str], prompt: str, inputs: dic
         spans, c, leave_one_out, padded, text_family.NAME))
 
 
-def encode_instructions(clip, instructions: str, vae=None, image1=None, image2=None, image3=None):
+def encode_instructions(clip, instructions: str, vae=None, image1=None, image2=None, image3=None,
+                        qwen_encode: str = qwen_text.PLUS):
     if clip is None:
         raise RuntimeError("clip input is invalid: None (connect a FLUX.1, FLUX.2 or Qwen-Image text encoder)")
     lines = split_instructions(instructions)
@@ -112,7 +113,8 @@ def encode_instructions(clip, instructions: str, vae=None, image1=None, image2=N
         raise ValueError("KontextMultiInstructionEncode needs a FLUX.1 (clip_l + t5xxl, DualCLIPLoader type "
                          "'flux'), FLUX.2 (CLIPLoader type 'flux2') or Qwen-Image (CLIPLoader type 'qwen_image') "
                          "text encoder")
-    spans, out = _family_encode(text_family, clip, lines, prompt, images if text_family is qwen_text else {})
+    qwen = {**images, "qwen_encode": qwen_encode}
+    spans, out = _family_encode(text_family, clip, lines, prompt, qwen if text_family is qwen_text else {})
     logging.info("Kontext multi-instruction: %s", "; ".join(f"{line!r} -> rows {s}:{e}"
                                                             for line, (s, e) in zip(lines, spans.spans)))
     return out
@@ -147,8 +149,9 @@ class KontextMultiInstructionEncode(io.ComfyNode):
             category=CATEGORY,
             description="Encodes an edit made of several sub-instructions (one per line) exactly as the model's plain "
                         "encode node encodes the lines joined with spaces (CLIPTextEncode for FLUX.1 / FLUX.2, "
-                        "TextEncodeQwenImageEditPlus for Qwen-Image-Edit), and records each line's token span for "
-                        "the per-instruction slider and guidance nodes.",
+                        "TextEncodeQwenImageEditPlus or, by qwen_encode, TextEncodeQwenImageEdit for "
+                        "Qwen-Image-Edit), and records each line's token span for the per-instruction slider and "
+                        "guidance nodes.",
             inputs=[
                 io.Clip.Input("clip"),
                 io.String.Input("instructions", multiline=True, default="make the sky stormy\nturn the car red",
@@ -162,10 +165,15 @@ class KontextMultiInstructionEncode(io.ComfyNode):
                                                                 "TextEncodeQwenImageEditPlus's image1"),
                 io.Image.Input("image2", optional=True, tooltip="Qwen-Image-Edit only"),
                 io.Image.Input("image3", optional=True, tooltip="Qwen-Image-Edit only"),
+                io.Combo.Input("qwen_encode", options=list(qwen_text.NODES), default=qwen_text.PLUS, optional=True,
+                               tooltip="Qwen-Image-Edit only: the plain encode node whose encoding this one "
+                                       "reproduces: TextEncodeQwenImageEditPlus (2509 / 2511, image1..3) or "
+                                       "TextEncodeQwenImageEdit (the original Qwen-Image-Edit, image1)"),
             ],
             outputs=[io.Conditioning.Output()],
         )
 
     @classmethod
-    def execute(cls, clip, instructions, vae=None, image1=None, image2=None, image3=None) -> io.NodeOutput:
-        return io.NodeOutput(encode_instructions(clip, instructions, vae, image1, image2, image3))
+    def execute(cls, clip, instructions, vae=None, image1=None, image2=None, image3=None,
+                qwen_encode=qwen_text.PLUS) -> io.NodeOutput:
+        return io.NodeOutput(encode_instructions(clip, instructions, vae, image1, image2, image3, qwen_encode))

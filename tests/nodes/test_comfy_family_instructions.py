@@ -152,6 +152,41 @@ def test_qwen_images_and_vae_give_the_edit_plus_nodes_conditioning_and_reference
     assert metadata(ours).spans.spans[-1][1] == ours[0][0].shape[1] - 5  # the template's 5 closing tokens
 
 
+@pytest.mark.parametrize("with_image", [True, False])
+def test_qwen_encode_original_gives_the_original_nodes_conditioning(env, with_image):
+    """``qwen_encode = TextEncodeQwenImageEdit``: the original node's encoding (its template, image1 at 1024² for
+    the vision tower, the reference from the same resize), its spans, its leave-one-out encodings."""
+    if env["family"].NAME != "qwen_image":
+        pytest.skip("qwen_encode is Qwen-Image-Edit's")
+    from comfy_extras.nodes_qwen import TextEncodeQwenImageEdit
+    from kontext_sliders.nodes.families import qwen_text
+    from kontext_sliders.nodes.families.chat_text import token_ids
+    from kontext_sliders.nodes.instruction_encode import encode_instructions
+    image = env["inputs"]["image1"] if with_image else None
+    original = lambda text, vae=None: (lambda out: out.args[0] if hasattr(out, "args") else out[0])(  # noqa: E731
+        TextEncodeQwenImageEdit.execute(env["clip"], text, vae, image))
+    ours = encode_instructions(env["clip"], PROMPT, vae=_StubVae() if with_image else None, image1=image,
+                               qwen_encode=qwen_text.ORIGINAL)
+    reference = original(PROMPT.replace("\n", " "), _StubVae() if with_image else None)
+    assert torch.equal(ours[0][0], reference[0][0])
+    assert not torch.equal(ours[0][0], encode_lines(env)[0][0])  # not the Plus node's encoding
+    if with_image:
+        assert torch.equal(ours[0][1]["reference_latents"][0], reference[0][1]["reference_latents"][0])
+    entry = metadata(ours)
+    sequence = qwen_text._tokens(env["clip"], PROMPT.replace("\n", " "), (image, None, None), qwen_text.ORIGINAL)
+    ids = token_ids(sequence[qwen_text.KEY][0], qwen_text.IMAGE_PAD)
+    shift = ours[0][0].shape[1] - len(ids)
+    tokenizer = getattr(env["clip"].tokenizer, qwen_text.KEY).tokenizer
+    for (start, end), line in zip(entry.spans.spans, PROMPT.split("\n")):
+        assert tokenizer.decode(ids[start - shift:end - shift]).strip() == line
+    lines = PROMPT.split("\n")
+    for i, (context, _) in enumerate(entry.without):
+        assert torch.equal(context, original(" ".join(lines[:i] + lines[i + 1:]))[0][0])
+    with pytest.raises(ValueError, match="TextEncodeQwenImageEdit takes one image"):
+        encode_instructions(env["clip"], PROMPT, image1=env["inputs"]["image1"], image2=env["inputs"]["image1"],
+                            qwen_encode=qwen_text.ORIGINAL)
+
+
 def test_loo_and_padded_encodings_are_the_family_encodes(env):
     entry = metadata(encode_lines(env))
     lines = PROMPT.split("\n")
