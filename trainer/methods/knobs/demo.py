@@ -8,7 +8,8 @@ measured (offline, 2 CPU cores, minutes).
 3. from the exported editor, on the held-out photos: Kontext Modulation Strength (every block's text
    modulation, ``terms``) and Kontext Instruction Sliders (the instruction's tokens toward the pad state), each
    swept on both sides of neutral through the knobs' diffusers twins (``modulation_hook``, ``toward_pad_hook``:
-   equal to the nodes, tests/crosscheck/), the edit measured back with the task's estimator: is the amount
+   equal to the nodes, tests/crosscheck/), and Kontext Instruction Guidance (``core.knobs.guidance``: the
+   empty prompt's velocity is the line's leave-one-out), the edit measured back with the task's estimator: is the amount
    monotone in the knob's value, and is the knob at its neutral value the plain editor bit for bit;
    ``report_knobs.md``, ``metrics_knobs.json``, a strip per family (``knobs_<family>.png``).
 """
@@ -38,6 +39,7 @@ from .report import write_knobs_report
 
 MODULATION = [0.0, 0.5, 1.0, 1.5, 2.0]
 SLIDERS = [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5]
+GUIDANCE = [0.0, 0.5, 1.0, 1.5, 2.0]
 TEXT_TOKENS, MAX_LINES = 4, 2  # one 4-token line, the end token, 4 pad tokens (the sliders' target)
 
 
@@ -46,7 +48,7 @@ class KnobsDemoSettings(DemoSettings):
     tasks: str = "exposure"
     ranges: str = "exposure=0:1"  # the edit: +1 EV
     families: tuple[str, ...] = FAMILIES
-    steps: int = 500
+    steps: int = 400
     batch_size: int = 16
     lr: float = 2e-3
     crops_per_photo: int = 32
@@ -56,6 +58,7 @@ class KnobsDemoSettings(DemoSettings):
     tolerance: float = 0.02
     modulation: tuple[float, ...] = tuple(MODULATION)
     sliders: tuple[float, ...] = tuple(SLIDERS)
+    guidance: tuple[float, ...] = tuple(GUIDANCE)
 
 
 @dataclass
@@ -138,7 +141,9 @@ def run_family(s: KnobsDemoSettings, name: str, edits: Path, task: cat.CatTask, 
     sweeps = [knob_sweep("modulation", lambda m: editor.modulation(sources, m, s.terms), s.modulation, 1.0, plain,
                          sources, task, tolerance),
               knob_sweep("sliders", lambda v: editor.sliders(sources, v), s.sliders, 1.0, plain, sources, task,
-                         tolerance)]
+                         tolerance),
+              knob_sweep("guidance", lambda w: editor.instruction_guidance(sources, w), s.guidance, 1.0, plain,
+                         sources, task, tolerance)]
     start, end = _loss_ends(trained.losses)
     return FamilyResult(name, start, end, measured_value(task, sources, plain), measured_value(task, sources, empty),
                         sweeps, time.perf_counter() - t0)
@@ -195,7 +200,7 @@ def run_command(args: argparse.Namespace, common: dict) -> int:
               f"{f.plain:+.2f} (exact {result.target:+.2f}), empty prompt {f.empty_prompt:+.2f}")
         for sweep in f.sweeps:
             pairs = ", ".join(f"{v:g}: {m:+.2f}" for v, m in zip(sweep.values, sweep.measured))
-            sides = "/".join("yes" if sweep.side(above) else "no" for above in (False, True))
+            sides = "/".join({1: "rising", -1: "falling", 0: "no"}[sweep.side(above)] for above in (False, True))
             print(f"  {sweep.knob}: {pairs}; monotone {'yes' if sweep.monotone else 'NO'} (below/above 1: {sides}), "
                   f"neutral = plain {'bit for bit' if sweep.identical_at_neutral else 'NO'}")
     print(f"demo: {sum(result.seconds.values()):.0f} s in all; targets {'met' if result.targets_met() else 'MISSED'}; "

@@ -4,7 +4,8 @@ back with a CAT estimator, and whether the amount is monotone in the knob's valu
 ``KnobEditor`` holds an exported editor of any family (``families.family_of`` finds its module) and renders
 held-out sources plainly or with one knob's diffusers twin installed (``ModulationScaleHooks``: Kontext
 Modulation Strength over every block; ``TowardPadHooks``: Kontext Instruction Sliders on the instruction's
-tokens). Every render starts from the same noise, so two renders differ only by the knob; the render at a knob's
+tokens), or with Kontext Instruction Guidance (``core.knobs.guidance``: the velocity on the prompt without
+the line, here the empty prompt, combined with the plain one at every step). Every render starts from the same noise, so two renders differ only by the knob; the render at a knob's
 neutral value (hooks installed) is compared with the plain editor bit for bit.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Callable, Sequence
 import torch
 
 from ....core.instructions import InstructionSpans
+from ....core.knobs.guidance import combine_instruction_guidance
 from ...engine.features import LineTextEncoder
 from ...engine.metrics import measured_value
 from ...engine.sampling import euler
@@ -41,17 +43,25 @@ class KnobEditor:
                                       pad_index=text_tokens + 1, length=length)
         self.sample_steps, self.seed, self.guidance = sample_steps, seed, guidance
 
+    def _velocity(self, x, src, sigma, text: dict) -> torch.Tensor:
+        b = x.shape[0]
+        return self.family.editor_velocity(self.transformer, x, src, sigma, text["context"].expand(b, -1, -1),
+                                           text["pooled"].expand(b, -1), self.guidance)
+
     @torch.no_grad()
-    def render(self, sources: torch.Tensor, text: dict | None = None) -> torch.Tensor:
-        """The edit of ``sources`` [B, 3, H, W] on ``text`` (default: the instruction), in [0, 1]."""
+    def render(self, sources: torch.Tensor, text: dict | None = None, guidance: float | None = None) -> torch.Tensor:
+        """The edit of ``sources`` [B, 3, H, W] on ``text`` (default: the instruction), in [0, 1]; ``guidance``:
+        with Kontext Instruction Guidance at that strength on the instruction."""
         text = self.full if text is None else text
-        b = sources.shape[0]
         src = sources * 2 - 1
-        context, pooled = text["context"].expand(b, -1, -1), text["pooled"].expand(b, -1)
         noise = torch.randn(src.shape, generator=torch.Generator().manual_seed(self.seed))
-        out = euler(lambda x, sigma: self.family.editor_velocity(self.transformer, x, src, sigma, context, pooled,
-                                                                 self.guidance), noise, self.sample_steps)
-        return ((out + 1) / 2).clamp(0, 1)
+
+        def velocity(x, sigma):
+            full = self._velocity(x, src, sigma, text)
+            if guidance is None or guidance == 1.0:
+                return full
+            return combine_instruction_guidance(full, [self._velocity(x, src, sigma, self.empty)], [guidance])
+        return ((euler(velocity, noise, self.sample_steps) + 1) / 2).clamp(0, 1)
 
     def modulation(self, sources: torch.Tensor, multiplier: float, terms: str = "both") -> torch.Tensor:
         """Kontext Modulation Strength at ``multiplier`` on every block's text modulation."""
@@ -61,6 +71,10 @@ class KnobEditor:
             return self.render(sources)
         finally:
             hooks.remove()
+
+    def instruction_guidance(self, sources: torch.Tensor, strength: float) -> torch.Tensor:
+        """Kontext Instruction Guidance at ``strength`` on the instruction (1: nothing added, no extra call)."""
+        return self.render(sources, guidance=strength)
 
     def sliders(self, sources: torch.Tensor, strength: float) -> torch.Tensor:
         """Kontext Instruction Sliders at ``strength`` on the instruction's tokens."""
@@ -73,11 +87,11 @@ class KnobEditor:
 
 
 def monotone_direction(values: Sequence[float], tolerance: float = 0.0) -> int:
-    """+1: rising from each value to the next, -1: falling, 0: neither (or a nan among them). A step against the
-    direction (that of the last value against the first) of at most ``tolerance`` still counts as monotone: a
-    measurement's noise floor where the edit is flat."""
+    """+1: rising from each value to the next, -1: falling, 0: neither (or a nan among them, or flat: the last
+    value within ``tolerance`` of the first). A step against the direction (that of the last value against the
+    first) of at most ``tolerance`` still counts as monotone: a measurement's noise floor where the edit is flat."""
     steps = [b - a for a, b in zip(values, values[1:])]
-    if not steps or any(d != d for d in steps) or values[-1] == values[0]:
+    if not steps or any(d != d for d in steps) or abs(values[-1] - values[0]) <= tolerance:
         return 0
     direction = 1 if values[-1] > values[0] else -1
     return direction if all(d * direction > 0 or -d * direction <= tolerance for d in steps) else 0

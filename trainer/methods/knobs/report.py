@@ -9,7 +9,8 @@ from ...engine.report import _pil
 from ...engine.validation import grid
 
 KNOBS = {"modulation": "Kontext Modulation Strength (multiplier)",
-         "sliders": "Kontext Instruction Sliders (strength)"}
+         "sliders": "Kontext Instruction Sliders (strength)",
+         "guidance": "Kontext Instruction Guidance (strength)"}
 DISPLAY = {"flux1": "FLUX.1 Kontext", "flux2": "FLUX.2", "qwen_image": "Qwen-Image-Edit"}
 
 
@@ -45,7 +46,9 @@ def write_knobs_report(s, task, result, sources) -> Path:
         f"photo) and the instruction (target: the exact edit); {s.sample_steps} Euler steps from the same noise for "
         f"every render. Measured: the {task.name} read back from each source to its render by the CAT estimator, "
         f"averaged. Modulation Strength scales every block's text modulation ({s.terms}); Instruction Sliders move "
-        f"the instruction's tokens toward the pad state in every block that sees the text.",
+        f"the instruction's tokens toward the pad state in every block that sees the text; Instruction Guidance "
+        f"adds (s - 1) (v - v_without) at every step, v_without the velocity on the prompt without the line (here "
+        f"the empty prompt).",
         "",
         f"Monotone: the measured amount rises (or falls) from each value to the next, a step back of at most "
         f"{s.tolerance:g} of the exact edit ({s.tolerance * abs(result.target):.3f} {task.unit}: a flat end's noise) "
