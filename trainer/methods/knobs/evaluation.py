@@ -31,7 +31,7 @@ class KnobEditor:
     """An exported editor of one instruction, rendered plainly or with one knob (sources in [0, 1])."""
 
     def __init__(self, transformer: torch.nn.Module, instruction: str, text_tokens: int, max_lines: int,
-                 sample_steps: int, seed: int, guidance: float = 3.5):
+                 sample_steps: int, seed: int, guidance_embedding: float = 3.5):
         self.transformer = transformer.eval()
         self.family = family_of(transformer)
         tc = transformer.config
@@ -41,12 +41,12 @@ class KnobEditor:
         length = self.full["context"].shape[0]
         self.spans = InstructionSpans((instruction,), tuple(tuple(x) for x in self.full["spans"].tolist()),
                                       pad_index=text_tokens + 1, length=length)
-        self.sample_steps, self.seed, self.guidance = sample_steps, seed, guidance
+        self.sample_steps, self.seed, self.guidance_embedding = sample_steps, seed, guidance_embedding
 
     def _velocity(self, x, src, sigma, text: dict) -> torch.Tensor:
         b = x.shape[0]
         return self.family.editor_velocity(self.transformer, x, src, sigma, text["context"].expand(b, -1, -1),
-                                           text["pooled"].expand(b, -1), self.guidance)
+                                           text["pooled"].expand(b, -1), self.guidance_embedding)
 
     @torch.no_grad()
     def render(self, sources: torch.Tensor, text: dict | None = None, guidance: float | None = None) -> torch.Tensor:
