@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from ..families import FAMILIES
+from ..families import family_problem
 from .registry import method_for, method_names
 
 OFFICIAL_LORA_TARGETS = ("attn.to_k", "attn.to_q", "attn.to_v", "attn.to_out.0", "attn.add_k_proj",
@@ -298,7 +298,9 @@ def config_from_dict(data: dict) -> TrainConfig:
                                                                     data.get(name, {}), name) for name in sections})
     if not isinstance(config.model.train_transformer, bool):
         raise ConfigError(f"model.train_transformer must be true or false, got {config.model.train_transformer!r}")
-    check_family(config)
+    problem = family_problem(config.model.family, method, method_for(method).families, config.data)
+    if problem:
+        raise ConfigError(problem)
     check = method_for(method).check_config
     if check is not None:  # the method's own checks (and defaults it resolves)
         check(config)
@@ -321,19 +323,6 @@ def config_from_dict(data: dict) -> TrainConfig:
                           "them frozen; set model.train_transformer: true (and lora.enabled: false for a "
                           f"{method} run) or drop optim.transformer_lr")
     return config
-
-
-def check_family(config: TrainConfig) -> None:
-    """``model.family``: a known family the method trains; off FLUX.1, pixels and the offline text encoders only
-    (the VAE and the ``flux`` text encoder are FLUX.1's)."""
-    fam, entry = config.model.family, method_for(config.method)
-    if fam not in FAMILIES:
-        raise ConfigError(f"model.family must be one of {', '.join(FAMILIES)}, got {fam!r}")
-    if fam not in entry.families:
-        raise ConfigError(f"model.family {fam}: method {config.method} trains {', '.join(entry.families)} only")
-    if fam != "flux1" and (not config.data.pixel_space or config.data.text_encoder == "flux"):
-        raise ConfigError(f"model.family {fam} trains in pixel space with an offline text encoder (data.pixel_space: "
-                          f"true, data.text_encoder: learned or lines): the VAE and text encoders here are FLUX.1's")
 
 
 def _one_line(e: Exception) -> str:

@@ -33,3 +33,17 @@ def family_of(transformer):
         if module.TRANSFORMER_CLASS == cls:
             return module
     raise TypeError(f"{cls} is not the transformer of a known model family ({', '.join(FAMILIES)})")
+
+
+def family_problem(name: str, method: str, trains: tuple[str, ...], data) -> str | None:
+    """What is wrong with ``model.family: name`` for ``method`` (which trains the families ``trains``) and its
+    ``data`` section, or None: off FLUX.1, pixels and the offline text encoders only (the VAE and the ``flux``
+    text encoder here are FLUX.1's)."""
+    if name not in FAMILIES:
+        return f"model.family must be one of {', '.join(FAMILIES)}, got {name!r}"
+    if name not in trains:
+        return f"model.family {name}: method {method} trains {', '.join(trains)} only"
+    if name != "flux1" and (not data.pixel_space or data.text_encoder == "flux"):
+        return (f"model.family {name} trains in pixel space with an offline text encoder (data.pixel_space: true, "
+                f"data.text_encoder: learned or lines): the VAE and text encoders here are FLUX.1's")
+    return None
