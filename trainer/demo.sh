@@ -71,6 +71,8 @@ if [ "$method" = slideredit ]; then
   echo "== report: $out/report_slideredit.md (numbers: $out/metrics_slideredit.json, images: $out/sweep_*.png)"
 elif [ "$method" = numeric ]; then
   echo "== report: $out/report_numeric.md (numbers: $out/metrics_numeric.json, images: $out/numeric_*.png)"
+elif [ "$method" = knobs ]; then
+  echo "== report: $out/report_knobs.md (numbers: $out/metrics_knobs.json, images: $out/knobs_*.png)"
 else
   echo "== report: $out/report.md (numbers: $out/metrics.json, images: $out/contact_sheet.png, $out/sweep.gif)"
 fi

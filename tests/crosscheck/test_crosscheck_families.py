@@ -68,3 +68,43 @@ def test_modulation_knob_agrees_with_the_diffusers_hook(pair, multiplier, start,
     finally:
         hooks.remove()
     assert torch.allclose(got, expected, atol=1e-4), (got - expected).abs().max()
+
+
+@pytest.mark.parametrize("strengths", ["1, 0, 1", "0.5, 1.5, 2"])
+def test_instruction_sliders_agree_with_the_diffusers_hook(pair, strengths):
+    """FLUX.2: the node's token -> pad move and the trainer's ``TowardPadHooks`` (double blocks' text argument,
+    the single blocks' joint sequence) on a real multi-instruction encode. Qwen-Image-Edit's prompts have no pad
+    row: the node appends one hidden from every query, which the diffusers hook does not model (skipped)."""
+    from kontext_sliders.core.instructions import parse_strengths
+    from kontext_sliders.nodes.instruction_encode import METADATA_KEY, encode_instructions
+    from kontext_sliders.nodes.knobs import instruction_sliders_model
+    from kontext_sliders.trainer.methods.knobs.toward_pad_hook import TowardPadHooks
+    host = pair["patcher"].model.diffusion_model
+    family = importlib.import_module(f"kontext_sliders.nodes.families.{pair['twin'].__name__.rsplit('.', 1)[1]}")
+    if family.NAME != "flux2":
+        pytest.skip("Qwen-Image-Edit: the node appends a hidden pad row the diffusers hook does not model")
+    clip = family.tiny_text_encoder(seed=3, variant="dev" if pair["guidance"] is not None else "klein")
+    if clip is None:
+        pytest.skip("this ComfyUI cannot build FLUX.2's text encoders (0.8: no [klein]; [dev]'s tokenizer fails)")
+    encoded = encode_instructions(clip, "make the sky stormy\nturn the car red\nadd snow on the roof")
+    context = encoded[0][0]
+    if context.shape[-1] != pair["context"].shape[-1]:
+        pytest.skip("the tiny text encoder's width is not this tiny model's")
+    record = encoded[0][1][METADATA_KEY]
+    positive = [[context, dict(pair["positive"][0][1], **{METADATA_KEY: record})]]
+    model = instruction_sliders_model(pair["patcher"], positive, strengths)
+    with torch.no_grad():
+        expected = F.comfy_predict(model, positive, pair["x"], SIGMA)[0]
+        plain = F.comfy_predict(pair["patcher"], positive, pair["x"], SIGMA)[0]
+    spans = record.spans.in_model_rows(*family.adapt(pair["patcher"], host).model_text_length(record.spans.length))
+    hooks = TowardPadHooks(pair["diffusers"])
+    kwargs = {"guidance": pair["guidance"]} if pair["guidance"] is not None else {}
+    try:
+        hooks.set(spans, [tuple(parse_strengths(strengths, len(spans.spans)))] * pair["x"].shape[0])
+        with torch.no_grad():
+            got = pair["twin"].edit_velocity(pair["diffusers"], pair["x"], SIGMA, context, [pair["reference"]],
+                                             **kwargs)
+    finally:
+        hooks.remove()
+    assert (expected - plain).abs().max() > 1e-3  # the knob acts
+    assert torch.allclose(got, expected, atol=1e-4), (got - expected).abs().max()

@@ -106,3 +106,10 @@ def test_the_slideredit_demo_is_one_option_away_and_its_report_is_named(tmp_path
     assert commands(r)[-1].endswith("demo --out demo_output --require-targets --method slideredit")
     assert "running the slideredit demo" in r.stdout
     assert f"report: {tmp_path}/demo_output/report_slideredit.md" in r.stdout
+
+
+def test_the_knobs_demo_names_its_report(tmp_path):
+    r = run_script(tmp_path, "--method", "knobs", "--family", "flux2", nvidia_smi="exit 9\n")
+    assert r.returncode == 0, r.stderr
+    assert commands(r)[-1].endswith("demo --out demo_output --require-targets --method knobs --family flux2")
+    assert f"report: {tmp_path}/demo_output/report_knobs.md" in r.stdout

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from ..families.flux1 import FluxTextEncoder, FluxVaeCodec, transformer_config
+from ..families import family
+from ..families.flux1 import FluxTextEncoder, FluxVaeCodec
 from .config import TEXT_ENCODERS, TrainConfig
 from .features import LineTextEncoder, PixelCodec
 
@@ -30,7 +31,7 @@ def text_encoder_for(config: TrainConfig, device: torch.device, max_lines: int |
     transformer, with room for ``max_lines`` lines (default ``slideredit.max_lines``)."""
     if config.data.text_encoder == "flux":
         return FluxTextEncoder(config.model.pretrained, device, torch.bfloat16)
-    tc = transformer_config(config)
+    tc = family(config.model.family).transformer_config(config)
     return LineTextEncoder(config.data.learned_text_tokens, max_lines or config.slideredit.max_lines,
                            tc.get("joint_attention_dim", 4096), tc.get("pooled_projection_dim", 768),
                            config.data.lines_pooled)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from ..families import family_problem
 from .registry import method_for, method_names
 
 OFFICIAL_LORA_TARGETS = ("attn.to_k", "attn.to_q", "attn.to_v", "attn.to_out.0", "attn.add_k_proj",
@@ -33,6 +34,7 @@ class ConfigError(ValueError):
 @dataclass
 class ModelSection:
     pretrained: str | None = None  # diffusers folder or hub id of FLUX.1 Kontext [dev]
+    family: str = "flux1"  # the model family (trainer/families/): flux1, flux2, qwen_image (the editor's; others: flux1)
     # A FluxTransformer2DModel config for a model trained from scratch (the offline demo); then every
     # transformer weight is trainable, since there is no pretrained base to adapt.
     scratch: dict | None = None
@@ -307,6 +309,9 @@ def config_from_dict(data: dict) -> TrainConfig:
                                                                     data.get(name, {}), name) for name in sections})
     if not isinstance(config.model.train_transformer, bool):
         raise ConfigError(f"model.train_transformer must be true or false, got {config.model.train_transformer!r}")
+    problem = family_problem(config.model.family, method, method_for(method).families, config.data)
+    if problem:
+        raise ConfigError(problem)
     check = method_for(method).check_config
     if check is not None:  # the method's own checks (and defaults it resolves)
         check(config)

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from ..families.flux1 import build_transformer
+from ..families import family
 from .checkpoint import latest_checkpoint, load_checkpoint
 from .config import config_from_dict
 from .registry import method_for
@@ -45,7 +45,7 @@ def trainable_from_lora(lora: dict[str, torch.Tensor], adapter: str = "default")
 def export_editor(trainable: dict[str, torch.Tensor], config, out_dir: str | Path) -> Path:
     """The trained transformer as a diffusers folder ``<out_dir>/transformer`` (a LoRA merged into it)."""
     config = config_from_dict(config) if isinstance(config, dict) else config
-    transformer = build_transformer(config, peft_lora=method_for(config.method).peft_lora)
+    transformer = family(config.model.family).build_transformer(config, peft_lora=method_for(config.method).peft_lora)
     prefix = "transformer."
     state = {k[len(prefix):]: v for k, v in trainable.items() if k.startswith(prefix)}
     missing = {n for n, p in transformer.named_parameters() if p.requires_grad} - set(state)

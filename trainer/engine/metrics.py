@@ -56,3 +56,21 @@ def triangle_deficit(frames: Sequence[torch.Tensor]) -> float:
         if span > 0:
             values.append((rms_distance(before, here) + rms_distance(here, after)) / span - 1.0)
     return sum(values) / len(values) if values else 0.0
+
+
+def mean_of_finite(values: Sequence[float]) -> float:
+    """The mean of the values that are not nan (nan when none is)."""
+    values = [v for v in values if not math.isnan(v)]
+    return sum(values) / len(values) if values else math.nan
+
+
+def measured_value(task, sources: torch.Tensor, edited: torch.Tensor) -> float:
+    """A CAT task's value (``data.cat.CatTask.estimate_value``) measured from each source to its edit, averaged
+    over the images it can be measured on (an all-clipped image is left out)."""
+    values = []
+    for src, out in zip(sources, edited):
+        try:
+            values.append(task.estimate_value(src, out))
+        except ValueError:  # nothing measurable in this image (e.g. all clipped)
+            values.append(math.nan)
+    return mean_of_finite(values)

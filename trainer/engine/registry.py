@@ -22,23 +22,26 @@ class MethodEntry:
     nodes read (``export.export_checkpoint``'s contract); ``check_data(config)``: the data the method needs is
     listed (``config.check_ready_to_train``); ``check_config(config)``: the method's own checks of a config being
     read (``config.config_from_dict``), or None. Both raise a ConfigError naming the key. ``peft_lora``: the
-    method's rule for diffusers' peft LoRA on its transformer (``families.flux1.build_transformer``)."""
+    method's rule for diffusers' peft LoRA on its transformer (``families.common.build_transformer``);
+    ``families``: the ``model.family`` values it trains (``trainer/families/``)."""
     name: str
     factory: Callable
     export: Callable
     check_data: Callable
     check_config: Callable | None = None
     peft_lora: str = "none"
+    families: tuple[str, ...] = ("flux1",)
 
 
 _METHODS: dict[str, MethodEntry] = {}
 
 
 def register_method(name: str, factory: Callable, export: Callable, check_data: Callable,
-                    check_config: Callable | None = None, peft_lora: str = "none") -> None:
+                    check_config: Callable | None = None, peft_lora: str = "none",
+                    families: tuple[str, ...] = ("flux1",)) -> None:
     if name in _METHODS and _METHODS[name].factory is not factory:
         raise ValueError(f"method {name!r} is registered twice")
-    _METHODS[name] = MethodEntry(name, factory, export, check_data, check_config, peft_lora)
+    _METHODS[name] = MethodEntry(name, factory, export, check_data, check_config, peft_lora, tuple(families))
 
 
 def load_methods() -> None:

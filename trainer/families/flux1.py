@@ -17,6 +17,7 @@ from ...core.instructions import joined_prompt
 from ...core.slideredit.lora import first_token_span
 from ...core.slideredit.weights import GSTLORA_TARGETS, STLORA_TARGETS, VARIANTS
 from ..data.images import load_rgb
+from . import common
 
 # hidden 64 = 2 heads x 32 (RoPE axes 8 + 12 + 12 = 32), 2 double + 2 single blocks; pixels packed 2x2
 DEMO_TRANSFORMER = {"patch_size": 1, "in_channels": 12, "out_channels": 12, "num_layers": 2,
@@ -80,59 +81,22 @@ def kontext_velocity(transformer, noisy: torch.Tensor, source: torch.Tensor, sig
     return unpack(out[:, : (h // 2) * (w // 2)].float(), h, w)
 
 
-PEFT_LORA = ("none", "pretrained", "always")
+def editor_velocity(transformer, noisy: torch.Tensor, source: torch.Tensor, sigma: torch.Tensor,
+                    context: torch.Tensor, pooled: torch.Tensor, guidance: float) -> torch.Tensor:
+    """The editor's call, the same in every family module: FLUX.1's is ``kontext_velocity``."""
+    return kontext_velocity(transformer, noisy, source, sigma, context, pooled, guidance)
 
 
-def build_transformer(config, dtype: torch.dtype = torch.float32, peft_lora: str = "none"):
-    """The FLUX transformer: pretrained (frozen, LoRA added) or from scratch (everything trainable).
+PEFT_LORA = common.PEFT_LORA
+TRANSFORMER_CLASS = "FluxTransformer2DModel"  # how ``families.family_of`` knows a transformer of this family
 
-    ``model.train_transformer``: every weight trains, pretrained too (a full fine-tune). A method that brings
-    its own adapter (SliderEdit's token-selective LoRA, NumeriKontrol's) gets the base frozen and no peft LoRA.
 
-    ``peft_lora``, the method's rule for diffusers' peft LoRA (its registry entry says which): "none" (it brings
-    its own adapter; a scratch base stays frozen too), "pretrained" (``lora`` on a pretrained base; a scratch
-    base trains every weight: the editor), "always" (``lora`` as configured, on a scratch base too, which also
-    trains every weight: Kontinuous).
-    """
-    if peft_lora not in PEFT_LORA:
-        raise ValueError(f"peft_lora must be one of {PEFT_LORA}, not {peft_lora!r}")
+def transformer_class():
     from diffusers import FluxTransformer2DModel
-    m = config.model
-    if (m.pretrained is None) == (m.scratch is None):
-        raise ValueError("set exactly one of model.pretrained (a FLUX.1 Kontext diffusers folder or hub id) "
-                         "and model.scratch (a FluxTransformer2DModel config for a model trained from scratch)")
-    if m.pretrained is not None:
-        transformer = FluxTransformer2DModel.from_pretrained(m.pretrained, subfolder="transformer", torch_dtype=dtype)
-    else:
-        transformer = FluxTransformer2DModel(**m.scratch)
-    own = peft_lora != "none"
-    if not (m.train_transformer or (m.scratch is not None and own)):
-        transformer.requires_grad_(False)
-    if own and config.lora.enabled and (m.pretrained is not None or peft_lora == "always"):
-        from peft import LoraConfig
-        transformer.add_adapter(LoraConfig(r=config.lora.rank, lora_alpha=config.lora.alpha,
-                                           init_lora_weights=config.lora.init,
-                                           target_modules=list(config.lora.targets)))
-        for name, p in transformer.named_parameters():
-            if "lora_" in name:
-                p.data = p.data.float()  # trainable tensors in fp32; autocast runs the maths in bf16
-    if m.gradient_checkpointing:
-        transformer.enable_gradient_checkpointing()
-    return transformer
+    return FluxTransformer2DModel
 
 
-def transformer_config(config) -> dict:
-    """The transformer's config (a dict) without loading its weights: ``model.scratch`` or the pretrained folder's."""
-    if config.model.scratch is not None:
-        return config.model.scratch
-    from diffusers import FluxTransformer2DModel
-    return FluxTransformer2DModel.load_config(config.model.pretrained, subfolder="transformer")
-
-
-def load_transformer(folder):
-    """The transformer of a diffusers folder (an exported editor: ``<folder>/transformer``)."""
-    from diffusers import FluxTransformer2DModel
-    return FluxTransformer2DModel.from_pretrained(str(folder), subfolder="transformer")
+build_transformer, transformer_config, load_transformer = common.class_functions(transformer_class)
 
 
 # ---------------------------------------------------------------- the FLUX.1 VAE and text encoders
@@ -245,12 +209,11 @@ def text_stream_blocks(transformer) -> list:
     return blocks
 
 
-def block_with_text(args, kwargs, move):
+def block_with_text(args, kwargs, move, length: int | None = None):
     """A text-stream block's (args, kwargs) with its text sequence replaced by ``move(text)``: diffusers hands
-    both kinds of block the text as ``encoder_hidden_states`` (positionally under gradient checkpointing)."""
-    if "encoder_hidden_states" in kwargs:
-        return args, dict(kwargs, encoder_hidden_states=move(kwargs["encoder_hidden_states"]))
-    return (args[0], move(args[1])) + tuple(args[2:]), kwargs
+    both kinds of block the text as ``encoder_hidden_states`` (positionally under gradient checkpointing).
+    ``length`` (the text's row count) is for families whose single blocks see one joint sequence."""
+    return common.with_text_argument(args, kwargs, move)
 
 
 def linear_suffix(module_path: str) -> str | None:

@@ -1,11 +1,13 @@
 """``method: editor``: a plain instruction editor, flow matching on (source, sub-instruction lines, target).
 
 What SliderEdit needs under it: a Kontext editor. With real weights that is FLUX.1 Kontext itself; the
-offline demo has none, so it trains a tiny one from scratch on exact edits (``edits.json`` entries with a
+offline demos have none, so they train a tiny one from scratch on exact edits (``edits.json`` entries with a
 ``"target"``; the empty prompt's target is the source). Text as the SliderEdit run will see it (the same
 ``slideredit.max_lines`` / ``data.learned_text_tokens`` give the same per-line tokens), so the editor's
 prompts are the ones the sliders are trained on. Export writes the transformer as a diffusers folder
 (``<out>/transformer``, ``engine.export.export_editor``), usable as ``model.pretrained`` of a SliderEdit run.
+Any ``model.family`` (FLUX.1, FLUX.2, Qwen-Image-Edit): the family module builds the transformer and makes the
+edit call (``editor_velocity``, the source as reference); the knobs demo trains one of each.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from ...engine.loop import Method
 from ...engine.registry import register_method
 from ...engine.sampling import euler
 from ...engine.validation import grid
-from ...families.flux1 import build_transformer, kontext_velocity
+from ...families import FAMILIES, family
 
 log = logging.getLogger("kontext_sliders.trainer")
 
@@ -34,14 +36,15 @@ PEFT_LORA_RULE = "pretrained"
 
 
 class KontextEditorModel(torch.nn.Module):
-    """velocity = Kontext transformer(noisy target | clean source, text)."""
+    """velocity = Kontext transformer(noisy target | clean source, text), through its family's edit call."""
 
-    def __init__(self, transformer: torch.nn.Module, guidance: float = 3.5):
+    def __init__(self, transformer: torch.nn.Module, guidance: float = 3.5, family_name: str = "flux1"):
         super().__init__()
         self.transformer, self.guidance = transformer, guidance
+        self.velocity = family(family_name).editor_velocity
 
     def forward(self, noisy, source, sigma, context, pooled):
-        return kontext_velocity(self.transformer, noisy, source, sigma, context, pooled, self.guidance)
+        return self.velocity(self.transformer, noisy, source, sigma, context, pooled, self.guidance)
 
 
 @dataclass
@@ -80,8 +83,9 @@ class EditorMethod(Method):
         log.info("%d edits with targets; skipped: %s", len(self.dataset.samples), dict(self.dataset.skipped) or "none")
 
     def build_model(self) -> KontextEditorModel:
-        transformer = build_transformer(self.config, peft_lora=PEFT_LORA_RULE)
-        return KontextEditorModel(transformer, self.config.slideredit.guidance)
+        fam = self.config.model.family
+        transformer = family(fam).build_transformer(self.config, peft_lora=PEFT_LORA_RULE)
+        return KontextEditorModel(transformer, self.config.slideredit.guidance, fam)
 
     def rows(self, seed: int, step: int, global_batch: int) -> list[EditorRow]:
         return editor_rows_for_step(seed, step, global_batch, len(self.dataset.samples))
@@ -146,4 +150,4 @@ def check_data(config) -> None:
     require_samples(config)
 
 
-register_method("editor", EditorMethod, export_run, check_data, peft_lora=PEFT_LORA_RULE)
+register_method("editor", EditorMethod, export_run, check_data, peft_lora=PEFT_LORA_RULE, families=FAMILIES)

@@ -1,2 +1,5 @@
-"""The training-free knobs on the trainer side: their diffusers twins (nothing to train, so no registration),
-used by the demos to compare trained sliders with them and by the cross-checks against the nodes."""
+"""The training-free knobs on the trainer side: their diffusers twins (``modulation_hook``, ``toward_pad_hook``;
+nothing to train, so no method registration), used by the demos to compare trained sliders with them and by the
+cross-checks against the nodes; and their own demo (``demo.py``: the knobs measured on a tiny editor of each
+model family, ``evaluation.py``, ``report.py``)."""
+from . import demo  # noqa: F401  (registers the demo)

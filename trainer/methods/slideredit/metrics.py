@@ -20,24 +20,9 @@ from typing import Callable, Sequence
 import torch
 
 from ...data import cat
+from ...engine.metrics import measured_value as measure
 
 SliderEditor = Callable[[torch.Tensor, tuple[float, ...]], torch.Tensor]
-
-
-def _mean(values: Sequence[float]) -> float:
-    values = [v for v in values if not math.isnan(v)]
-    return sum(values) / len(values) if values else math.nan
-
-
-def measure(task: cat.CatTask, sources: torch.Tensor, edited: torch.Tensor) -> float:
-    """The task's value measured from sources to edited, averaged over the images it can be measured on."""
-    values = []
-    for src, out in zip(sources, edited):
-        try:
-            values.append(task.estimate_value(src, out))
-        except ValueError:  # nothing measurable in this image (e.g. all clipped)
-            values.append(math.nan)
-    return _mean(values)
 
 
 @dataclass
