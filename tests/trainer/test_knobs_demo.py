@@ -33,6 +33,10 @@ def test_sweep_sides():
     assert (sweep.side(False), sweep.side(True), sweep.monotone) == (1, -1, False)
     summary = sweep.summary()
     assert summary["below_neutral"] == 1 and summary["above_neutral"] == -1
+    # claimed over 0 ... 1 only: it holds there, though not over the whole sweep
+    claimed = KnobSweep("sliders", [0.0, 0.5, 1.0, 1.5], 1.0, [0.0, 0.4, 1.0, 0.9], True, claimed_to=1.0)
+    assert claimed.holds and not claimed.monotone and not sweep.holds
+    assert not KnobSweep("sliders", [0.0, 0.5, 1.0], 1.0, [0.5, 0.4, 1.0], True, claimed_to=1.0).holds
     assert summary["largest_reversal"] == pytest.approx(0.1)
 
 
@@ -102,8 +106,10 @@ def test_knobs_demo_end_to_end_tiny(tmp_path):
     assert config["_class_name"] == "QwenImageTransformer2DModel"
     report = (out / "report_knobs.md").read_text()
     assert "## FLUX.2 (`flux2`)" in report and "Kontext Instruction Sliders" in report
-    assert result.targets_met() == all(k["monotone"] and k["identical_at_neutral"]
+    assert result.targets_met() == all(k["holds"] and k["identical_at_neutral"]
                                        for f in metrics["families"].values() for k in f["knobs"])
+    sliders = [k for f in metrics["families"].values() for k in f["knobs"] if k["knob"] == "sliders"]
+    assert all(k["claimed_to"] == 1.0 for k in sliders)
 
 
 def test_knobs_demo_command_errors(tmp_path, capsys):
@@ -120,7 +126,7 @@ def test_the_knobs_demo_with_fewer_steps_holds_monotone_knobs_and_neutral_identi
     Modulation Strength move the measured exposure one way over their whole sweeps (0 ... 2), Instruction Sliders
     over 0 ... 1 (past 1 a tiny editor's edit stops growing: reported, not held; docs/trainer.md)."""
     out = tmp_path / "demo_output"
-    assert cli_main(["demo", "--method", "knobs", "--steps", "300", "--out", str(out)]) == 0
+    assert cli_main(["demo", "--method", "knobs", "--steps", "300", "--out", str(out), "--require-targets"]) == 0
     metrics = json.loads((out / "metrics_knobs.json").read_text())
     assert list(metrics["families"]) == list(FAMILIES)
     for name, family_metrics in metrics["families"].items():

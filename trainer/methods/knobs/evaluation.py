@@ -113,6 +113,9 @@ class KnobSweep:
     identical_at_neutral: bool  # the render at the neutral value equals the plain editor's bit for bit
     tolerance: float = 0.0  # a step against the direction this small still counts as monotone
     frames: torch.Tensor | None = None  # [V, B, 3, H, W]
+    # the demo's claim covers the values up to this one (None: all): the sliders' from the instruction removed (0)
+    # to whole (1); past it the sweep is measured and reported, not claimed
+    claimed_to: float | None = None
 
     @property
     def direction(self) -> int:
@@ -122,6 +125,14 @@ class KnobSweep:
     def monotone(self) -> bool:
         return self.direction != 0
 
+    @property
+    def holds(self) -> bool:
+        """Monotone over the claimed values."""
+        if self.claimed_to is None:
+            return self.monotone
+        return monotone_direction([m for v, m in zip(self.values, self.measured) if v <= self.claimed_to],
+                                  self.tolerance) != 0
+
     def side(self, above: bool) -> int:
         """``monotone_direction`` of the values up to the neutral one (``above`` False) or from it on."""
         k = self.values.index(self.neutral)
@@ -130,13 +141,15 @@ class KnobSweep:
     def summary(self) -> dict:
         return {"knob": self.knob, "values": self.values, "neutral": self.neutral, "measured": self.measured,
                 "monotone": self.monotone, "direction": self.direction, "tolerance": self.tolerance,
+                "claimed_to": self.claimed_to, "holds": self.holds,
                 "largest_reversal": largest_reversal(self.measured), "below_neutral": self.side(False),
                 "above_neutral": self.side(True),
                 "identical_at_neutral": self.identical_at_neutral}
 
 
 def knob_sweep(knob: str, render: Callable[[float], torch.Tensor], values: Sequence[float], neutral: float,
-               plain: torch.Tensor, sources: torch.Tensor, task, tolerance: float = 0.0) -> KnobSweep:
+               plain: torch.Tensor, sources: torch.Tensor, task, tolerance: float = 0.0,
+               claimed_to: float | None = None) -> KnobSweep:
     """``render(value)`` at each value, measured with ``task``'s estimator from ``sources``."""
     values = [float(v) for v in values]
     if neutral not in values:
@@ -144,4 +157,4 @@ def knob_sweep(knob: str, render: Callable[[float], torch.Tensor], values: Seque
     frames = [render(v) for v in values]
     identical = torch.equal(frames[values.index(neutral)], plain)
     return KnobSweep(knob, values, neutral, [measured_value(task, sources, f) for f in frames], identical,
-                     tolerance, torch.stack(frames))
+                     tolerance, torch.stack(frames), claimed_to)

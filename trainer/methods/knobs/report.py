@@ -31,6 +31,8 @@ def _sweep_rows(sweep, unit: str) -> list[str]:
     return [f"| {KNOBS[sweep.knob]} | " + ", ".join(f"{v:g}" for v in sweep.values) + " | "
             + ", ".join(f"{m:+.3f}" for m in sweep.measured) + f" {unit} | {_direction(sweep.direction)} | "
             + f"{_direction(sweep.side(False))} / {_direction(sweep.side(True))} | "
+            + ("all values" if sweep.claimed_to is None else f"0 ... {sweep.claimed_to:g}")
+            + (": holds" if sweep.holds else ": **missed**") + " | "
             + ("yes" if sweep.identical_at_neutral else "**no**") + " |"]
 
 
@@ -53,7 +55,9 @@ def write_knobs_report(s, task, result, sources) -> Path:
         f"Monotone: the measured amount rises (or falls) from each value to the next, a step back of at most "
         f"{s.tolerance:g} of the exact edit ({s.tolerance * abs(result.target):.3f} {task.unit}: a flat end's noise) "
         f"allowed; below / above: the same over the values up to 1 and from 1 on. Neutral = plain: the render with "
-        f"the knob's hooks installed at its neutral value (1) equals the plain editor's bit for bit.",
+        f"the knob's hooks installed at its neutral value (1) equals the plain editor's bit for bit. Claimed: Modulation "
+        f"Strength and Instruction Guidance monotone over their whole sweeps, Instruction Sliders from the instruction "
+        f"removed (0) to whole (1); past 1 the sliders are measured, not claimed.",
         "",
     ]
     for f in result.families:
@@ -62,8 +66,9 @@ def write_knobs_report(s, task, result, sources) -> Path:
                   f"Editor loss {f.loss_start:.3g} -> {f.loss_end:.3g}; the plain editor's edit measures "
                   f"{f.plain:+.3f} {task.unit}, its empty prompt {f.empty_prompt:+.3f} {task.unit}; {f.seconds:.0f} s "
                   f"(training and measuring).", "",
-                  f"| knob | values | measured {task.name} | monotone | below / above 1 | neutral = plain |",
-                  "|---|---|---|---|---|---|"]
+                  f"| knob | values | measured {task.name} | monotone | below / above 1 | claimed (monotone over) "
+                  f"| neutral = plain |",
+                  "|---|---|---|---|---|---|---|"]
         for sweep in f.sweeps:
             lines += _sweep_rows(sweep, task.unit)
         lines += ["", f"![{f.family}](knobs_{f.family}.png) (first held-out photo; rows: the knobs, columns: the "
