@@ -1,0 +1,65 @@
+"""Kontext Multi-Instruction Encode, Instruction Sliders and Instruction Guidance on FLUX.2 and Qwen-Image-Edit
+through ComfyUI's prompt validation and executor (graphs: tests/family_graphs.py), with the family's tiny text
+encoder (a test node; ComfyUI 0.8 has none for FLUX.2: those variants skip).
+
+Per variant, one prompt (one encode) for both knobs: identity at neutral bit for bit, an effect that grows with
+the distance from neutral, sweep frames equal to single runs (sliders: euler cfg 1; guidance: euler_ancestral
+cfg 2, and max_batch invariance); then the loader's MODEL unchanged across queue runs.
+"""
+import pytest
+
+import ks_fixtures as F
+import family_graphs as G
+from comfy_executor import new_executor
+
+pytestmark = pytest.mark.comfyui
+
+# knob -> (sampler / cfg pairs, max_batch values): between them both samplers and cfg 1 and 2 (every pair on
+# every variant: the modulation knob's file); guidance's leave-one-out rows meet a partial max_batch pass
+KNOBS = {"KontextInstructionSliders": ([("euler", 1.0)], ()),
+         "KontextInstructionGuidance": ([("euler_ancestral", 2.0)], (2,))}
+VARIANT = pytest.mark.parametrize("variant", list(F.FAMILY_VARIANTS))
+KNOB = pytest.mark.parametrize("knob", list(KNOBS))
+_RESULTS = {}
+
+
+@pytest.fixture(scope="module")
+def comfy(tmp_path_factory):
+    yield from G.executor_setup(tmp_path_factory)
+
+
+def results(variant):
+    """Both knobs' checks (family_graphs.add_knob_checks) on one multi-instruction prompt, run once."""
+    reason = G.missing_text_encoder(variant)
+    if reason:
+        pytest.skip(reason)
+    if variant not in _RESULTS:
+        g, refs = G.edit_graph(variant, instructions=True, name="instruction checks")
+        for knob, (samplers, max_batches) in KNOBS.items():
+            G.add_knob_checks(g, refs, knob, samplers, max_batches)
+        executor = new_executor()
+        _RESULTS[variant] = G.executed(g, executor)[0], executor
+    return _RESULTS[variant][0]
+
+
+@VARIANT
+@KNOB
+def test_neutral_is_the_unpatched_model_and_the_effect_grows_with_distance(comfy, variant, knob):
+    G.check_identity_and_growth(results(variant), knob)
+
+
+@VARIANT
+@KNOB
+def test_sweep_over_one_line_equals_single_runs(comfy, variant, knob):
+    G.check_sweeps_equal_single_runs(results(variant), knob, KNOBS[knob][0])
+
+
+@VARIANT
+def test_guidance_sweep_max_batch_gives_the_same_frames(comfy, variant):
+    G.check_max_batch(results(variant), "KontextInstructionGuidance", *KNOBS["KontextInstructionGuidance"])
+
+
+@VARIANT
+def test_the_loaders_model_is_unchanged_by_the_knobs_across_queue_runs(comfy, variant):
+    results(variant)  # skips without a text encoder
+    G.check_loader_model_unchanged(variant, _RESULTS[variant][1], instructions=True)
