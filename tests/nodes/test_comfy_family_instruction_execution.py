@@ -7,6 +7,7 @@ the distance from neutral, sweep frames equal to single runs (sliders: euler cfg
 cfg 2, and max_batch invariance); then the loader's MODEL unchanged across queue runs.
 """
 import pytest
+import torch
 
 import ks_fixtures as F
 import family_graphs as G
@@ -63,3 +64,32 @@ def test_guidance_sweep_max_batch_gives_the_same_frames(comfy, variant):
 def test_the_loaders_model_is_unchanged_by_the_knobs_across_queue_runs(comfy, variant):
     results(variant)  # skips without a text encoder
     G.check_loader_model_unchanged(variant, _RESULTS[variant][1], instructions=True)
+
+
+@VARIANT
+@KNOB
+def test_flux_kv_cache_before_or_after_the_knob_and_under_a_sweep(comfy, variant, knob):
+    """The host's reference K/V cache (ComfyUI 0.33) with a per-instruction knob: at neutral the cached model
+    bit for bit; the cache before the knob = after it; a sweep's frames = single runs, all cached."""
+    nodes = comfy
+    if "FluxKVCache" not in nodes.NODE_CLASS_MAPPINGS:
+        pytest.skip("this ComfyUI has no FluxKVCache node (added after 0.8)")
+    if getattr(F.family_variant(variant)[2], "guidance", False):
+        pytest.skip("ComfyUI's zero-timestep references fail on guidance-distilled FLUX.2 [dev] without any knob")
+    results(variant)  # skips without a text encoder
+    (sampler, cfg), values = KNOBS[knob][0][0], [0.0, 2.0]
+    g, refs = G.edit_graph(variant, instructions=True, name=f"kv cache {knob}")
+    cached = g.add("FluxKVCache", model=refs["model"])
+    g.capture(G.ksampler(g, refs, cached, sampler, cfg), "cached")
+    g.capture(G.ksampler(g, refs, G.knob(g, refs, knob, 1.0, cached), sampler, cfg), "knob 1")
+    g.capture(G.sweep_sampler(g, refs, G.knob(g, refs, knob, 1.0, cached), values, sampler, cfg), "sweep")
+    for v in values:
+        g.capture(G.ksampler(g, refs, G.knob(g, refs, knob, v, cached), sampler, cfg), f"before {v:g}")
+        after = g.add("FluxKVCache", model=G.knob(g, refs, knob, v))
+        g.capture(G.ksampler(g, refs, after, sampler, cfg), f"after {v:g}")
+    out = G.executed(g, _RESULTS[variant][1])[0]  # the encode cached from results()
+    assert torch.equal(out["knob 1"], out["cached"])
+    for k, v in enumerate(values):
+        assert torch.allclose(out[f"before {v:g}"], out[f"after {v:g}"], atol=1e-5), v
+        assert torch.allclose(out["sweep"][k], out[f"before {v:g}"][0], atol=2e-5), v
+    assert G.distance(out["before 0"], out["before 2"]) > 1e-4
