@@ -51,15 +51,18 @@ class KSTestFamilyLatent:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"family": ("STRING", {"default": "flux2"}), "seed": ("INT", {"default": 0}),
-                             "batch": ("INT", {"default": 1, "min": 1})}}
+                             "batch": ("INT", {"default": 1, "min": 1})},
+                "optional": {"side": ("INT", {"default": 8, "min": 2})}}
     RETURN_TYPES = ("LATENT",)
     FUNCTION = "build"
     CATEGORY = "testing"
 
-    def build(self, family, seed, batch):
+    def build(self, family, seed, batch, side=8):
+        """The family's latent shape with ``side`` x ``side`` cells."""
         _family_module(family)
         g = torch.Generator().manual_seed(seed)
-        return ({"samples": torch.randn(batch, *F.FAMILY_LATENT_SHAPE[family], generator=g)},)
+        shape = F.FAMILY_LATENT_SHAPE[family][:-2] + (side, side)
+        return ({"samples": torch.randn(batch, *shape, generator=g)},)
 
 
 @functools.lru_cache(maxsize=None)

@@ -62,6 +62,32 @@ def test_the_loader_gives_the_model_the_family_builds(comfy, variant):
     assert torch.equal(results(variant)["plain"], expected)
 
 
+@VARIANT
+def test_perceptual_spacing_on_a_latent_larger_than_the_probe(comfy, variant):
+    """The probe renders a smaller latent (probe_resolution 64 px: 8 cells a side) than the 16-cell one; on
+    Qwen-Image-Edit that latent has a frame axis too. The chosen values' frames equal single runs."""
+    def graph(name):
+        g, refs = G.edit_graph(variant, name=f"perceptual {name}")
+        g[refs["latent"][0]]["inputs"]["side"] = 16
+        return g, refs
+
+    g, refs = graph("sweep")
+    sweep = g.add("KontextStrengthSweep", start=0.0, end=2.5, count=3, spacing="perceptual", instruction_index=1,
+                  probe_steps=1, probe_resolution=64, probe_count=5)
+    sampler = g.add("KontextSweepSampler", model=G.knob(g, refs, KNOB, 1.0), positive=refs["positive"],
+                    negative=refs["negative"], latent_image=refs["latent"], sweep=sweep, seed=G.SEED, steps=G.STEPS,
+                    cfg=1.0, sampler_name="euler", scheduler="simple", denoise=1.0, max_batch=0)
+    g.capture(sampler, "frames")
+    frames = G.executed(g)[0]["frames"]
+    assert frames.shape[0] == 3 and frames.shape[-2:] == (16, 16)
+    g, refs = graph("single runs")
+    for v in (0.0, 2.5):  # the ends are kept exactly
+        g.capture(G.ksampler(g, refs, G.knob(g, refs, KNOB, v)), f"{v:g}")
+    singles = G.executed(g)[0]
+    for frame, v in ((frames[0], 0.0), (frames[2], 2.5)):
+        assert torch.allclose(frame, singles[f"{v:g}"][0], atol=2e-5), v
+
+
 # ---------------------------------------------------------------- the host's reference K/V cache (ComfyUI 0.33)
 
 @VARIANT
