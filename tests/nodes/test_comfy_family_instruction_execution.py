@@ -93,3 +93,30 @@ def test_flux_kv_cache_before_or_after_the_knob_and_under_a_sweep(comfy, variant
         assert torch.allclose(out[f"before {v:g}"], out[f"after {v:g}"], atol=1e-5), v
         assert torch.allclose(out["sweep"][k], out[f"before {v:g}"][0], atol=2e-5), v
     assert G.distance(out["before 0"], out["before 2"]) > 1e-4
+
+
+@VARIANT
+@pytest.mark.parametrize("swept", ["Kontext Modulation Strength", "Kontext Instruction Sliders"])
+def test_a_sweep_of_one_knob_in_a_chain_of_three_equals_single_runs(comfy, variant, swept):
+    """Modulation -> Sliders -> Guidance on one model; the sweep sampler's ``knob`` picks one of the first two:
+    its frames equal single runs of the whole chain with that knob at each value, the others as set."""
+    results(variant)  # skips without a text encoder
+    values = [0.0, 2.0]
+    g, refs = G.edit_graph(variant, instructions=True, name=f"chain {swept}")
+
+    def chain(modulation=0.7, slider=1.0):
+        model = G.knob(g, refs, "KontextModulationStrength", modulation)
+        model = g.add("KontextInstructionSliders", model=model, conditioning=refs["positive"],
+                      strengths=f"1, {slider:g}, 0.5")
+        return g.add("KontextInstructionGuidance", model=model, conditioning=refs["positive"], strengths="1, 1, 1.5")
+
+    sampler = G.sweep_sampler(g, refs, chain(), values)
+    g[sampler[0]]["inputs"]["knob"] = swept
+    g.capture(sampler, "sweep")
+    for v in values:
+        settings = {"modulation": v} if swept == "Kontext Modulation Strength" else {"slider": v}
+        g.capture(G.ksampler(g, refs, chain(**settings)), f"{v:g}")
+    out = G.executed(g, _RESULTS[variant][1])[0]
+    for k, v in enumerate(values):
+        assert torch.allclose(out["sweep"][k], out[f"{v:g}"][0], atol=2e-5, rtol=1e-5), v
+    assert G.distance(out["sweep"][0], out["sweep"][1]) > 1e-4
