@@ -28,7 +28,8 @@ def free_port() -> int:
 
 
 class ComfyServer:
-    def __init__(self, base_dir: Path, custom_nodes: dict[str, Path], start_timeout: float = 240.0):
+    def __init__(self, base_dir: Path, custom_nodes: dict[str, Path], start_timeout: float = 240.0,
+                 env: dict[str, str] | None = None):
         self.root = F.find_comfyui()
         self.base_dir = base_dir
         self.port = free_port()
@@ -38,7 +39,7 @@ class ComfyServer:
         nodes_dir.mkdir(parents=True, exist_ok=True)
         for name, source in custom_nodes.items():
             (nodes_dir / name).symlink_to(source, target_is_directory=True)
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         # --disable-api-nodes: the paid-API nodes are not needed, and importing them may try the network
         self.process = subprocess.Popen(
             [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),

@@ -303,3 +303,44 @@ def family_variant(name: str):
     module_name, changes = FAMILY_VARIANTS[name]
     module = importlib.import_module(f"kontext_sliders.nodes.families.{module_name}")
     return module, module_name, dataclasses.replace(module.TINY, **changes)
+
+
+# latent shape per family (batch left out): FLUX.2 128 channels at patch size 1; Qwen-Image the Wan 2.1
+# latent format, a frame axis of 1
+FAMILY_LATENT_SHAPE = {"flux2": (128, 8, 8), "qwen_image": (16, 1, 8, 8)}
+
+# A tiny family checkpoint names in its safetensors metadata the config values that ComfyUI's detection takes
+# from the full-size model (heads, widths, RoPE axes); install_tiny_detection applies them. ComfyUI passes the
+# file's metadata to detect_unet_config, so UNETLoader reads the file as it reads a real one.
+TINY_OVERRIDES_KEY = "kontext_sliders_test.tiny_overrides"
+
+
+def save_family_unet(name: str, path: Path, seed: int = 0) -> None:
+    """The variant's seeded tiny transformer as a diffusion-model file in the family's real key layout."""
+    import json
+
+    from safetensors.torch import save_file
+    family, _, tiny = family_variant(name)
+    sd = family.tiny_state_dict(seed, tiny)
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(path),
+              metadata={TINY_OVERRIDES_KEY: json.dumps(family.tiny_overrides(tiny))})
+
+
+def install_tiny_detection() -> None:
+    """Wrap ComfyUI's detect_unet_config so that a file saved by save_family_unet gets its tiny sizes; any other
+    file is detected as before. Idempotent; the test nodes install it in the process that loads them."""
+    import json
+
+    import comfy.model_detection
+    detect = comfy.model_detection.detect_unet_config
+    if getattr(detect, "kontext_sliders_tiny", False):
+        return
+
+    def detect_unet_config(state_dict, key_prefix, metadata=None):
+        config = detect(state_dict, key_prefix, metadata=metadata)
+        if config is not None and metadata and TINY_OVERRIDES_KEY in metadata:
+            config.update(json.loads(metadata[TINY_OVERRIDES_KEY]))
+        return config
+
+    detect_unet_config.kontext_sliders_tiny = True
+    comfy.model_detection.detect_unet_config = detect_unet_config

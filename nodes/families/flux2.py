@@ -88,11 +88,16 @@ def tiny_state_dict(seed: int = 0, tiny: TinyFlux2 = TINY) -> dict[str, torch.Te
     return {k: v.clone() for k, v in seeded_(model, seed).state_dict().items()}
 
 
-def tiny_model(bfl_sd: dict[str, torch.Tensor], tiny: TinyFlux2 = TINY, dtype=torch.float32, manual_cast=None):
-    """A real ModelPatcher around ComfyUI's FLUX.2 (model_base.Flux2 via detection and supported_models), CPU.
+def tiny_overrides(tiny: TinyFlux2 = TINY) -> dict:
+    """What a tiny model changes in ComfyUI's detected config: heads and RoPE axes (ComfyUI 0.8 fixes 48 heads,
+    0.33 128-wide heads)."""
+    return dict(num_heads=tiny.heads, axes_dim=list(tiny.axes))
 
-    Heads and RoPE axes are overridden after detection (ComfyUI 0.8 fixes 48 heads, 0.33 128-wide heads)."""
-    return detected_tiny_model(bfl_sd, "flux2", dict(num_heads=tiny.heads, axes_dim=list(tiny.axes)), dtype, manual_cast)
+
+def tiny_model(bfl_sd: dict[str, torch.Tensor], tiny: TinyFlux2 = TINY, dtype=torch.float32, manual_cast=None):
+    """A real ModelPatcher around ComfyUI's FLUX.2 (model_base.Flux2 via detection and supported_models), CPU,
+    with ``tiny_overrides`` set after detection."""
+    return detected_tiny_model(bfl_sd, "flux2", tiny_overrides(tiny), dtype, manual_cast)
 
 
 # FLUX.2's text encoders at a tiny size, ComfyUI's own classes with the LM's sizes overridden through model_options.

@@ -82,7 +82,8 @@ def adapt(patcher, diffusion_model) -> QwenImage | None:
 
 # ---------------------------------------------------------------- tiny models for tests (ComfyUI's own classes)
 
-def _unet_config(tiny: TinyQwenImage) -> dict:
+def tiny_overrides(tiny: TinyQwenImage = TINY) -> dict:
+    """What a tiny model changes in ComfyUI's detected config (widths taken from the full-size model)."""
     return dict(num_layers=tiny.depth, num_attention_heads=tiny.heads, attention_head_dim=tiny.head_dim,
                 joint_attention_dim=tiny.context_dim, axes_dims_rope=tuple(tiny.axes))
 
@@ -92,7 +93,7 @@ def tiny_state_dict(seed: int = 0, tiny: TinyQwenImage = TINY) -> dict[str, torc
     ``__index_timestep_zero__`` marker when ``tiny.zero_cond_t``)."""
     import comfy.ops
     model = comfy.ldm.qwen_image.model.QwenImageTransformer2DModel(
-        in_channels=64, out_channels=16, patch_size=2, **_unet_config(tiny),
+        in_channels=64, out_channels=16, patch_size=2, **tiny_overrides(tiny),
         default_ref_method="index_timestep_zero" if tiny.zero_cond_t else "index",
         dtype=torch.float32, device="cpu", operations=comfy.ops.disable_weight_init)
     return {k: v.clone() for k, v in seeded_(model, seed).state_dict().items()}
@@ -103,7 +104,7 @@ def tiny_model(sd: dict[str, torch.Tensor], tiny: TinyQwenImage = TINY, dtype=to
 
     ComfyUI's detection reads the block count, the input channels and the 2511 marker from the weights and
     takes widths from the real model; the tiny widths are set after detection."""
-    return detected_tiny_model(sd, "qwen_image", _unet_config(tiny), dtype, manual_cast)
+    return detected_tiny_model(sd, "qwen_image", tiny_overrides(tiny), dtype, manual_cast)
 
 
 def tiny_text_encoder(seed: int = 0, tiny: TinyQwenImage = TINY):

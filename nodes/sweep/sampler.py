@@ -118,14 +118,18 @@ class SweepRun:
 
 
 def probe_latent(latent_image: torch.Tensor, resolution: int) -> torch.Tensor:
-    """The latent at a lower resolution for the probe sweep (longer side ``resolution`` px, 8 px per cell)."""
+    """The latent at a lower resolution for the probe sweep (longer side ``resolution`` px, 8 px per cell),
+    any axes before the last two kept."""
     h, w = latent_image.shape[-2:]
     cells = max(2, resolution // 8)
     scale = min(1.0, cells / max(h, w))
     size = (max(2, round(h * scale)), max(2, round(w * scale)))
     if size == (h, w):
         return latent_image
-    return torch.nn.functional.interpolate(latent_image, size=size, mode="bilinear", align_corners=False)
+    # bilinear over the last two axes only: a Qwen-Image-Edit latent is 5-D [B, C, T, H, W]
+    flat = latent_image.reshape(latent_image.shape[0], -1, h, w)
+    small = torch.nn.functional.interpolate(flat, size=size, mode="bilinear", align_corners=False)
+    return small.reshape(*latent_image.shape[:-2], *size)
 
 
 def sample_sweep(model, positive, negative, latent, sweep: Sweep, seed: int, steps: int, cfg: float,

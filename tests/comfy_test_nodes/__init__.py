@@ -1,7 +1,7 @@
 """Test-only ComfyUI nodes (loaded by the execution tests through ComfyUI's own custom-node loader).
 
 They feed a tiny Flux model and fixed conditioning into real graphs and capture LATENT outputs,
-since no real FLUX weights exist on the test machines.
+since no real FLUX weights exist on the test machines. FLUX.2 / Qwen-Image-Edit pieces: families.py.
 """
 import sys
 from pathlib import Path
@@ -10,6 +10,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ks_fixtures as F  # noqa: E402
+from .families import NODE_CLASS_MAPPINGS as FAMILY_NODES  # noqa: E402
+
+F.install_tiny_detection()  # UNETLoader reads the tiny family files (ks_fixtures.save_family_unet)
 
 CAPTURED: dict = {}
 
@@ -143,4 +146,4 @@ def sweep_frames(count: int, width: int, height: int) -> torch.Tensor:
 
 
 NODE_CLASS_MAPPINGS = {"KSTestLatentToImage": KSTestLatentToImage, "KSTestSweepFrames": KSTestSweepFrames, "KSTestLatentReport": KSTestLatentReport, "KSTestTinyFlux": KSTestTinyFlux, "KSTestEditInputs": KSTestEditInputs,
-                       "KSTestCapture": KSTestCapture, "KSTestTinyClip": KSTestTinyClip, "KSTestLatent": KSTestLatent}
+                       "KSTestCapture": KSTestCapture, "KSTestTinyClip": KSTestTinyClip, "KSTestLatent": KSTestLatent, **FAMILY_NODES}

@@ -1,38 +1,20 @@
 """Test 5: the nodes run through ComfyUI's real loader, prompt validation and executor."""
 import asyncio
-import sys
 
 import pytest
 import torch
 
 import ks_fixtures as F
+from comfy_executor import FakeServer as _Server, captured, load_nodes, run_prompt  # noqa: F401  (_Server: the sweep output tests')
 
 pytestmark = pytest.mark.comfyui
 from kontext_sliders.core.kontinuous.weights import save_official_folder, save_single_file
 
-TEST_NODES = F.PACK_DIR / "tests" / "comfy_test_nodes"
-
-
-class _Server:
-    """What PromptExecutor needs of ComfyUI's PromptServer."""
-    client_id = None
-    last_node_id = None
-
-    def __init__(self):
-        self.messages = []
-
-    def send_sync(self, event, data, sid=None):
-        self.messages.append((event, data))
-
-    def queue_updated(self):
-        pass
-
 
 @pytest.fixture(scope="module")
 def comfy_graph(tmp_path_factory):
-    F.import_comfyui()
+    nodes = load_nodes()
     import folder_paths
-    import nodes
 
     models = tmp_path_factory.mktemp("models")
     weights = F.tiny_projector_weights(seed=2)
@@ -44,24 +26,8 @@ def comfy_graph(tmp_path_factory):
     torch.save(F.slideredit_state("stlora"), models / "authors" / "selective_lora.pt")
     from kontext_sliders.core.numeric.weights import save_numeric_weights
     save_numeric_weights(F.numeric_weights(), models / "numeric.safetensors")
-    for module in (F.PACK_DIR, TEST_NODES):  # ComfyUI's own custom-node loader
-        assert asyncio.run(nodes.load_custom_node(str(module))), f"ComfyUI could not load {module}"
-    for extra in ("nodes_edit_model.py", "nodes_flux.py"):  # ReferenceLatent, FluxGuidance (built-in extras)
-        path = F.find_comfyui() / "comfy_extras" / extra
-        assert asyncio.run(nodes.load_custom_node(str(path), module_parent="comfy_extras")), extra
     folder_paths.add_model_folder_path("kontext_sliders", str(models), is_default=True)
     return nodes, weights
-
-
-def run_prompt(prompt, extra_data=None):
-    import execution
-    valid, error, outputs, node_errors = asyncio.run(execution.validate_prompt("test", prompt, None))
-    if not valid:
-        return False, (error, node_errors)
-    server = _Server()
-    executor = execution.PromptExecutor(server, cache_type=execution.CacheType.CLASSIC, cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})
-    executor.execute(prompt, "test", extra_data or {}, outputs)
-    return executor.success, server.messages
 
 
 def graph(weights_entry="tiny.safetensors", strength=0.4, negative="same offset"):
@@ -79,10 +45,6 @@ def graph(weights_entry="tiny.safetensors", strength=0.4, negative="same offset"
         "7": {"class_type": "KSampler", "inputs": {"model": ["1", 0], **sampler}},  # unpatched branch
         "8": {"class_type": "KSTestCapture", "inputs": {"samples": ["7", 0], "key": "plain"}},
     }
-
-
-def captured():
-    return sys.modules[str(TEST_NODES).replace(".", "_x_")].CAPTURED
 
 
 def test_prompt_with_the_nodes_executes_and_matches_the_python_patch(comfy_graph):
