@@ -39,7 +39,8 @@ class ComfyServer:
         nodes_dir.mkdir(parents=True, exist_ok=True)
         for name, source in custom_nodes.items():
             (nodes_dir / name).symlink_to(source, target_is_directory=True)
-        env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+        # one torch thread, as the test process (conftest.py): the server runs tiny models too
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **{"OMP_NUM_THREADS": "1", **(env or {})})
         # --disable-api-nodes: the paid-API nodes are not needed, and importing them may try the network
         self.process = subprocess.Popen(
             [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),

@@ -1,5 +1,6 @@
-"""Reports, at the end of every run, whether the ComfyUI suite really ran."""
+"""Reports, at the end of every run, whether the ComfyUI suite really ran; one torch thread for the tests."""
 import pytest
+import torch
 
 import ks_fixtures as F
 from kontext_sliders.nodes.comfy_location import ComfyUIPathError
@@ -14,6 +15,10 @@ def pytest_collection_modifyitems(items):
 
 
 def pytest_configure(config):
+    # the tests' models are tiny: a thread pool costs more than it gains, and on a busy 2-core machine its threads
+    # spin waiting for a core (a family test file: 413 s with the default pool, 57 s with one thread). The demos
+    # set their own thread count (--threads) and put the previous one back.
+    torch.set_num_threads(1)
     try:  # a wrong COMFYUI_PATH stops the run here instead of skipping (or testing another ComfyUI)
         F.find_comfyui()
     except ComfyUIPathError as e:
