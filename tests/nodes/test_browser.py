@@ -24,6 +24,8 @@ from comfy_server import ComfyServer
 pytestmark = pytest.mark.comfyui
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 WORKFLOWS = sorted((F.PACK_DIR / "example_workflows").glob("*.json"))
+# workflows as users saved them before a node gained an input: they must load as they did (tests/data)
+SAVED = sorted((F.PACK_DIR / "tests" / "data" / "saved_workflows").glob("*.json"))
 TIMEOUT_MS = 60_000
 # What a fresh front-end asks for and a bare server answers with 404 (an empty user folder, no custom
 # CSS, no favicon): ignored at start-up only. Anything else logged as an error fails the test.
@@ -155,7 +157,7 @@ def test_the_extension_registers_once(page, server):
 
 
 @pytest.mark.slow  # a browser against a real server: the slow tier
-@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", WORKFLOWS + SAVED, ids=lambda p: p.name)
 def test_example_workflow_loads_without_errors_or_missing_nodes(page, server, path, shots):
     workflow = json.loads(path.read_text(encoding="utf-8"))
     result = page.evaluate("""async ([workflow, name]) => {
@@ -186,6 +188,15 @@ def test_example_workflow_loads_without_errors_or_missing_nodes(page, server, pa
     assert [n for n in result["flagged"] if not flagged_only_for_a_missing_model(n, result, server)] == [], result
     assert result["nodes"] == len(workflow["nodes"])
     assert errors(page, server) == [], page.errors
+    # every saved widget value is where it was; an input added since takes its default
+    for saved in workflow["nodes"]:
+        widgets = page.evaluate("(id) => app.graph.getNodeById(id).widgets?.map(w => [w.name, w.value]) ?? []",
+                                saved["id"])
+        values = [v for name, v in widgets if name != "control_after_generate"]
+        kept = [v for v in saved.get("widgets_values") or [] if v not in ("fixed", "randomize", "increment")]
+        if saved["type"] == "KontextMultiInstructionEncode":
+            assert values[:len(kept)] == kept and values[len(kept):] in ([], ["TextEncodeQwenImageEditPlus"]), \
+                (saved["id"], widgets)
 
 
 def flagged_only_for_a_missing_model(node, result, server) -> bool:
