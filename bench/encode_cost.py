@@ -55,10 +55,14 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=7, help="timed calls per variant and count (median)")
     parser.add_argument("--t5-layers", type=int, default=None, help="FLUX.1: T5 layers (default: the tests' tiny T5)")
     parser.add_argument("--t5-width", type=int, default=None, help="FLUX.1: T5 d_model (default: the tests' tiny T5)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's; 1 is steadier on a busy CPU, "
+                                                    "where small ops on several threads wait for each other)")
     parser.add_argument("--json", help="write all numbers to this file")
     args = parser.parse_args(argv)
 
     import torch
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     import ks_fixtures as F
     F.import_comfyui()
@@ -92,7 +96,7 @@ def main(argv=None) -> int:
         return ours(text)[0][1][METADATA_KEY]
 
     rows = []
-    print(f"{about}; medians of {args.rounds} calls")
+    print(f"{about}; {torch.get_num_threads()} threads; medians of {args.rounds} calls")
     print(f"{'lines':>5} {plain_name:>27} {'multi-instr.':>13} {'ratio':>6} {'guidance adds':>14} {'sliders add':>12}")
     for count in (int(c) for c in args.lines.split(",")):
         lines = instructions(count)
@@ -115,7 +119,8 @@ def main(argv=None) -> int:
               f"{row['ratio']:>5.2f}x {guidance * 1e3:>11.1f} ms {sliders * 1e3:>9.1f} ms")
     if args.json:
         meta = {"encoder": about}
-        Path(args.json).write_text(json.dumps(dict(meta, family=args.family, plain_node=plain_name, rows=rows),
+        Path(args.json).write_text(json.dumps(dict(meta, family=args.family, plain_node=plain_name, rows=rows,
+                                                   threads=torch.get_num_threads()),
                                               indent=1))
     return 0
 
