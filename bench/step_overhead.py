@@ -37,8 +37,9 @@ SIZES = {
 }
 
 
-def import_comfyui(device: torch.device) -> Path:
-    """Make ComfyUI importable the way main.py prepares it (same search as tests/ks_fixtures.py)."""
+def import_comfyui(device: torch.device, pytorch_attention: bool | None = None) -> Path:
+    """Make ComfyUI importable the way main.py prepares it (same search as tests/ks_fixtures.py);
+    ``pytorch_attention``: make ComfyUI pick PyTorch's SDPA (default: only on meta)."""
     from kontext_sliders.nodes.comfy_location import ComfyUIPathError, find_comfyui
     try:
         root = find_comfyui(PACK_DIR)
@@ -52,7 +53,7 @@ def import_comfyui(device: torch.device) -> Path:
     args.cpu = device.type != "cuda"  # model_management picks its device at import
     # Meta tensors have no memory to query: use PyTorch SDPA (ComfyUI's usual choice on NVIDIA), not the
     # CPU default sub-quadratic attention, which sizes its chunks from free memory.
-    args.use_pytorch_cross_attention = device.type == "meta"
+    args.use_pytorch_cross_attention = device.type == "meta" if pytorch_attention is None else pytorch_attention
     import comfy.model_management  # noqa: F401
     return root
 
@@ -120,20 +121,33 @@ def transformer_options(patcher) -> dict:
     return opts
 
 
-def knob_variants(base, conditioning, spec: dict, seed: int) -> dict:
-    """The three training-free knobs on a prompt of two sub-instructions (synthetic spans, random encodings)."""
+def knob_variants(base, conditioning, spec: dict, seed: int, family: str = "flux1", append_pad: bool = False,
+                  terms: str = "mlp") -> dict:
+    """The three training-free knobs on a prompt of two sub-instructions (synthetic spans, random encodings) for
+    a model of ``family`` (core family NAME). ``append_pad``: the prompt has no pad row and the sliders get the
+    prompt encoded with one pad token appended (Qwen-Image-Edit, every prompt), so the model reads one text row
+    more and that row is hidden from attention. ``terms``: the modulation knob's terms."""
+    import dataclasses
+
     from kontext_sliders.core.instructions import InstructionSpans
     from kontext_sliders.nodes.instruction_encode import METADATA_KEY, Deferred, InstructionConditioning
     from kontext_sliders.nodes.knobs import (instruction_guidance_model, instruction_sliders_model,
                                              modulation_scaled_model)
     context, extra = conditioning[0]
     n = spec["text"]
-    spans = InstructionSpans(("first", "second"), ((0, n // 4), (n // 4, n // 2)), pad_index=n // 2 + 1, length=n)
+    spans = InstructionSpans(("first", "second"), ((0, n // 4), (n // 4, n // 2)),
+                             pad_index=None if append_pad else n // 2 + 1, length=n)
     g = torch.Generator().manual_seed(seed)
-    without = tuple((torch.randn(context.shape, generator=g), torch.randn(extra["pooled_output"].shape, generator=g))
-                    for _ in spans.lines)
-    cond = [[context, dict(extra, **{METADATA_KEY: InstructionConditioning(spans, context, Deferred.ready(without))})]]
-    return {"modulation": modulation_scaled_model(base, 0.5, 0, -1),
+    pooled = extra.get("pooled_output")
+    without = tuple((torch.randn(context.shape, generator=g),
+                     None if pooled is None else torch.randn(pooled.shape, generator=g)) for _ in spans.lines)
+    padded = Deferred.ready(None)
+    if append_pad:
+        row = torch.randn(1, 1, context.shape[2], generator=g)
+        padded = Deferred.ready((dataclasses.replace(spans, pad_index=n, length=n + 1), torch.cat([context, row], 1)))
+    entry = InstructionConditioning(spans, context, Deferred.ready(without), padded, family)
+    cond = [[context, dict(extra, **{METADATA_KEY: entry})]]
+    return {"modulation": modulation_scaled_model(base, 0.5, 0, -1, terms),
             "sliders": instruction_sliders_model(base, cond, "0.5, 1.5"),
             "guidance": instruction_guidance_model(base, cond, "0.5, 1.5")}
 
@@ -164,9 +178,10 @@ def slideredit_variant(base, conditioning, spec: dict, seed: int, rank: int = 16
     return slideredit_model(base, LoadedSliderEdit(weights, "bench"), cond, strengths)
 
 
-def numeric_variant(base, conditioning, spec: dict, seed: int, rank: int = 128, edits: int = 3):
+def numeric_variant(base, conditioning, spec: dict, seed: int, rank: int = 128, edits: int = 3, lora: bool = True):
     """NumeriKontrol Edit with 3 numeric edits (3 tokens in front of the text, the multi-numeric mask) and a
-    random rank-128 LoRA on the attention Q/K/V (merged by weight patches: no per-step cost of its own)."""
+    random rank-128 LoRA on the attention Q/K/V (merged by weight patches: no per-step cost of its own; ``lora``
+    False leaves it out, so that switching to this variant does not rewrite the weights)."""
     from kontext_sliders.core.numeric import DEFAULT_REGISTRY, AdapterConfig, NumericAdapter
     from kontext_sliders.core.numeric.weights import NumericWeights
     from kontext_sliders.nodes.numeric import LoadedNumeric, numeric_model
@@ -174,15 +189,15 @@ def numeric_variant(base, conditioning, spec: dict, seed: int, rank: int = 128, 
     torch.manual_seed(seed)
     adapter = NumericAdapter(DEFAULT_REGISTRY, AdapterConfig(out_dim=width)).eval()
     g = torch.Generator().manual_seed(seed)
-    lora = {}
+    lora_state = {}
     modules = [f"transformer_blocks.{i}.attn.{m}" for i in range(spec["model"]["depth"])
                for m in ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj")]
     modules += [f"single_transformer_blocks.{i}.attn.{m}" for i in range(spec["model"]["depth_single_blocks"])
                 for m in ("to_q", "to_k", "to_v")]
-    for module in modules:
-        lora[f"transformer.{module}.lora_A.weight"] = torch.randn(rank, h, generator=g) * 0.001
-        lora[f"transformer.{module}.lora_B.weight"] = torch.randn(h, rank, generator=g) * 0.001
-    weights = NumericWeights(DEFAULT_REGISTRY, adapter.config, adapter.state_dict(), lora, float(rank))
+    for module in modules if lora else ():
+        lora_state[f"transformer.{module}.lora_A.weight"] = torch.randn(rank, h, generator=g) * 0.001
+        lora_state[f"transformer.{module}.lora_B.weight"] = torch.randn(h, rank, generator=g) * 0.001
+    weights = NumericWeights(DEFAULT_REGISTRY, adapter.config, adapter.state_dict(), lora_state, float(rank))
 
     class FixedText:  # the encoded instruction is the bench's random context: no text encoder needed
         def tokenize(self, text, **kwargs):
@@ -196,6 +211,26 @@ def numeric_variant(base, conditioning, spec: dict, seed: int, rank: int = 128, 
     return model
 
 
+def kontinuous_variant(base, conditioning, spec: dict, seed: int, lora: bool = False, meta: bool = False):
+    """(clone from ``kontinuous_patched_model`` at strength 0.7, ms the Apply node took): the released projector
+    architecture for the model's width (ProjectorConfig(6144, 6144) for hidden 3072), random, fp32 on the CPU as
+    the node runs it; ``lora``: a random rank-4 LoRA at 1.0, else strength 0 (only the per-step offsets)."""
+    from kontext_sliders.core.kontinuous.projector import ProjectorConfig, SliderProjector
+    from kontext_sliders.core.kontinuous.weights import KontinuousWeights
+    from kontext_sliders.nodes.kontinuous import LoadedKontinuous, kontinuous_patched_model
+    hidden = spec["model"]["hidden_size"]
+    config = ProjectorConfig(out_dim=2 * hidden, width=2 * hidden)
+    torch.manual_seed(seed)
+    with torch.device("meta" if meta else "cpu"):
+        projector = SliderProjector(config).eval()
+    lora_state = random_lora(spec, 4, seed + 2) if lora else {}
+    weights = KontinuousWeights(config, projector.state_dict(), lora_state, lora_alpha=None)
+    t0 = time.perf_counter()
+    clone = kontinuous_patched_model(base, LoadedKontinuous(weights, projector, "bench"), conditioning, [0.7],
+                                     lora_strength=1.0 if lora else 0.0)
+    return clone, (time.perf_counter() - t0) * 1e3
+
+
 def model_call(patcher, inp: dict):
     # Through model_base.apply_model, as a sampling step calls it: its APPLY_MODEL wrappers (where the
     # Kontinuous patch picks each row's offset) run there, outside the diffusion model.
@@ -204,12 +239,49 @@ def model_call(patcher, inp: dict):
                                      transformer_options=transformer_options(patcher))
 
 
+def interleaved_times(variants: dict, call, warmup: int, iters: int, cuda: bool = False):
+    """Time ``call(patcher)`` for every variant in AB BA AB ... order (linear drift cancels); the first
+    ``warmup`` rounds are discarded. Returns (times in ms per variant, each variant's first output, whether every
+    later unpatched output equals the first bit for bit, CUDA peak allocated per variant, process CPU time in ms
+    per variant: all threads' CPU seconds, which other processes competing for the cores change far less)."""
+    import comfy.model_management
+    names = list(variants)
+    times = {n: [] for n in names}
+    cpu = {n: [] for n in names}
+    peak = {n: 0 for n in names}
+    first = {}
+    restored = True
+    for i in range(warmup + iters):
+        for name in (names if i % 2 == 0 else names[::-1]):
+            # Loading the patcher is what sampling does first: it applies (or restores) the object patches.
+            comfy.model_management.load_models_gpu([variants[name]], force_full_load=True)
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            t0, c0 = time.perf_counter(), time.process_time()
+            out = call(variants[name])
+            if cuda:
+                torch.cuda.synchronize()
+            dt, dc = time.perf_counter() - t0, time.process_time() - c0
+            if name not in first:
+                first[name] = out.float().cpu()
+            elif name == "unpatched":  # a later unpatched call must not see the patch
+                restored &= torch.equal(out.float().cpu(), first[name])
+            if i >= warmup:
+                times[name].append(dt * 1e3)
+                cpu[name].append(dc * 1e3)
+                if cuda:
+                    peak[name] = max(peak[name], torch.cuda.max_memory_allocated())
+    return times, first, restored, peak, cpu
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--size", choices=sorted(SIZES), help="default: full on CUDA/meta, small on CPU")
+    ap.add_argument("--size", choices=sorted(SIZES) + ["real", "tiny"],
+                    help="default: full on CUDA/meta, small on CPU; with --family: real (default) or tiny")
     ap.add_argument("--device", help="cuda, cpu or meta (build and patch only); default: cuda if available")
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--iters", type=int, help="measured calls per variant (default: 20 on GPU, 40 on CPU, where call-to-call jitter is larger)")
+    ap.add_argument("--warmup", type=int, help="rounds discarded first (default 3; with --family 1)")
+    ap.add_argument("--iters", "--repeats", type=int, help="measured calls per variant (default: 20 on GPU, 40 on CPU, where call-to-call jitter is larger)")
     ap.add_argument("--lora", action="store_true", help="also time the patch with a random rank-4 LoRA at 1.0")
     ap.add_argument("--knobs", action="store_true",
                     help="also time the training-free knobs: modulation x0.5, instruction sliders and "
@@ -222,7 +294,29 @@ def main():
                          "1 edit does not need) and a rank-128 LoRA")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="write the results to this file")
+    fam = ap.add_argument_group("per family (bench/family_step.py; CPU): one block of each kind at the real width")
+    fam.add_argument("--family", choices=["flux1", "flux2", "qwen_image"],
+                     help="time every knob the family takes, at the family's real width and 1024² token counts")
+    fam.add_argument("--variant", default="dev", choices=["dev", "klein-4b", "klein-9b"], help="FLUX.2 variant")
+    fam.add_argument("--depth", type=lambda s: tuple(int(x) for x in s.split(",")), metavar="D,S",
+                     help="double(/dual) and single blocks (default with --size real: 1,1)")
+    fam.add_argument("--tokens", type=int, help="image tokens per image, a square (default 4096: a 1024² edit)")
+    fam.add_argument("--text-tokens", type=int, help="text rows (default: FLUX 512, Qwen-Image-Edit 256)")
+    fam.add_argument("--only", type=lambda s: s.split(","), metavar="A,B", help="only these patched variants")
+    fam.add_argument("--hollow-iters", type=int, default=20,
+                     help="calls per variant of the hollow run (Linear + attention stubbed; 0: none)")
+    fam.add_argument("--dtype", choices=["bf16", "fp32"], help="default: bf16 at the real size, fp32 at tiny")
+    fam.add_argument("--attention", choices=["pytorch", "comfy"], default="pytorch",
+                     help="pytorch: SDPA, as ComfyUI picks on NVIDIA; comfy: ComfyUI's CPU default")
     a = ap.parse_args()
+    if a.family:
+        from family_step import run_family
+        a.iters = a.iters or 5
+        a.warmup = 1 if a.warmup is None else a.warmup
+        return run_family(a)
+    if a.size in ("real", "tiny"):
+        ap.error("--size real / tiny go with --family")
+    a.warmup = 3 if a.warmup is None else a.warmup
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     size = a.size or ("small" if device.type == "cpu" else "full")
     iters = a.iters or (20 if device.type == "cuda" else 40)
@@ -233,35 +327,17 @@ def main():
         device = torch.device("cuda", torch.cuda.current_device())
     import_comfyui(device)
 
-    import comfy.model_management
-    from kontext_sliders.core.kontinuous.weights import KontinuousWeights
-    from kontext_sliders.core.kontinuous.projector import ProjectorConfig, SliderProjector
-    from kontext_sliders.nodes.kontinuous import LoadedKontinuous, kontinuous_patched_model
-
     spec = SIZES[size]
-    hidden = spec["model"]["hidden_size"]
     torch.manual_seed(a.seed)
     with torch.inference_mode():  # ComfyUI runs every node under inference mode
         base = build_patcher(size, device, a.seed)
         n_params = sum(p.numel() for p in base.model.diffusion_model.parameters())
         inputs, conditioning = make_inputs(size, device, a.seed + 1)
-        # ProjectorConfig(6144, 6144) for hidden 3072 is the released projector (ProjectorConfig()).
-        config = ProjectorConfig(out_dim=2 * hidden, width=2 * hidden)
-        with torch.device("meta" if device.type == "meta" else "cpu"):  # fp32 on the CPU, as the node runs it
-            projector = SliderProjector(config).eval()
-
-        def patched_clone(lora: bool):
-            lora_state = random_lora(spec, 4, a.seed + 2) if lora else {}
-            weights = KontinuousWeights(config, projector.state_dict(), lora_state, lora_alpha=None)
-            t0 = time.perf_counter()
-            clone = kontinuous_patched_model(base, LoadedKontinuous(weights, projector, "bench"), conditioning,
-                                             [0.7], lora_strength=1.0 if lora else 0.0)
-            return clone, (time.perf_counter() - t0) * 1e3
-
         variants = {"unpatched": base}
-        variants["patched"], patch_ms = patched_clone(False)
+        variants["patched"], patch_ms = kontinuous_variant(base, conditioning, spec, a.seed, meta=device.type == "meta")
         if a.lora:
-            variants["patched+lora"], _ = patched_clone(True)
+            variants["patched+lora"], _ = kontinuous_variant(base, conditioning, spec, a.seed, lora=True,
+                                                             meta=device.type == "meta")
         if a.knobs and device.type == "meta":
             print("--knobs ignored on meta: the instruction knobs compare text tensors, which meta tensors lack")
         elif a.knobs:
@@ -282,34 +358,9 @@ def main():
                 print(f"{name}: output {tuple(out.shape)} {out.dtype}")
             return
 
-        def timed_call(name):
-            # Loading the patcher is what sampling does first: it applies (or restores) the object patches.
-            comfy.model_management.load_models_gpu([variants[name]], force_full_load=True)
-            if cuda:
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-            t0 = time.perf_counter()
-            out = model_call(variants[name], inputs)
-            if cuda:
-                torch.cuda.synchronize()
-            return out, time.perf_counter() - t0
-
+        times, first, restored, peak, _ = interleaved_times(variants, lambda p: model_call(p, inputs), a.warmup, iters,
+                                                         cuda)
         names = list(variants)
-        times = {n: [] for n in names}
-        peak = {n: 0 for n in names}
-        first = {}
-        restored = True
-        for i in range(a.warmup + iters):
-            for name in (names if i % 2 == 0 else names[::-1]):  # AB BA AB ...: linear drift cancels
-                out, dt = timed_call(name)
-                if name not in first:
-                    first[name] = out.float().cpu()
-                elif name == "unpatched":  # a later unpatched call must not see the patch
-                    restored &= torch.equal(out.float().cpu(), first[name])
-                if i >= a.warmup:
-                    times[name].append(dt * 1e3)
-                    if cuda:
-                        peak[name] = max(peak[name], torch.cuda.max_memory_allocated())
 
     diffs = {n: (first[n] - first["unpatched"]).abs().max().item() for n in names[1:]}
     diff = min(diffs.values())

@@ -344,3 +344,22 @@ def install_tiny_detection() -> None:
 
     detect_unet_config.kontext_sliders_tiny = True
     comfy.model_detection.detect_unet_config = detect_unet_config
+
+
+def family_text_encoder(name: str, seed: int = 3):
+    """(the family's ComfyUI-side module, its tiny real text encoder or None where this ComfyUI cannot build it)
+    for a FAMILY_VARIANTS name: the shipped tokenizer and chat template, a tiny LM (nodes/families/)."""
+    family, module_name, _ = family_variant(name)
+    variant = {"variant": name.split("-")[1]} if module_name == "flux2" else {}
+    return family, family.tiny_text_encoder(seed=seed, **variant)
+
+
+def plain_family_encode(family_name: str, clip, text: str, image1=None):
+    """The family's plain encode node on ``text``: CLIPTextEncode (FLUX.1, FLUX.2), TextEncodeQwenImageEditPlus
+    with ``image1`` and no VAE (Qwen-Image-Edit)."""
+    if family_name != "qwen_image":
+        import nodes
+        return nodes.CLIPTextEncode().encode(clip, text)[0]
+    from comfy_extras.nodes_qwen import TextEncodeQwenImageEditPlus
+    out = TextEncodeQwenImageEditPlus.execute(clip, text, None, image1)
+    return out.args[0] if hasattr(out, "args") else out[0]

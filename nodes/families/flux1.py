@@ -147,12 +147,18 @@ TINY_CLIP_L = {"hidden_size": TINY_CLIP_L_POOLED, "intermediate_size": 128, "num
                "num_hidden_layers": 2}
 
 
-def tiny_text_encoder(seed: int = 0, tiny: TinyFlux = TINY):
-    """A real comfy.sd.CLIP (tokenizers, scheduled encode, patcher) with seeded tiny encoders."""
+def tiny_t5_config(tiny: TinyFlux = TINY, **changes) -> dict:
+    """The tiny T5's sizes (``changes`` override them: a larger T5 for benches)."""
+    return dict({"d_model": tiny.context_dim, "d_ff": 64, "d_kv": 16, "num_heads": 2, "num_layers": 2}, **changes)
+
+
+def tiny_text_encoder(seed: int = 0, tiny: TinyFlux = TINY, t5: dict | None = None):
+    """A real comfy.sd.CLIP (tokenizers, scheduled encode, patcher) with seeded tiny encoders (``t5``: the T5's
+    sizes, default ``tiny_t5_config(tiny)``)."""
     import comfy.sd
     import comfy.supported_models_base
     import comfy.text_encoders.flux
-    t5 = {"d_model": tiny.context_dim, "d_ff": 64, "d_kv": 16, "num_heads": 2, "num_layers": 2}
+    t5 = t5 or tiny_t5_config(tiny)
     target = comfy.supported_models_base.ClipTarget(comfy.text_encoders.flux.FluxTokenizer,
                                                     comfy.text_encoders.flux.flux_clip())
     clip = comfy.sd.CLIP(target, model_options={"clip_l_model_config": dict(TINY_CLIP_L), "t5xxl_model_config": t5,

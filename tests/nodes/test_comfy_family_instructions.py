@@ -16,8 +16,7 @@ PROMPT = "make the sky stormy\nturn the car (red:1.2)\nadd snow, on the roof!"
 def env(request):
     F.import_comfyui()
     family, module_name, tiny = F.family_variant(request.param)
-    variant = {"variant": request.param.split("-")[1]} if module_name == "flux2" else {}
-    clip = family.tiny_text_encoder(seed=3, **variant)
+    _, clip = F.family_text_encoder(request.param, seed=3)
     if clip is None:
         pytest.skip("this ComfyUI cannot build FLUX.2's text encoders (0.8: no [klein]; [dev]'s tokenizer fails)")
     patcher = family.tiny_model(family.tiny_state_dict(seed=0, tiny=tiny), tiny)
@@ -46,12 +45,7 @@ def encode_lines(env, text=PROMPT):
 
 def plain_encode(env, text):
     """The family's plain encode node: CLIPTextEncode (FLUX.2), TextEncodeQwenImageEditPlus (Qwen-Image-Edit)."""
-    if env["family"].NAME == "flux2":
-        import nodes
-        return nodes.CLIPTextEncode().encode(env["clip"], text)[0]
-    from comfy_extras.nodes_qwen import TextEncodeQwenImageEditPlus
-    out = TextEncodeQwenImageEditPlus.execute(env["clip"], text, None, env["inputs"].get("image1"))
-    return out.args[0] if hasattr(out, "args") else out[0]
+    return F.plain_family_encode(env["family"].NAME, env["clip"], text, env["inputs"].get("image1"))
 
 
 def metadata(conditioning):
