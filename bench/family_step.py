@@ -64,7 +64,7 @@ def family_config(family: str, variant: str, size: str, depth: tuple[int, int] |
 
 def _overrides(family: str, module, cfg) -> dict:
     if family == "qwen_image":
-        return module._unet_config(cfg)
+        return module.tiny_overrides(cfg)
     return dict(hidden_size=cfg.hidden, num_heads=cfg.heads, axes_dim=list(cfg.axes), context_in_dim=cfg.context_dim)
 
 
