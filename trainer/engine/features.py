@@ -119,6 +119,10 @@ class LineTextEncoder:
         pass
 
 
+def _nbytes(tensors: dict[str, torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
 class FeatureCache:
     """``cache_dir/<kind>/<key[:2]>/<key>.safetensors``; written atomically, so a killed run leaves no half file.
 
@@ -155,13 +159,13 @@ class FeatureCache:
         if not path.is_file():
             return None
         tensors = load_file(path)
-        size = sum(t.numel() * t.element_size() for t in tensors.values())
+        size = _nbytes(tensors)
         if size <= self.memory_bytes:
             self._memory[(kind, key)] = tensors
             self._held += size
             while self._held > self.memory_bytes:
                 _, old = self._memory.popitem(last=False)
-                self._held -= sum(t.numel() * t.element_size() for t in old.values())
+                self._held -= _nbytes(old)
         return tensors
 
     def put(self, kind: str, key: str, tensors: dict[str, torch.Tensor]) -> None:
@@ -173,7 +177,7 @@ class FeatureCache:
     def _forget(self, kind: str, key: str) -> None:
         old = self._memory.pop((kind, key), None)
         if old is not None:
-            self._held -= sum(t.numel() * t.element_size() for t in old.values())
+            self._held -= _nbytes(old)
 
 
 @dataclass
