@@ -6,11 +6,13 @@ import logging
 from comfy_api.latest import io
 
 from ..core.knobs.guidance import GUIDANCE_RANGE
+from ..core.knobs.schedule import EVERY_STEP
 from ..core.knobs.toward_pad import SLIDER_RANGE, toward_pad_plan
 from ..core.instructions import parse_strengths
 from .families import family_of
 from .instruction_encode import instruction_entries
 from .runtime import InstructionKnob, ModulationKnob, installed_runtime, patched_clone
+from .schedule import percent_range, schedule_inputs, scheduled
 
 CATEGORY = "Kontext Sliders"
 TERMS = {"mlp": (False, True), "attention": (True, False), "both": (True, True)}
@@ -20,7 +22,8 @@ def strengths_tooltip(accepted: tuple[float, float]) -> str:
             f"1 = as written, 0 = suppressed, >1 = exaggerated, <0 = pushed the other way")
 
 
-def modulation_scaled_model(model, multiplier: float, start_block: int, end_block: int, terms: str = "mlp"):
+def modulation_scaled_model(model, multiplier: float, start_block: int, end_block: int, terms: str = "mlp",
+                            percent: tuple[float, float] = EVERY_STEP):
     n = family_of(model).double_block_count
     last = n - 1 if end_block < 0 else end_block
     if not (0 <= start_block <= last < n):
@@ -29,7 +32,8 @@ def modulation_scaled_model(model, multiplier: float, start_block: int, end_bloc
     if terms not in TERMS:
         raise ValueError(f"terms must be one of {sorted(TERMS)}, got {terms!r}")
     scale_attention, scale_mlp = TERMS[terms]
-    knob = ModulationKnob(tuple(range(start_block, last + 1)), scale_attention, scale_mlp, (float(multiplier),))
+    knob = ModulationKnob(tuple(range(start_block, last + 1)), scale_attention, scale_mlp, (float(multiplier),),
+                          percent=percent)
     logging.info("Kontext modulation strength: x%g on the text %s modulation of double blocks %d..%d",
                  multiplier, terms, start_block, last)
     # at 1 the knob is recorded for sweeps but patches nothing: identity, bit for bit
@@ -44,10 +48,10 @@ def instruction_knob(conditioning, strengths: str, accepted: tuple[float, float]
     return InstructionKnob(tuple(entries), (tuple(values),), kind, accepted, display)
 
 
-def instruction_sliders_model(model, conditioning, strengths: str):
+def instruction_sliders_model(model, conditioning, strengths: str, percent: tuple[float, float] = EVERY_STEP):
     family = family_of(model)  # a clear error for other models first
-    knob = instruction_knob(conditioning, strengths, SLIDER_RANGE, "sliders", KontextInstructionSliders.DISPLAY_NAME,
-                            family)
+    knob = scheduled(instruction_knob(conditioning, strengths, SLIDER_RANGE, "sliders",
+                                      KontextInstructionSliders.DISPLAY_NAME, family), percent)
     for entry in knob.entries:
         # bad spans fail here, not mid-sampling; a one-pad encoding is made here, once (in the model's rows)
         spans = entry.slider_target()[0]
@@ -55,10 +59,10 @@ def instruction_sliders_model(model, conditioning, strengths: str):
     return patched_clone(model, knobs=installed_runtime(model).knobs + (knob,))  # all 1: recorded, patches nothing
 
 
-def instruction_guidance_model(model, conditioning, strengths: str):
+def instruction_guidance_model(model, conditioning, strengths: str, percent: tuple[float, float] = EVERY_STEP):
     family = family_of(model)  # a clear error for other models first
-    knob = instruction_knob(conditioning, strengths, GUIDANCE_RANGE, "guidance", KontextInstructionGuidance.DISPLAY_NAME,
-                            family)
+    knob = scheduled(instruction_knob(conditioning, strengths, GUIDANCE_RANGE, "guidance",
+                                      KontextInstructionGuidance.DISPLAY_NAME, family), percent)
     for entry in knob.entries:
         # made now, while no model is sampling, and kept for later queue runs (a sweep may need them
         # even when every strength here is 1)
@@ -86,13 +90,16 @@ class KontextModulationStrength(io.ComfyNode):
                 io.Combo.Input("terms", options=list(TERMS), default="mlp", optional=True,
                                tooltip="which text modulation is scaled: 'mlp' = the feed-forward shift/scale "
                                        "(the terms Kontinuous Kontext offsets), 'attention', or 'both'"),
+                *schedule_inputs(),
             ],
             outputs=[io.Model.Output()],
         )
 
     @classmethod
-    def execute(cls, model, multiplier, start_block, end_block, terms="mlp") -> io.NodeOutput:
-        return io.NodeOutput(modulation_scaled_model(model, multiplier, start_block, end_block, terms))
+    def execute(cls, model, multiplier, start_block, end_block, terms="mlp", start_percent=0.0,
+                end_percent=1.0) -> io.NodeOutput:
+        percent = percent_range(start_percent, end_percent, "Kontext Modulation Strength")
+        return io.NodeOutput(modulation_scaled_model(model, multiplier, start_block, end_block, terms, percent))
 
 
 class _InstructionKnobNode(io.ComfyNode):
@@ -113,13 +120,15 @@ class _InstructionKnobNode(io.ComfyNode):
                 io.Conditioning.Input("conditioning", tooltip="from Kontext Multi-Instruction Encode (the "
                                                               "positive prompt the sampler gets)"),
                 io.String.Input("strengths", default="1, 1", tooltip=strengths_tooltip(cls.ACCEPTED)),
+                *schedule_inputs(),
             ],
             outputs=[io.Model.Output()],
         )
 
     @classmethod
-    def execute(cls, model, conditioning, strengths) -> io.NodeOutput:
-        return io.NodeOutput(cls.make_model(model, conditioning, strengths))
+    def execute(cls, model, conditioning, strengths, start_percent=0.0, end_percent=1.0) -> io.NodeOutput:
+        percent = percent_range(start_percent, end_percent, cls.DISPLAY_NAME)
+        return io.NodeOutput(cls.make_model(model, conditioning, strengths, percent))
 
 
 class KontextInstructionSliders(_InstructionKnobNode):

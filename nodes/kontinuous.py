@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from comfy_api.latest import io
 
+from ..core.knobs.schedule import EVERY_STEP
 from ..core.kontinuous.weights import KontinuousWeights, load_kontinuous
 from ..core.kontinuous.offsets import NEGATIVE_MODES, NEGATIVE_SAME, offset_table
 from ..core.kontinuous.projector import SliderProjector
@@ -20,6 +21,7 @@ from .families import trained_family
 from .lora import add_diffusers_lora
 from .model_folder import list_weight_entries, resolve_weight_entry
 from .runtime import KontinuousKnob, installed_runtime, patched_clone
+from .schedule import forward_lora, percent_range, schedule_inputs
 
 CATEGORY = "Kontext Sliders"
 KontinuousWeightsType = io.Custom("KONTINUOUS_WEIGHTS")
@@ -68,10 +70,12 @@ def apply_kontinuous_offsets(patcher, source: KontinuousKnob):
 
 
 def kontinuous_patched_model(model, loaded: LoadedKontinuous, conditioning, strengths, lora_strength: float,
-                             negative: str = NEGATIVE_SAME):
-    """The patched clone; shared by the Apply node and the later sweep nodes (``strengths``: list)."""
+                             negative: str = NEGATIVE_SAME, percent: tuple[float, float] = EVERY_STEP):
+    """The patched clone; shared by the Apply node and the later sweep nodes (``strengths``: list). On part of
+    the schedule (``percent``) the LoRA runs in the forward on those steps only; else it is merged."""
     config = loaded.weights.projector_config
-    hidden = trained_family(model, "Kontinuous Kontext Apply").hidden_size  # a clear error for other models before anything else
+    family = trained_family(model, "Kontinuous Kontext Apply")  # a clear error for other models before anything else
+    hidden = family.hidden_size
     if config.hidden_size != hidden:
         raise ValueError(f"{loaded.name} was made for a transformer of hidden size {config.hidden_size} "
                          f"(projector output {config.out_dim}); this model has hidden size {hidden}. "
@@ -84,9 +88,15 @@ def kontinuous_patched_model(model, loaded: LoadedKontinuous, conditioning, stre
         return offset_table(loaded.projector, values, pooled)
 
     strengths = tuple(float(v) for v in strengths)
-    patched = apply_kontinuous_offsets(model, KontinuousKnob(make_table(strengths), negative, strengths, make_table))
     w = loaded.weights
-    add_diffusers_lora(patched, w.lora_state, w.lora_alpha, lora_strength, loaded.name)
+    knob = KontinuousKnob(make_table(strengths), negative, strengths, make_table)
+    if percent != EVERY_STEP:
+        knob = dataclasses.replace(knob, percent=percent, forward_lora_strength=float(lora_strength),
+                                   forward_lora=forward_lora(family, w.lora_state, w.lora_scale, loaded.name)
+                                   if lora_strength else ())
+    patched = apply_kontinuous_offsets(model, knob)
+    if percent == EVERY_STEP:
+        add_diffusers_lora(patched, w.lora_state, w.lora_alpha, lora_strength, loaded.name)
     logging.info("Kontinuous Kontext: %s, strength %s, LoRA %d modules at %g x alpha/rank %g, negative rows: %s",
                  loaded.name, ", ".join(f"{v:g}" for v in strengths), len(w.lora_state) // 2, lora_strength,
                  w.lora_scale, negative)
@@ -135,12 +145,14 @@ class KontinuousKontextApply(io.ComfyNode):
                                tooltip="with CFG > 1: 'same offset' adds the instruction's offset to the negative "
                                        "pass too (official behaviour); 'unmodified' leaves negative rows as the "
                                        "plain model computes them"),
+                *schedule_inputs(),
             ],
             outputs=[io.Model.Output()],
         )
 
     @classmethod
     def execute(cls, model, kontinuous_weights, conditioning, strength, lora_strength,
-                negative=NEGATIVE_SAME) -> io.NodeOutput:
+                negative=NEGATIVE_SAME, start_percent=0.0, end_percent=1.0) -> io.NodeOutput:
+        percent = percent_range(start_percent, end_percent, "Kontinuous Kontext Apply")
         return io.NodeOutput(kontinuous_patched_model(model, kontinuous_weights, conditioning, [strength],
-                                                      lora_strength, negative))
+                                                      lora_strength, negative, percent))

@@ -1,6 +1,7 @@
 """NumeriKontrol nodes: numbers with units as edit strengths ("increase the exposure by 1.5 EV")."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -9,6 +10,7 @@ import torch
 from comfy_api.latest import io
 
 from ..core.instructions import joined_prompt, split_instructions
+from ..core.knobs.schedule import EVERY_STEP
 from ..core.numeric import DEFAULT_REGISTRY, NumericAdapter, NumericEdit, NumericParseError, parse_line
 from ..core.numeric.weights import NumericWeights, load_numeric_weights, read_numeric_header
 from ..core.weights_io import WeightsFormatError
@@ -17,6 +19,7 @@ from .instruction_encode import encode
 from .lora import add_diffusers_lora
 from .model_folder import list_weight_entries, resolve_weight_entry
 from .runtime import NumericKnob, PromptEntry, installed_runtime, patched_clone
+from .schedule import forward_lora, percent_range, schedule_inputs
 
 CATEGORY = "Kontext Sliders"
 NumericWeightsType = io.Custom("NUMERIC_WEIGHTS")
@@ -89,9 +92,11 @@ def parse_edits(text: str, loaded: LoadedNumeric) -> list[NumericEdit]:
     return sorted(edits, key=lambda e: registry.task_id(e.task))
 
 
-def numeric_model(model, loaded: LoadedNumeric, clip, edits_text: str):
-    """(patched clone, CONDITIONING of the edits' instructions) for the numeric edits in ``edits_text``."""
-    width = trained_family(model, DISPLAY_NAME).context_dim  # a clear error for other models first
+def numeric_model(model, loaded: LoadedNumeric, clip, edits_text: str, percent: tuple[float, float] = EVERY_STEP):
+    """(patched clone, CONDITIONING of the edits' instructions) for the numeric edits in ``edits_text``. On part
+    of the schedule (``percent``) the LoRA runs in the forward on those steps only; else it is merged."""
+    family = trained_family(model, DISPLAY_NAME)  # a clear error for other models first
+    width = family.context_dim
     config = loaded.weights.adapter_config
     if config.out_dim != width:
         raise ValueError(f"{loaded.name} makes numeric tokens of width {config.out_dim} (the T5 width it was "
@@ -133,9 +138,13 @@ def numeric_model(model, loaded: LoadedNumeric, clip, edits_text: str):
     knob = NumericKnob(tuple(PromptEntry(c[0]) for c in conditioning), lines, rows, make_tokens(rows),
                        tuple(tuple(t.delta_range) for t in tasks), make_tokens, make_texts,
                        units=tuple(t.unit for t in tasks))
-    patched = patched_clone(model, knobs=installed_runtime(model).knobs + (knob,))
     w = loaded.weights
-    add_diffusers_lora(patched, w.lora_state, w.lora_alpha, 1.0, loaded.name)
+    if percent != EVERY_STEP:
+        knob = dataclasses.replace(knob, percent=percent,
+                                   forward_lora=forward_lora(family, w.lora_state, w.lora_scale, loaded.name))
+    patched = patched_clone(model, knobs=installed_runtime(model).knobs + (knob,))
+    if percent == EVERY_STEP:
+        add_diffusers_lora(patched, w.lora_state, w.lora_alpha, 1.0, loaded.name)
     logging.info("NumeriKontrol: %s; %s", loaded.name, "; ".join(f"{e.task} {e.delta:+g} {e.unit}" for e in edits))
     return patched, conditioning
 
@@ -175,10 +184,12 @@ class NumeriKontrolEdit(io.ComfyNode):
                 NumericWeightsType.Input("numeric_weights"),
                 io.String.Input("edits", multiline=True, default="increase the exposure by 1 EV",
                                 tooltip=tasks_tooltip()),
+                *schedule_inputs(),
             ],
             outputs=[io.Model.Output(), io.Conditioning.Output()],
         )
 
     @classmethod
-    def execute(cls, model, clip, numeric_weights, edits) -> io.NodeOutput:
-        return io.NodeOutput(*numeric_model(model, numeric_weights, clip, edits))
+    def execute(cls, model, clip, numeric_weights, edits, start_percent=0.0, end_percent=1.0) -> io.NodeOutput:
+        percent = percent_range(start_percent, end_percent, DISPLAY_NAME)
+        return io.NodeOutput(*numeric_model(model, numeric_weights, clip, edits, percent))

@@ -8,12 +8,14 @@ from comfy_api.latest import io
 
 from ..core.instructions import parse_strengths
 from ..core.slideredit.weights import STRENGTH_RANGE, SliderEditWeights, alpha_from_strength, load_slideredit
+from ..core.knobs.schedule import EVERY_STEP
 from ..core.slideredit.lora import fused_loras
 from .families import trained_family
 from .instruction_encode import instruction_entries
 from .lora import add_diffusers_lora
 from .model_folder import list_weight_entries, resolve_weight_entry
 from .runtime import SliderEditKnob, installed_runtime, patched_clone
+from .schedule import percent_range, schedule_inputs, scheduled
 
 CATEGORY = "Kontext Sliders"
 SliderEditWeightsType = io.Custom("SLIDEREDIT_WEIGHTS")
@@ -26,9 +28,11 @@ class LoadedSliderEdit:
     name: str
 
 
-def slideredit_model(model, loaded: LoadedSliderEdit, conditioning, strengths: str):
+def slideredit_model(model, loaded: LoadedSliderEdit, conditioning, strengths: str,
+                     percent: tuple[float, float] = EVERY_STEP):
     """The patched clone. STLoRA: a per-token update on the text stream of the prompt in ``conditioning``;
-    GSTLoRA: one strength, merged into the weights by ComfyUI's weight patches."""
+    GSTLoRA: one strength, merged into the weights by ComfyUI's weight patches (on part of the schedule,
+    ``percent``: run in the forward on those steps instead)."""
     weights = loaded.weights
     family = trained_family(model, DISPLAY_NAME)
     sizes = family.adapter_sizes()  # other models fail here, before anything else
@@ -41,10 +45,12 @@ def slideredit_model(model, loaded: LoadedSliderEdit, conditioning, strengths: s
     else:
         values = parse_strengths(strengths, 1, ["the GSTLoRA's one slider (all tokens)"], STRENGTH_RANGE,
                                  f"{DISPLAY_NAME} strengths (a GSTLoRA has one slider)")
-        knob = SliderEditKnob(loras, "gstlora", (), (tuple(values),), merged=alpha_from_strength(values[0]),
-                              accepted=STRENGTH_RANGE, name=loaded.name)
+        merged = alpha_from_strength(values[0]) if percent == EVERY_STEP else 0.0
+        knob = SliderEditKnob(loras, "gstlora", (), (tuple(values),), merged=merged, accepted=STRENGTH_RANGE,
+                              name=loaded.name)
+    knob = scheduled(knob, percent)
     patched = patched_clone(model, knobs=installed_runtime(model).knobs + (knob,))
-    if weights.variant == "gstlora":
+    if knob.merged:
         lora_state = {f"transformer.{m}.{half}.weight": t for m, (a, b) in weights.modules.items()
                       for half, t in (("lora_A", a), ("lora_B", b))}
         add_diffusers_lora(patched, lora_state, weights.alpha, knob.merged, loaded.name)
@@ -93,10 +99,13 @@ class SliderEditApply(io.ComfyNode):
                                 tooltip=f"STLoRA: one number per sub-instruction line, comma-separated; GSTLoRA: "
                                         f"one number. Each within {low:g} ... {high:g}: 1 = as written, "
                                         f"0 = suppressed, >1 = exaggerated (the authors' alpha is 1 - strength)"),
+                *schedule_inputs(),
             ],
             outputs=[io.Model.Output()],
         )
 
     @classmethod
-    def execute(cls, model, slideredit_weights, conditioning, strengths) -> io.NodeOutput:
-        return io.NodeOutput(slideredit_model(model, slideredit_weights, conditioning, strengths))
+    def execute(cls, model, slideredit_weights, conditioning, strengths, start_percent=0.0,
+                end_percent=1.0) -> io.NodeOutput:
+        percent = percent_range(start_percent, end_percent, DISPLAY_NAME)
+        return io.NodeOutput(slideredit_model(model, slideredit_weights, conditioning, strengths, percent))

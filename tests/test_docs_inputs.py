@@ -57,6 +57,22 @@ class _Module:
     values: dict[str, ast.expr]  # module-level NAME = value
     functions: dict[str, ast.FunctionDef | ast.AsyncFunctionDef]
     classes: dict[str, _Class] = field(default_factory=dict)
+    imported: dict[str, Path] = field(default_factory=dict)  # name -> the nodes/ module it comes from
+
+
+def _relative_imports(tree: ast.Module, path: Path) -> dict[str, Path]:
+    """``from .x import name`` (any level) inside nodes/: name -> that module's file."""
+    out = {}
+    for stmt in tree.body:
+        if isinstance(stmt, ast.ImportFrom) and stmt.level and stmt.module:
+            base = path.parent
+            for _ in range(stmt.level - 1):
+                base = base.parent
+            target = base.joinpath(*stmt.module.split("."))
+            target = target / "__init__.py" if target.is_dir() else target.with_suffix(".py")
+            for alias in stmt.names:
+                out[alias.asname or alias.name] = target
+    return out
 
 
 def _assignments(body) -> dict[str, ast.expr]:
@@ -86,7 +102,8 @@ def _read_modules() -> list[_Module]:
             continue
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
         module = _Module(path, tree, _assignments(tree.body),
-                         {s.name: s for s in tree.body if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef))})
+                         {s.name: s for s in tree.body if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef))},
+                         imported=_relative_imports(tree, path))
         for stmt in tree.body:
             if isinstance(stmt, ast.ClassDef):
                 module.classes[stmt.name] = _Class(
@@ -100,6 +117,7 @@ def _read_modules() -> list[_Module]:
 class _Resolver:
     def __init__(self, modules: list[_Module]):
         self.modules = modules
+        self.by_path = {m.path: m for m in modules}
         self.by_name: dict[str, list[_Class]] = {}
         for m in modules:
             for c in m.classes.values():
@@ -141,13 +159,14 @@ class _Resolver:
         return None
 
     def reachable(self, cls: _Class, start) -> list[tuple[ast.AST, dict[str, ast.expr]]]:
-        """``start`` and what it uses: module functions it calls, ``cls.method`` it calls, module values it names."""
-        out, todo, seen = [], [start], set()
+        """``start`` and what it uses: module functions it calls (its own module's, or imported from another
+        module under nodes/), ``cls.method`` it calls, module values it names."""
+        out, todo, seen = [], [(start, cls.module)], set()
         methods = {}
         for c in reversed(self.mro(cls)):
             methods.update(c.methods)
         while todo:
-            node = todo.pop()
+            node, module = todo.pop()
             if id(node) in seen:
                 continue
             seen.add(id(node))
@@ -155,13 +174,16 @@ class _Resolver:
             out.append((node, local))
             for sub in ast.walk(node):
                 if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Load):
-                    if sub.id in cls.module.functions:
-                        todo.append(cls.module.functions[sub.id])
-                    elif sub.id in cls.module.values and sub.id not in local:
-                        todo.append(cls.module.values[sub.id])
+                    source = self.by_path.get(module.imported.get(sub.id))
+                    if sub.id in module.functions:
+                        todo.append((module.functions[sub.id], module))
+                    elif sub.id in module.values and sub.id not in local:
+                        todo.append((module.values[sub.id], module))
+                    elif source is not None and sub.id in source.functions:
+                        todo.append((source.functions[sub.id], source))
                 elif (isinstance(sub, ast.Attribute) and isinstance(sub.value, ast.Name)
                       and sub.value.id in ("cls", "self") and sub.attr in methods):
-                    todo.append(methods[sub.attr])
+                    todo.append((methods[sub.attr], module))
         return out
 
 

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..fused_lora import merge_parts
+
 NAME = "flux1"
 DISPLAY = "FLUX.1 (Kontext)"
 # Full-size FLUX.1 [dev] / Kontext [dev]: width, MLP width, blocks, T5-XXL width, pooled CLIP-L width.
@@ -225,6 +227,34 @@ class FluxSizes:
     double_blocks: int
     single_blocks: int
     context_in_dim: int
+
+
+def linear_of(module: str) -> tuple[str, int, tuple]:
+    """A diffusers transformer Linear's place in BFL's layout: ("double_blocks" | "single_blocks", block index,
+    (BFL module suffix, part within a row-fused Linear or None, stream)); ValueError for any other module."""
+    m = DIFFUSERS_MODULE.match(module)
+    table = DOUBLE_LINEARS if m and m["kind"] == "transformer_blocks" else SINGLE_LINEARS
+    if m is None or m["suffix"] not in table:
+        raise ValueError(f"module '{module}' is not a FLUX.1 transformer Linear (expected "
+                         f"transformer_blocks.N.<{'|'.join(DOUBLE_LINEARS)}> or "
+                         f"single_transformer_blocks.N.<{'|'.join(SINGLE_LINEARS)}>)")
+    kind = "double_blocks" if table is DOUBLE_LINEARS else "single_blocks"
+    return kind, int(m["index"]), table[m["suffix"]]
+
+
+def fuse_lora_modules(modules: dict, scale: float, hidden_size: int) -> list:
+    """A diffusers-keyed LoRA (``{module: (A [r, in], B [out, r])}``, factor ``scale`` = alpha / rank) as
+    updates of BFL / ComfyUI Linears (``core.fused_lora.FusedLoRA``; fused qkv / linear1 by row slices).
+    A module that is not a transformer Linear of this family is refused, naming it."""
+    grouped: dict[str, list] = {}
+    streams: dict[str, str] = {}
+    for module, (a, b) in sorted(modules.items()):
+        kind, index, (target, part, stream) = linear_of(module)
+        path = f"{kind}.{index}.{target}"
+        start = 0 if part is None else part * hidden_size
+        grouped.setdefault(path, []).append((start, start + b.shape[0], a.float(), b.float() * scale))
+        streams[path] = stream
+    return [merge_parts(path, parts, streams[path]) for path, parts in grouped.items()]
 
 
 def lora_shape(suffix: str, double: bool, sizes: FluxSizes) -> tuple[int, int]:

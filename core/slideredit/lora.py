@@ -5,13 +5,13 @@ Pure torch; where each diffusers Linear sits in the host's layout comes from the
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from ..families.flux1 import DIFFUSERS_MODULE, DOUBLE_LINEARS, SINGLE_LINEARS, FluxSizes, lora_shape
+from ..families.flux1 import DIFFUSERS_MODULE, FluxSizes, fuse_lora_modules, lora_shape
+from ..fused_lora import FusedLoRA
 from .weights import STRENGTH_RANGE, SliderEditWeights, alpha_from_strength
 
 
@@ -38,66 +38,10 @@ def check_fits(weights: SliderEditWeights, sizes: FluxSizes) -> None:
                              f"the weights were trained for another model size")
 
 
-@dataclass
-class FusedLoRA:
-    """One BFL Linear's low-rank update: its parts merged block-diagonally (q, k, v share the input).
-
-    ``delta(x) = (x @ A.T) @ B.T`` covers output rows ``rows[0]:rows[1]`` of the Linear; the
-    weights' alpha / rank is folded into ``B``.
-    """
-    module: str  # BFL path, e.g. "double_blocks.3.txt_attn.qkv"
-    rows: tuple[int, int]
-    A: torch.Tensor  # [R, in]
-    B: torch.Tensor  # [rows[1] - rows[0], R]
-    stream: str  # "txt" | "img" | "joint"
-    _cast: dict = field(default_factory=dict, repr=False, compare=False)
-
-    def on(self, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (str(device), dtype)
-        if key not in self._cast:
-            self._cast[key] = (self.A.to(device=device, dtype=dtype), self.B.to(device=device, dtype=dtype))
-        return self._cast[key]
-
-
 def fused_loras(weights: SliderEditWeights, sizes: FluxSizes) -> list[FusedLoRA]:
     """The adapter as updates of BFL / ComfyUI Linears (fused qkv / linear1 by row slices)."""
     check_fits(weights, sizes)
-    h = sizes.hidden_size
-    grouped: dict[str, list] = {}
-    for module, (a, b) in sorted(weights.modules.items()):
-        m = DIFFUSERS_MODULE.match(module)
-        double = m["kind"] == "transformer_blocks"
-        target, part, stream = (DOUBLE_LINEARS if double else SINGLE_LINEARS)[m["suffix"]]
-        path = f"{'double_blocks' if double else 'single_blocks'}.{m['index']}.{target}"
-        start = 0 if part is None else part * h
-        grouped.setdefault(path, []).append((start, start + b.shape[0], a.float(), b.float() * weights.scale, stream))
-    out = []
-    for path, parts in grouped.items():
-        parts.sort(key=lambda p: p[0])
-        lo, hi = parts[0][0], parts[-1][1]
-        rank_total = sum(p[2].shape[0] for p in parts)
-        A = torch.cat([p[2] for p in parts])
-        B = torch.zeros(hi - lo, rank_total)
-        r = 0
-        for start, end, a, b, _ in parts:
-            B[start - lo:end - lo, r:r + a.shape[0]] = b
-            r += a.shape[0]
-        out.append(FusedLoRA(path, (lo, hi), A, B, parts[0][4]))
-    return out
-
-
-def add_lora_delta(out: torch.Tensor, x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, rows: tuple[int, int],
-                   scale: torch.Tensor) -> torch.Tensor:
-    """out + scale * (x A^T B^T) on output rows ``rows``; every other output element is ``out``'s, exactly.
-
-    ``scale`` broadcasts over [B, L, 1]: per token ([B, L, 1]) or per row ([B, 1, 1]).
-    """
-    delta = torch.matmul(torch.matmul(x.to(A.dtype), A.t()), B.t()) * scale.to(A.dtype)
-    delta = delta.to(out.dtype)
-    lo, hi = rows
-    if lo == 0 and hi == out.shape[-1]:
-        return out + delta
-    return torch.cat([out[..., :lo], out[..., lo:hi] + delta, out[..., hi:]], dim=-1)
+    return fuse_lora_modules(weights.modules, weights.scale, sizes.hidden_size)
 
 
 # ---------------------------------------------------------------- the per-token slider scale

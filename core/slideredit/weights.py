@@ -33,7 +33,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..atomic import atomic_write
-from ..families.flux1 import DIFFUSERS_MODULE, DOUBLE_LINEARS, SINGLE_LINEARS
+from ..families.flux1 import DIFFUSERS_MODULE, linear_of
 from ..weights_io import (METADATA_KEY, WeightsFormatError, alpha_from_peft_metadata, check_alpha, check_finite,
                       load_pth_tensors, read_safetensors, header_error, lora_modules, read_header)
 
@@ -109,13 +109,12 @@ def _modules_from_keys(tensors: dict[str, torch.Tensor], name: str, prefix: str)
 def _check_modules(modules: dict, variant: str, name: str) -> None:
     """Every module is a Flux Linear this variant adapts."""
     for module in modules:
-        m = DIFFUSERS_MODULE.match(module)
-        table = DOUBLE_LINEARS if m and m["kind"] == "transformer_blocks" else SINGLE_LINEARS
-        if m is None or m["suffix"] not in table:
-            raise WeightsFormatError(f"{name}: module '{module}' is not a FLUX.1 transformer Linear a SliderEdit "
-                                     f"adapter can target (expected transformer_blocks.N.<{'|'.join(DOUBLE_LINEARS)}> "
-                                     f"or single_transformer_blocks.N.<{'|'.join(SINGLE_LINEARS)}>)")
-        if variant == "stlora" and (m["kind"] != "transformer_blocks" or DOUBLE_LINEARS[m["suffix"]][2] != "txt"):
+        try:
+            kind, _, (_, _, stream) = linear_of(module)
+        except ValueError as error:
+            raise WeightsFormatError(f"{name}: a SliderEdit adapter can target only transformer Linears: "
+                                     f"{error}") from None
+        if variant == "stlora" and (kind != "double_blocks" or stream != "txt"):
             raise WeightsFormatError(f"{name}: an STLoRA adapts only the text stream of the double blocks "
                                      f"({', '.join(STLORA_TARGETS)}), but this file has '{module}'. A LoRA on "
                                      f"image or single-block modules is a GSTLoRA: save it as one")

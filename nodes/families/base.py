@@ -74,6 +74,11 @@ class HostFamily(Protocol):
     def linear_site(self, module_path: str) -> tuple[str, torch.nn.Module]:
         """(object-patch path of its ``forward``, the module) of an adapter's Linear (a core module path)."""
 
+    def forward_lora(self, modules: dict, scale: float) -> list:
+        """A diffusers-keyed LoRA (``{module: (A, B)}``, alpha / rank ``scale``) as updates of this model's
+        Linears (``core.fused_lora.FusedLoRA``), to run in the forward (a trained method's LoRA on part of the
+        schedule)."""
+
 
 PREFIX = "diffusion_model"
 
@@ -115,6 +120,9 @@ class AdapterBase:
 
     def linear_site(self, module_path: str) -> tuple[str, torch.nn.Module]:
         return f"{PREFIX}.{module_path}.forward", self.patcher.get_model_object(f"{PREFIX}.{module_path}")
+
+    def forward_lora(self, modules: dict, scale: float) -> list:
+        raise UnsupportedVariant(f"no trained LoRA of this pack fits {self.display} yet")
 
 
 def detected_tiny_model(sd: dict[str, torch.Tensor], image_model: str, overrides: dict, dtype=torch.float32,

@@ -12,7 +12,7 @@ import comfy.ldm.flux.layers
 import comfy.ldm.flux.model
 import torch
 
-from ...core.families.flux1 import DISPLAY, NAME, TINY, FluxSizes, TinyFlux, seeded_
+from ...core.families.flux1 import DISPLAY, NAME, TINY, FluxSizes, TinyFlux, fuse_lora_modules, seeded_
 from .base import PREFIX, AdapterBase, argument, with_argument, ModulationSite, TextStreamSite, UnsupportedVariant, detected_tiny_model
 
 __all__ = ["DISPLAY", "NAME", "Flux1", "adapt"]
@@ -91,6 +91,9 @@ class Flux1(AdapterBase):
         return FluxSizes(hidden_size=self.hidden_size, mlp_hidden=int(mlp_in.weight.shape[0]),
                          double_blocks=len(self.double_blocks), single_blocks=len(self.diffusion_model.single_blocks),
                          context_in_dim=self.context_dim)
+
+    def forward_lora(self, modules: dict, scale: float) -> list:
+        return fuse_lora_modules(modules, scale, self.hidden_size)
 
 
 def adapt(patcher, diffusion_model) -> Flux1 | None:

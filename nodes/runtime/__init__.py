@@ -2,6 +2,7 @@
 
 * knobs.py: the knob records a runtime carries (one per slider node) and the per-latent sweep protocol;
 * wrapper.py: ``PackRuntime``, the record and its APPLY_MODEL wrapper (the per-call decisions);
+* adapter_rows.py: the factors of the LoRAs run in the forward, per row or text token of a call;
 * slot.py: ``CallSlot``, what the object patches read during a wrapped call;
 * patches.py: the object patches, written against the model family's sites (nodes/families/);
 * attention.py: NumeriKontrol's attention mask override;

@@ -59,10 +59,13 @@ def patched_clone(patcher, **changes):
             block_sites.setdefault(site.path, [site.module, None, None])[1] = site
     for path, (block, text_site, modulation_site) in block_sites.items():
         model.add_object_patch(path, block_patch(block, runtime.slot, text_site, modulation_site))
-    adapters: dict[str, list] = {}
-    for key, knob in enumerate(runtime.slideredit):
+    adapters: dict[str, list] = {}  # keyed by the knob's place (PackRuntime.key), as the call's factors are
+    for knob in runtime.slideredit:
         for lora in knob.loras:
-            adapters.setdefault(lora.module, []).append((key, lora))
+            adapters.setdefault(lora.module, []).append((runtime.key(knob), lora))
+    for knob in runtime.forward_loras:
+        for lora in knob.forward_lora:
+            adapters.setdefault(lora.module, []).append((runtime.key(knob), lora))
     for path, entries in adapters.items():
         patch_path, module = family.linear_site(path)
         model.add_object_patch(patch_path, lora_linear_patch(module, tuple(entries), runtime.slot))

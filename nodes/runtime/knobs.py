@@ -5,7 +5,10 @@ be one setting for every latent, or one setting per latent of the batch ("items"
 conditioning chunk is latent j. That per-item form is the sweep protocol: the sweep sampler asks the
 chosen knob for ``knob.swept(values, instruction_index)`` and renders all values as one batch from
 one noise. A knob added later joins by implementing the same three members: ``display``,
-``is_neutral`` and ``swept``.
+``is_neutral`` and ``swept``, and carries ``percent``: the part of the sampling schedule it acts on
+(core/knobs/schedule.py; outside it the step is the unpatched model's). A knob whose method merges a LoRA
+into the weights carries it as ``forward_lora`` instead when its range is not every step (weights cannot
+change between steps; the forward can).
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from ...core.knobs.schedule import EVERY_STEP
 from ...core.kontinuous.offsets import NEGATIVE_SAME
 
 
@@ -55,6 +59,9 @@ class KontinuousKnob:
     strengths: tuple[float, ...] = ()
     make_table: Callable[[Sequence[float]], torch.Tensor] | None = field(default=None, compare=False)
     display: str = "Kontinuous Kontext Apply"
+    percent: tuple[float, float] = EVERY_STEP
+    forward_lora: tuple = ()  # core.fused_lora.FusedLoRA: the method's LoRA run in the forward (scheduled knob)
+    forward_lora_strength: float = 1.0
 
     @property
     def is_neutral(self) -> bool:
@@ -79,6 +86,7 @@ class ModulationKnob:
     values: tuple[float, ...]
     accepted: tuple[float, float] = (0.0, 3.0)
     display: str = "Kontext Modulation Strength"
+    percent: tuple[float, float] = EVERY_STEP
 
     @property
     def is_neutral(self) -> bool:
@@ -103,6 +111,7 @@ class InstructionKnob:
     kind: str = "sliders"
     accepted: tuple[float, float] = (-1.0, 3.0)
     display: str = "Kontext Instruction Sliders"
+    percent: tuple[float, float] = EVERY_STEP
 
     @property
     def lines(self) -> tuple[str, ...]:
@@ -134,9 +143,9 @@ class SliderEditKnob:
     STLoRA: ``rows`` per item, one strength per sub-instruction of the prompt in ``entries``; the
     update reaches only those tokens. GSTLoRA: one strength per item, every token of every row. A
     single GSTLoRA strength goes into the weights through ComfyUI's weight patches (``merged`` is that
-    alpha), so only a sweep's per-item differences from it run in the forward.
+    alpha), so only a sweep's per-item differences from it run in the forward; a scheduled one merges nothing.
     """
-    loras: tuple  # core.slideredit.FusedLoRA, on this model's BFL Linears
+    loras: tuple  # core.fused_lora.FusedLoRA, on this model's BFL Linears
     variant: str  # "stlora" | "gstlora"
     entries: tuple  # InstructionConditioning of the prompt (STLoRA); () for a GSTLoRA
     rows: tuple[tuple[float, ...], ...]
@@ -144,6 +153,7 @@ class SliderEditKnob:
     accepted: tuple[float, float] = (-1.0, 3.0)
     name: str = ""
     display: str = "SliderEdit Apply"
+    percent: tuple[float, float] = EVERY_STEP
 
     @property
     def lines(self) -> tuple[str, ...]:
@@ -193,6 +203,9 @@ class NumericKnob:
     texts: tuple[torch.Tensor, torch.Tensor] | None = None
     units: tuple[str, ...] = ()
     display: str = "NumeriKontrol Edit"
+    percent: tuple[float, float] = EVERY_STEP
+    forward_lora: tuple = ()  # as KontinuousKnob's
+    forward_lora_strength: float = 1.0
 
     @property
     def is_neutral(self) -> bool:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from ...core.knobs.toward_pad import lerp_toward_pad
-from ...core.slideredit.lora import add_lora_delta
+from ...core.fused_lora import add_lora_delta
 from ..families import ModulationSite, TextStreamSite
 from .slot import CallSlot
 

@@ -7,7 +7,9 @@ were given, adds the leave-one-out rows per-instruction guidance needs (one batc
 clone's ``CallSlot`` (offsets per row, toward-pad plan per row, multipliers, LoRA factors) and combines the
 outputs. It runs outside ``diffusion_model``, so under TorchCompileModel these Python decisions are never
 traced (it drops guards on transformer_options). Any knob's setting may vary per latent of the batch: that
-is how a sweep renders all its values in one batch (nodes/runtime/sweep.py).
+is how a sweep renders all its values in one batch (nodes/runtime/sweep.py). A knob with a range of the
+schedule (``percent``) takes part only in the calls whose sigma lies in it: the call runs a view of the
+runtime with the others idle (same slot, same caches), so outside every range the step is the plain model's.
 """
 from __future__ import annotations
 
@@ -19,9 +21,10 @@ from typing import Callable
 import torch
 
 from ...core.knobs.guidance import combine_instruction_guidance
+from ...core.knobs.schedule import EVERY_STEP, acts_at
 from ...core.knobs.toward_pad import toward_pad_plan
 from ...core.kontinuous.offsets import offsets_for_rows
-from ...core.slideredit.lora import stlora_token_scales
+from .adapter_rows import group_lora_rows, lora_factor_rows
 from .attention import hidden_key_override, numeric_mask_override
 from .caches import emptied, reference_caches
 from .knobs import InstructionKnob, KontinuousKnob, ModulationKnob, NumericKnob, SliderEditKnob, items_for_chunk
@@ -55,6 +58,7 @@ class _ChunkJob:
 @dataclass(frozen=True)
 class PackRuntime:
     knobs: tuple = ()  # knob records (nodes/runtime/knobs.py) in the order the nodes were applied
+    idle: frozenset = frozenset()  # in a call's view: the knobs (their places) whose range excludes the step
     pooled_key: str | None = None  # the model call's pooled-vector kwarg (the family's), None = it has none
     # the family's ``model_text_length``: conditioning rows -> (rows the model's text sequence has, where the
     # conditioning's first row sits in it); FLUX.2 left-pads to 512, so the sampler's context is the padded one
@@ -70,7 +74,13 @@ class PackRuntime:
         return self.with_(knobs=self.knobs + (knob,))
 
     def _active(self, kind):
-        return tuple(k for k in self.knobs if isinstance(k, kind) and not k.is_neutral)
+        return tuple(k for i, k in enumerate(self.knobs)
+                     if i not in self.idle and isinstance(k, kind) and not k.is_neutral)
+
+    def key(self, knob) -> int:
+        """A knob's adapter key: its place among the runtime's knobs (the same in a call's view, and from one
+        queue item to the next, so TorchCompileModel's guards on it hold)."""
+        return next(i for i, k in enumerate(self.knobs) if k is knob)
 
     @property
     def offset_sources(self) -> tuple[KontinuousKnob, ...]:
@@ -180,58 +190,6 @@ class PackRuntime:
                         "Encode output to the knob and (through ReferenceLatent / FluxGuidance) to the sampler.",
                         knob.display, "; ".join(knob.lines))
 
-    def _token_scales(self, spans, strengths: tuple[float, ...], length: int) -> torch.Tensor:
-        key = ("tokens", id(spans), strengths, length)  # once per (prompt, strengths), not every step
-        if key not in self._device_cache:
-            self._device_cache[key] = (spans, stlora_token_scales(spans.spans, strengths, length))
-        return self._device_cache[key][1]
-
-    def _lora_rows(self, context, cond_or_uncond: list[int], chunk: int) -> dict:
-        """SliderEdit knob index -> factors for the incoming batch: [B, L] per text token (STLoRA: the
-        positive rows of its prompt, 0 elsewhere) or [B, 1] per row (GSTLoRA: every chunk, latent j its own)."""
-        out = {}
-        batch = chunk * len(cond_or_uncond)
-        for key, knob in enumerate(self.slideredit):
-            if knob.variant == "gstlora":
-                per_item = [knob.alphas(row)[0] for row in items_for_chunk(knob.rows, chunk, knob.display)]
-                out[key] = torch.tensor(per_item, dtype=torch.float32).repeat(len(cond_or_uncond)).unsqueeze(-1)
-                continue
-            if context is None:
-                continue
-            rows, matched = torch.zeros(batch, context.shape[1]), False
-            for j, tag in enumerate(cond_or_uncond):
-                if tag != 0:
-                    continue  # the adapter reaches the positive prompt's instruction tokens only
-                found = self._matching_entry(knob, context[j * chunk:(j + 1) * chunk], repeats=True)
-                if found is None:
-                    continue
-                (entry, copies), matched = found, True
-                length = context.shape[1] // copies
-                for r, strengths in enumerate(items_for_chunk(knob.rows, chunk, knob.display)):
-                    # each copy of a repeated prompt has its instructions' tokens at the same offsets
-                    rows[j * chunk + r] = self._token_scales(entry.spans, strengths, length).repeat(copies)
-            if 0 in cond_or_uncond and not matched:
-                self._warn_unmatched(knob)
-            if rows.any():
-                out[key] = rows
-        return out
-
-    @staticmethod
-    def _group_lora_rows(lora_rows: dict, jobs, chunk: int, length: int) -> dict:
-        """The factors of a regrouped forward: a job on another prompt (leave-one-out) gets no token factors;
-        a job whose text grew (one pad appended, or numeric tokens in front) keeps its tokens' factors at their positions."""
-        out = {}
-        for key, rows in lora_rows.items():
-            parts = []
-            for job in jobs:
-                mine = rows[job.source * chunk:(job.source + 1) * chunk]
-                if rows.shape[1] > 1:  # per token; numeric tokens in front shift the prompt's positions by their count
-                    mine = torch.zeros(chunk, length) if job.pooled is not None and not job.numeric else torch.nn.functional.pad(
-                        mine, (job.numeric, length - job.numeric - mine.shape[1]))
-                parts.append(mine)
-            out[key] = torch.cat(parts)
-        return out
-
     def _toward_pad_plan(self, spans, strengths: tuple[float, ...]):
         key = ("plan", id(spans), strengths)  # built once per (prompt, strengths), not every step
         if key not in self._device_cache:
@@ -301,7 +259,26 @@ class PackRuntime:
                     self._warn_unmatched(knob)
         return jobs, extra, guided
 
+    @property
+    def forward_loras(self) -> tuple:
+        """Knobs whose method LoRA runs in the forward (scheduled Kontinuous / NumeriKontrol knobs)."""
+        return tuple(k for i, k in enumerate(self.knobs) if i not in self.idle and getattr(k, "forward_lora", ()))
+
+    def acting(self, sigma: float, percent_to_sigma) -> "PackRuntime":
+        """This runtime with the knobs whose range of the schedule excludes ``sigma`` idle (itself when none)."""
+        idle = frozenset(i for i, k in enumerate(self.knobs) if not acts_at(sigma, k.percent, percent_to_sigma))
+        return self if not idle else dataclasses.replace(self, idle=idle)
+
     def wrapper(self, executor, x, *args, **kwargs):
+        if any(k.percent != EVERY_STEP for k in self.knobs):
+            # ComfyUI's reading of a step's sigma (its first row) and its model's own percent -> sigma
+            sampling = executor.class_obj.model_sampling
+            view = self.acting(float(args[0].reshape(-1)[0]), sampling.percent_to_sigma)
+            if view is not self:
+                return view._call(executor, x, *args, **kwargs)
+        return self._call(executor, x, *args, **kwargs)
+
+    def _call(self, executor, x, *args, **kwargs):
         # BaseModel._apply_model(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
         t, c_concat, context, control, transformer_options = (list(args) + [None] * 5)[:5]
         transformer_options = transformer_options if transformer_options is not None else {}
@@ -314,7 +291,7 @@ class PackRuntime:
         multipliers = self._multiplier_rows(cond_or_uncond, chunk, x.device) if self.multipliers else None
         jobs, extra, guided = self._plan_jobs(context, cond_or_uncond, chunk) if (
             self.sliders or self.guidance or self.numeric) else ([], [], {})
-        lora_rows = self._lora_rows(context, cond_or_uncond, chunk) if self.slideredit else {}
+        lora_rows = lora_factor_rows(self, context, cond_or_uncond, chunk) if (self.slideredit or self.forward_loras) else {}
         if (self.sliders or self.guidance or self.numeric) and len(args) < 5:
             raise RuntimeError("unexpected apply_model call layout: the per-instruction knobs need the text "
                                "sequence and transformer_options as positional arguments")
@@ -387,7 +364,7 @@ class PackRuntime:
             g_multipliers = None if multipliers is None else {
                 block: tuple(None if m is None else m.index_select(0, rows.to(m.device)) for m in pair)
                 for block, pair in multipliers.items()}
-            g_lora = self._group_lora_rows(lora_rows, group, chunk, g_context.shape[1]) if lora_rows else None
+            g_lora = group_lora_rows(lora_rows, group, chunk, g_context.shape[1]) if lora_rows else None
             self.slot.set(None if offsets is None else offsets.index_select(0, rows.to(offsets.device)),
                           pad_index, pad_weight, g_multipliers, g_lora)
             emptied(caches)

@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import ks_fixtures as F
+from kontext_sliders.core.fused_lora import add_lora_delta
 from kontext_sliders.core.families import flux1 as FL
 from kontext_sliders.core.slideredit import lora as L
 from kontext_sliders.core.slideredit import weights as S
@@ -145,7 +146,7 @@ def test_add_lora_delta_leaves_other_rows_and_zero_scale_tokens_exact():
     out, x = torch.randn(2, 5, 96, generator=g), torch.randn(2, 5, 32, generator=g)
     A, B = torch.randn(8, 32, generator=g), torch.randn(32, 8, generator=g)
     scale = torch.tensor([[0, 1, 0, 0.5, 0], [0, 0, 0, 0, 0]], dtype=torch.float32).unsqueeze(-1)
-    y = L.add_lora_delta(out, x, A, B, (32, 64), scale)
+    y = add_lora_delta(out, x, A, B, (32, 64), scale)
     assert torch.equal(y[..., :32], out[..., :32]) and torch.equal(y[..., 64:], out[..., 64:])
     assert torch.equal(y[:, [0, 2, 4]], out[:, [0, 2, 4]]) and torch.equal(y[1], out[1])
     expected = out[0, 3, 32:64] + 0.5 * (x[0, 3] @ A.t() @ B.t())

@@ -164,3 +164,35 @@ def test_numerikontrol_under_torch_compile_reuses_the_graph_for_new_values(knob_
     for value in (-1.0, 1.5):
         torch.testing.assert_close(run(base, value), run(s["patcher"], value), rtol=0, atol=1e-5)
     assert graphs() == n, f"{graphs() - n} recompiles for new numeric values"
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("knob", ["modulation", "kontinuous"])
+def test_a_knob_on_part_of_the_schedule_under_torch_compile(setup, knob):
+    """Steps inside and outside the range: as uncompiled; new strengths reuse the graphs (the range is decided
+    in the wrapper, outside the compiled model; Kontinuous's LoRA then runs in the forward)."""
+    from kontext_sliders.nodes.knobs import modulation_scaled_model
+    from kontext_sliders.nodes.kontinuous import LoadedKontinuous, kontinuous_patched_model
+    s = setup
+    w = s["weights"]
+    loaded = LoadedKontinuous(w, w.build_projector(), "t")
+    percent = (0.0, 0.5)
+    make = {"modulation": lambda m, v: modulation_scaled_model(m, v, 0, -1, "both", percent),
+            "kontinuous": lambda m, v: kontinuous_patched_model(m, loaded, s["positive"], [v], 0.7,
+                                                                percent=percent)}[knob]
+    boundary = s["patcher"].get_model_object("model_sampling").percent_to_sigma(0.5)
+    sigmas = (0.95, 0.05)
+    assert sigmas[1] < boundary < sigmas[0]
+    torch._dynamo.reset()
+    base = compiled(s["patcher"])
+    for sigma in sigmas:
+        F.comfy_predict(make(base, 0.5), s["positive"], s["x"], sigma, s["negative"], cfg=2.0)
+    n = graphs()
+    for value in (0.0, 1.2):
+        for sigma in sigmas:
+            got, _ = F.comfy_predict(make(base, value), s["positive"], s["x"], sigma, s["negative"], cfg=2.0)
+            want, _ = F.comfy_predict(make(s["patcher"], value), s["positive"], s["x"], sigma, s["negative"], cfg=2.0)
+            plain, _ = F.comfy_predict(s["patcher"], s["positive"], s["x"], sigma, s["negative"], cfg=2.0)
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-5, msg=lambda m: f"{knob} {value} {sigma}: {m}")
+            assert (want - plain).abs().max() > 1e-4 if sigma > boundary else torch.equal(want, plain)
+    assert graphs() == n, f"{graphs() - n} recompiles for new strengths"

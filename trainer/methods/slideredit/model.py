@@ -2,7 +2,7 @@
 
 ``SliderEditAdapter`` holds one trainable pair A [r, in] / B [out, r] per adapted Linear and adds
 ``(x Aᵀ Bᵀ) · (alpha / rank) · scale`` to the Linear's output through a forward hook (no module is
-replaced; the maths is ``core.slideredit.add_lora_delta``, shared with the ComfyUI side). ``scales``
+replaced; the maths is ``core.fused_lora.add_lora_delta``, shared with the ComfyUI side). ``scales``
 is set before each forward and kept until the next one, so gradient checkpointing, which re-runs the
 hooked Linears in backward, sees the same scale:
 
@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ....core.slideredit.weights import GSTLORA_TARGETS, STLORA_TARGETS, SliderEditWeights
-from ....core.slideredit.lora import add_lora_delta
+from ....core.fused_lora import add_lora_delta
 from ...families.flux1 import (ADAPTABLE, TEXT_STREAM, check_targets, kontext_velocity,  # noqa: F401 (check_targets: re-exported)
                                 linear_suffix)
 
