@@ -6,6 +6,7 @@ from comfy_api.latest import ComfyExtension, io
 from .instruction_encode import KontextMultiInstructionEncode
 from .knobs import KontextInstructionGuidance, KontextInstructionSliders, KontextModulationStrength
 from .kontinuous import KontinuousKontextApply, KontinuousKontextLoader
+from .model_agnostic import KontextConditioningStrength, KontextEditVelocity
 from .model_folder import register_model_folder
 from .numeric import NumeriKontrolEdit, NumeriKontrolLoader
 from .slideredit import SliderEditApply, SliderEditLoader
@@ -15,6 +16,7 @@ from .sweep.sampler import KontextSweepSampler
 
 NODES: list[type[io.ComfyNode]] = [KontinuousKontextLoader, KontinuousKontextApply, KontextMultiInstructionEncode,
                                    KontextModulationStrength, KontextInstructionSliders, KontextInstructionGuidance,
+                                   KontextConditioningStrength, KontextEditVelocity,
                                    SliderEditLoader, SliderEditApply, NumeriKontrolLoader, NumeriKontrolEdit,
                                    KontextStrengthSweep, KontextSweepSampler, KontextSweepPreview, KontextSaveSweep]
 

@@ -11,6 +11,7 @@ a graph without guidance never pays for them.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Callable
@@ -58,10 +59,18 @@ class InstructionConditioning:
     # and its spans; made when a sliders node first asks.
     padded: Deferred = Deferred.ready(None)
     family: str = FLUX1  # the family of the text encoder (core family NAME): knobs refuse another family's model
+    # (context, pooled) of the empty prompt, encoded as the prompt was (Qwen-Image-Edit: with the same images):
+    # the neutral prompt of the model-agnostic knobs (nodes/model_agnostic.py); made when one first asks
+    empty: Deferred = Deferred.ready(None)
 
     @property
     def without(self) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
         return self.leave_one_out.get()
+
+    def with_context(self, context: torch.Tensor) -> "InstructionConditioning":
+        """The same prompt's metadata for an entry whose token states were changed in place (the rows and
+        spans stay; Kontext Conditioning Strength)."""
+        return dataclasses.replace(self, context=context)
 
     def slider_target(self) -> tuple[InstructionSpans, torch.Tensor | None]:
         """(spans with a pad position, replacement context or None) for the toward-pad sliders."""
@@ -72,8 +81,13 @@ class InstructionConditioning:
 def encode_leave_one_out(clip, lines: list[str], encode_text=None) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
     """(context, pooled) of the prompt without each line (``encode_text``: the family's encode, default
     CLIPTextEncode's); Cancel is honoured between encodes."""
+    return encode_prompts(clip, leave_one_out_prompts(lines), encode_text)
+
+
+def encode_prompts(clip, prompts, encode_text=None) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+    """(context, pooled) of each prompt, encoded as ``encode_text`` (default CLIPTextEncode's) encodes."""
     out = []
-    for prompt in leave_one_out_prompts(lines):
+    for prompt in prompts:
         comfy.model_management.throw_exception_if_processing_interrupted()
         c = (encode_text or (lambda text: encode(clip, text)))(prompt)[0]
         out.append((c[0], c[1].get("pooled_output")))
@@ -94,8 +108,9 @@ def _family_encode(text_family, clip, lines: list[str], prompt: str, inputs: dic
     conditioning, spans, make_padded, encode_text = text_family.encode_lines(clip, lines, prompt, **inputs)
     padded = Deferred.ready(None) if make_padded is None else Deferred(make_padded)
     leave_one_out = Deferred(lambda: encode_leave_one_out(clip, lines, encode_text))
+    empty = Deferred(lambda: encode_prompts(clip, [""], encode_text)[0])
     return spans, _with_metadata(conditioning, lambda c: InstructionConditioning(
-        spans, c, leave_one_out, padded, text_family.NAME))
+        spans, c, leave_one_out, padded, text_family.NAME, empty))
 
 
 def encode_instructions(clip, instructions: str, vae=None, image1=None, image2=None, image3=None,

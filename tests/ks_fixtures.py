@@ -363,3 +363,30 @@ def plain_family_encode(family_name: str, clip, text: str, image1=None):
     from comfy_extras.nodes_qwen import TextEncodeQwenImageEditPlus
     out = TextEncodeQwenImageEditPlus.execute(clip, text, None, image1)
     return out.args[0] if hasattr(out, "args") else out[0]
+
+
+# ---------------------------------------------------------------- a model of no family this pack knows
+
+SD15_CONTEXT_DIM = 24
+
+
+def tiny_sd15_patcher(seed: int = 0):
+    """A tiny SD1.5 UNet (ComfyUI's own SD15 config and UNetModel, seeded weights) in a ModelPatcher on the CPU:
+    the model the model-agnostic knobs are tested on besides the Flux and Qwen families."""
+    import comfy.model_patcher
+    import comfy.supported_models
+    config = comfy.supported_models.SD15({
+        "use_checkpoint": False, "image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": 32,
+        "num_res_blocks": [1, 1], "transformer_depth": [1, 1], "transformer_depth_output": [1, 1, 1, 1],
+        "channel_mult": [1, 2], "transformer_depth_middle": 1, "use_linear_in_transformer": False,
+        "context_dim": SD15_CONTEXT_DIM, "num_heads": 2, "num_head_channels": -1, "adm_in_channels": None,
+        "use_temporal_attention": False, "use_temporal_resblock": False, "legacy": False,
+        "use_spatial_transformer": True, "dtype": torch.float32})
+    config.set_inference_dtype(torch.float32, None)
+    model = config.get_model({})
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    cpu = torch.device("cpu")
+    return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)

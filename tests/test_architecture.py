@@ -169,8 +169,9 @@ def test_no_module_is_too_long():
 
 
 NODES_SHARED = ("nodes.runtime", "nodes.families", "nodes.instruction_encode", "nodes.lora", "nodes.model_folder",
-                "nodes.comfy_location")
-NODES_METHODS = ("nodes.kontinuous", "nodes.slideredit", "nodes.numeric", "nodes.knobs", "nodes.sweep")
+                "nodes.comfy_location", "nodes.schedule")
+NODES_METHODS = ("nodes.kontinuous", "nodes.slideredit", "nodes.numeric", "nodes.knobs", "nodes.model_agnostic",
+                 "nodes.sweep")
 FLUX1_INTERNALS = ("comfy.ldm.flux", "double_blocks", "single_blocks", "txt_mod", "ModulationOut")
 
 

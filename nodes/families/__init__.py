@@ -20,10 +20,10 @@ in ``FAMILIES`` below; ``family_of`` asks each in turn.
 """
 from __future__ import annotations
 
-from . import flux1, flux2, flux2_text, qwen_image, qwen_text
+from . import any_model, flux1, flux2, flux2_text, qwen_image, qwen_text
 from .base import HostFamily, ModulationSite, TextStreamSite, UnsupportedVariant
 
-__all__ = ["FAMILIES", "HostFamily", "display_of", "flux2_text", "qwen_text", "ModulationSite", "TextStreamSite", "UnsupportedVariant", "family_of",
+__all__ = ["FAMILIES", "HostFamily", "display_of", "flux2_text", "qwen_text", "ModulationSite", "TextStreamSite", "UnsupportedVariant", "family_of", "family_or_any",
            "trained_family"]
 
 FAMILIES = (flux1, flux2, qwen_image)
@@ -50,6 +50,15 @@ def family_of(patcher) -> HostFamily:
         raise refused
     raise TypeError(f"this node needs a {' or '.join(f.DISPLAY for f in FAMILIES)} model; this MODEL is "
                     f"{type(diffusion_model).__module__}.{type(diffusion_model).__name__}")
+
+
+def family_or_any(patcher):
+    """``family_of(patcher)``, or for a model of no family this pack knows, the ``any_model`` adapter: what
+    the runtime installs every knob with (a knob that needs a family asked ``family_of`` first)."""
+    try:
+        return family_of(patcher)
+    except TypeError:
+        return any_model.AnyModel(patcher, patcher.get_model_object("diffusion_model"))
 
 
 def trained_family(patcher, node: str, trained_on=flux1) -> HostFamily:

@@ -52,6 +52,7 @@ def lora_factor_rows(runtime, context, cond_or_uncond: list[int], chunk: int) ->
             out[key] = rows
     return out
 
+
 def group_lora_rows(lora_rows: dict, jobs, chunk: int, length: int) -> dict:
     """The factors of a regrouped forward: a job on another prompt (leave-one-out) gets no token factors;
     a job whose text grew (one pad appended, or numeric tokens in front) keeps its tokens' factors at their positions."""
@@ -61,7 +62,8 @@ def group_lora_rows(lora_rows: dict, jobs, chunk: int, length: int) -> dict:
         for job in jobs:
             mine = rows[job.source * chunk:(job.source + 1) * chunk]
             if rows.shape[1] > 1:  # per token; numeric tokens in front shift the prompt's positions by their count
-                mine = torch.zeros(chunk, length) if job.pooled is not None and not job.numeric else torch.nn.functional.pad(
+                other_prompt = job.pooled is not None and not (job.numeric or job.keeps_tokens)
+                mine = torch.zeros(chunk, length) if other_prompt else torch.nn.functional.pad(
                     mine, (job.numeric, length - job.numeric - mine.shape[1]))
             parts.append(mine)
         out[key] = torch.cat(parts)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import comfy.patcher_extension
 
-from ..families import family_of
+from ..families import family_or_any
 from . import patches
 from .patches import block_patch, lora_linear_patch, memory_with_extra_rows, modulation_patch
 from .wrapper import PackRuntime
@@ -35,7 +35,7 @@ def patched_clone(patcher, **changes):
     Neutral knobs are recorded (a sweep can still find them) but install nothing: a model whose knobs
     are all neutral computes exactly what the input model computes.
     """
-    family = family_of(patcher)
+    family = family_or_any(patcher)
     model = patcher.clone()
     runtime = installed_runtime(patcher).with_(pooled_key=family.pooled_key, text_length=family.model_text_length,
                                                **changes)
@@ -43,8 +43,7 @@ def patched_clone(patcher, **changes):
     for key in [k for k, v in model.object_patches.items() if getattr(v, "__module__", None) in PATCH_MODULES]:
         del model.object_patches[key]  # the clone's dict: an earlier runtime's patches go (others' stay)
     model.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY)
-    if not (runtime.offset_sources or runtime.multipliers or runtime.sliders or runtime.guidance
-            or runtime.slideredit or runtime.numeric):
+    if not (runtime.offset_sources or runtime.multipliers or runtime.plans_jobs or runtime.slideredit):
         return model
     # per block path, the sites whose patch changes that block's arguments: one patch for both knobs
     block_sites: dict[str, list] = {}
@@ -69,7 +68,7 @@ def patched_clone(patcher, **changes):
     for path, entries in adapters.items():
         patch_path, module = family.linear_site(path)
         model.add_object_patch(patch_path, lora_linear_patch(module, tuple(entries), runtime.slot))
-    extra_rows = sum(knob.extra_rows() for knob in runtime.guidance)
+    extra_rows = sum(knob.extra_rows() for knob in runtime.guidance) + len(runtime.velocity)
     if extra_rows:
         model.add_object_patch("memory_required", memory_with_extra_rows(patcher.model, 1 + extra_rows))
     model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY, runtime.wrapper)

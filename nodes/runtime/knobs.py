@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from ...core.knobs.conditioning import interpolated
 from ...core.knobs.schedule import EVERY_STEP
 from ...core.kontinuous.offsets import NEGATIVE_SAME
 
@@ -227,3 +228,71 @@ class NumericKnob:
         line = self.lines[instruction_index] if 0 <= instruction_index < len(self.lines) else "?"
         unit = self.units[instruction_index] if 0 <= instruction_index < len(self.units) else ""
         return f"{self.display}, edit {instruction_index + 1} ({line!r}; value in {unit})"
+
+
+@dataclass(frozen=True)
+class ConditioningKnob:
+    """Kontext Conditioning Strength as the sweep sampler varies it: ``records`` are the node's (one per
+    conditioning entry; core/knobs/conditioning.py), ``values`` the strength per item. The node itself changes
+    the conditioning, not the model: this record exists only in the sampler's sweep clone."""
+    records: tuple  # nodes.conditioning_strength.ConditioningStrengthRecord
+    values: tuple[float, ...]
+    accepted: tuple[float, float] = (-1.0, 3.0)
+    display: str = "Kontext Conditioning Strength"
+    percent: tuple[float, float] = EVERY_STEP
+
+    @property
+    def is_neutral(self) -> bool:
+        return all(v == self.records[0].strength for v in self.values)  # the conditioning as the node made it
+
+    def swept(self, values: Sequence[float], instruction_index: int = 0) -> "ConditioningKnob":
+        return dataclasses.replace(self, values=_checked(values, self.accepted, self.display))
+
+    def describe(self, instruction_index: int = 0) -> str:
+        return f"{self.display} strength"
+
+
+@dataclass(frozen=True)
+class VelocityKnob:
+    """Kontext Edit Velocity: every positive row's prediction becomes neutral + s (edit - neutral), the neutral
+    prompt's prediction batched into the same forward; ``values`` per item; 1 = the plain edit."""
+    context: torch.Tensor  # the neutral prompt's text sequence [1, L, D] (conditioning rows)
+    pooled: torch.Tensor | None  # its pooled vector [1, P], where the model takes one
+    values: tuple[float, ...]
+    accepted: tuple[float, float] = (-1.0, 3.0)
+    display: str = "Kontext Edit Velocity"
+    percent: tuple[float, float] = EVERY_STEP
+
+    @property
+    def is_neutral(self) -> bool:
+        return all(v == 1.0 for v in self.values)
+
+    def swept(self, values: Sequence[float], instruction_index: int = 0) -> "VelocityKnob":
+        return dataclasses.replace(self, values=_checked(values, self.accepted, self.display))
+
+    def describe(self, instruction_index: int = 0) -> str:
+        return f"{self.display} strength"
+
+
+CONDITIONING_STRENGTH_KEY = "kontext_sliders_conditioning_strength"
+
+
+@dataclass(frozen=True)
+class ConditioningStrengthRecord:
+    """What Kontext Conditioning Strength leaves in each conditioning entry it made (under
+    ``CONDITIONING_STRENGTH_KEY``), so that a sweep can remake the entry at other strengths exactly as the node
+    makes it (``at``); ``context`` is the entry the node output: it identifies the sampler's rows."""
+    edit: torch.Tensor  # [1, L, D] the conditioning as it came in
+    neutral: torch.Tensor  # [1, L, D] the neutral one, made the edit's length
+    edit_pooled: torch.Tensor | None
+    neutral_pooled: torch.Tensor | None
+    rows: torch.Tensor | None  # [L] bool: the instruction's rows; None = every row
+    strength: float
+    context: torch.Tensor
+
+    def at(self, strength: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(token states, pooled vector or None) at ``strength``."""
+        context = interpolated(self.neutral, self.edit, strength, self.rows)
+        if self.edit_pooled is None or self.neutral_pooled is None:
+            return context, None
+        return context, interpolated(self.neutral_pooled, self.edit_pooled, strength)

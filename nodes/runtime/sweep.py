@@ -2,14 +2,31 @@
 from __future__ import annotations
 
 from .install import installed_runtime, patched_clone
-from .knobs import KontinuousKnob, ModulationKnob, NumericKnob, SliderEditKnob
+from .knobs import (CONDITIONING_STRENGTH_KEY, ConditioningKnob, KontinuousKnob, ModulationKnob, NumericKnob,
+                    SliderEditKnob, VelocityKnob)
 
-
+CONDITIONING_STRENGTH = "Kontext Conditioning Strength"
 KNOB_CHOICES = {"last": None, "Kontinuous Kontext Apply": KontinuousKnob, "Kontext Modulation Strength": ModulationKnob,
                 "Kontext Instruction Sliders": "sliders", "Kontext Instruction Guidance": "guidance",
-                "SliderEdit Apply": SliderEditKnob, "NumeriKontrol Edit": NumericKnob}
+                "SliderEdit Apply": SliderEditKnob, "NumeriKontrol Edit": NumericKnob,
+                "Kontext Edit Velocity": VelocityKnob, CONDITIONING_STRENGTH: ConditioningKnob}
 SLIDER_NODES = ("Kontinuous Kontext Apply", "Kontext Modulation Strength", "Kontext Instruction Sliders",
-                "Kontext Instruction Guidance", "SliderEdit Apply", "NumeriKontrol Edit")
+                "Kontext Instruction Guidance", "SliderEdit Apply", "NumeriKontrol Edit", "Kontext Edit Velocity")
+
+
+def sweep_model(patcher, which: str, positive) -> tuple:
+    """(model, index of the knob a sweep varies). Kontext Conditioning Strength changes the positive prompt, not
+    the model: swept when ``which`` names it, or with "last" when the model has no knob and the prompt came
+    through it; the sweep's model then carries it as a knob (one strength per latent)."""
+    records = tuple(c[1][CONDITIONING_STRENGTH_KEY] for c in positive or () if CONDITIONING_STRENGTH_KEY in c[1])
+    knobs = installed_runtime(patcher).knobs
+    if which == CONDITIONING_STRENGTH or (which == "last" and not knobs and records):
+        if not records:
+            raise ValueError(f"the sweep's knob is {CONDITIONING_STRENGTH}, but the positive prompt did not come "
+                             f"through a {CONDITIONING_STRENGTH} node; put one between the encoder and the sampler")
+        knob = ConditioningKnob(records, (records[-1].strength,))
+        return patched_clone(patcher, knobs=knobs + (knob,)), len(knobs)
+    return patcher, sweep_target(patcher, which)
 
 
 def sweep_target(patcher, which: str = "last") -> int:
@@ -17,7 +34,8 @@ def sweep_target(patcher, which: str = "last") -> int:
     knobs = installed_runtime(patcher).knobs
     if not knobs:
         raise ValueError(f"this MODEL has no Kontext Sliders knob to sweep; put one of these nodes between the model "
-                         f"loader and the sweep sampler: {', '.join(SLIDER_NODES)}")
+                         f"loader and the sweep sampler: {', '.join(SLIDER_NODES)} (or {CONDITIONING_STRENGTH} "
+                         f"between the encoder and the sampler's positive input)")
     if which not in KNOB_CHOICES:
         raise ValueError(f"knob must be one of {list(KNOB_CHOICES)}, got {which!r}")
     kind = KNOB_CHOICES[which]

@@ -24,35 +24,12 @@ from ...core.knobs.guidance import combine_instruction_guidance
 from ...core.knobs.schedule import EVERY_STEP, acts_at
 from ...core.knobs.toward_pad import toward_pad_plan
 from ...core.kontinuous.offsets import offsets_for_rows
-from .adapter_rows import group_lora_rows, lora_factor_rows
-from .attention import hidden_key_override, numeric_mask_override
+from .adapter_rows import lora_factor_rows
 from .caches import emptied, reference_caches
-from .knobs import InstructionKnob, KontinuousKnob, ModulationKnob, NumericKnob, SliderEditKnob, items_for_chunk
+from .jobs import ChunkJob, run_jobs
+from .knobs import (ConditioningKnob, InstructionKnob, KontinuousKnob, ModulationKnob, NumericKnob, SliderEditKnob,
+                    VelocityKnob, items_for_chunk)
 from .slot import CallSlot
-
-
-def take_rows(value, index: torch.Tensor, batch: int):
-    """Select batch rows from a model-call argument (tensors with a leading batch dim; lists/dicts of them)."""
-    if torch.is_tensor(value):
-        return value.index_select(0, index.to(value.device)) if value.ndim and value.shape[0] == batch else value
-    if isinstance(value, (list, tuple)):
-        return type(value)(take_rows(v, index, batch) for v in value)
-    if isinstance(value, dict):
-        return {k: take_rows(v, index, batch) for k, v in value.items()}
-    return value
-
-
-@dataclass
-class _ChunkJob:
-    """One chunk of rows in a (possibly regrouped) forward."""
-    source: int  # chunk index in the incoming batch
-    tag: int  # cond_or_uncond entry
-    context: torch.Tensor | None = None  # replacement text sequence [1, L, D]
-    pooled: torch.Tensor | None = None  # replacement pooled vector [1, D]
-    pad_plan: tuple | None = None  # (index [chunk, L], weight [chunk, L]) toward-pad plan per row
-    numeric: int = 0  # NumeriKontrol tokens in front of ``context`` (then [chunk, m + L, D], one per row)
-    hidden_row: int | None = None  # an appended pad row (model rows) no query attends to (attention.py)
-    output: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +83,19 @@ class PackRuntime:
     def numeric(self) -> tuple[NumericKnob, ...]:
         return self._active(NumericKnob)
 
+    @property
+    def conditioning(self) -> tuple[ConditioningKnob, ...]:
+        return self._active(ConditioningKnob)
+
+    @property
+    def velocity(self) -> tuple[VelocityKnob, ...]:
+        return self._active(VelocityKnob)
+
+    @property
+    def plans_jobs(self) -> bool:
+        """Whether a call needs per-chunk planning (knobs acting on the positive prompt's rows)."""
+        return bool(self.sliders or self.guidance or self.numeric or self.conditioning or self.velocity)
+
     def block_multipliers(self, index: int) -> tuple[float | None, float | None]:
         """(attention, mlp) multipliers of double block ``index`` for single-setting knobs; None where none scales."""
         attention = mlp = None
@@ -152,15 +142,22 @@ class PackRuntime:
     def _model_rows(self, context: torch.Tensor) -> torch.Tensor:
         """A conditioning's text sequence as the model sees it (FLUX.2: zero rows in front, as its model_base
         pads), kept per tensor; the identity where the family changes nothing."""
+        key = ("model rows", id(context))
+        if key not in self._device_cache:
+            rows = self._padded_rows(context)
+            if rows is context:
+                return context
+            self._device_cache[key] = (context, rows)
+        return self._device_cache[key][1]
+
+    def _padded_rows(self, context: torch.Tensor) -> torch.Tensor:
+        """``_model_rows`` without keeping the result (for a tensor made for one pass)."""
         total, offset = self.text_length(context.shape[1]) if self.text_length else (context.shape[1], 0)
         if (total, offset) == (context.shape[1], 0):
             return context
-        key = ("model rows", id(context))
-        if key not in self._device_cache:
-            rows = context.new_zeros(context.shape[0], total, context.shape[2])
-            rows[:, offset:offset + context.shape[1]] = context
-            self._device_cache[key] = (context, rows)
-        return self._device_cache[key][1]
+        rows = context.new_zeros(context.shape[0], total, context.shape[2])
+        rows[:, offset:offset + context.shape[1]] = context
+        return rows
 
     def _model_spans(self, spans):
         """Spans in the model's text rows (the family's ``model_text_length``)."""
@@ -196,11 +193,28 @@ class PackRuntime:
             self._device_cache[key] = (spans, toward_pad_plan(self._model_spans(spans), strengths))
         return self._device_cache[key][1]
 
+    def _same_text(self, context: torch.Tensor, chunk_context: torch.Tensor) -> bool:
+        """Whether a chunk carries ``context`` (conditioning rows) as the model sees it."""
+        rows = self._model_rows(context)
+        return rows.shape[1:] == chunk_context.shape[1:] and torch.equal(
+            chunk_context, self._on(rows, chunk_context.device, chunk_context.dtype).expand_as(chunk_context))
+
+    def _conditioning_rows(self, record, strengths: tuple[float, ...]):
+        """(text [chunk, L, D] in model rows, pooled [chunk, P] or None): the node's conditioning at each
+        strength, made as the node makes it (one row per strength), once per sweep pass."""
+        key = ("conditioning", id(record), strengths)
+        if key not in self._device_cache:
+            states = [record.at(s) for s in strengths]
+            text = torch.cat([self._padded_rows(c) for c, _ in states])
+            pooled = None if states[0][1] is None else torch.cat([p.reshape(1, -1) for _, p in states])
+            self._device_cache[key] = (record, (text, pooled))
+        return self._device_cache[key][1]
+
     def _plan_jobs(self, context: torch.Tensor, cond_or_uncond: list[int], chunk: int):
         jobs, extra, guided = [], [], {}
         matched = set()
         for j, tag in enumerate(cond_or_uncond):
-            job = _ChunkJob(source=j, tag=tag)
+            job = ChunkJob(source=j, tag=tag)
             jobs.append(job)
             if tag != 0 or context is None:
                 continue  # per-instruction knobs act on the positive prompt only
@@ -221,6 +235,17 @@ class PackRuntime:
                     job.pooled = knob.texts[1]
                 job.context = torch.cat([rows_tokens, text], dim=1)
                 job.numeric = rows_tokens.shape[1]
+            for knob in self.conditioning:
+                record = next((r for r in knob.records if self._same_text(r.context, chunk_context)), None)
+                if record is None:
+                    continue
+                matched.add(id(knob))
+                if job.context is not None:
+                    raise ValueError("a Kontext Conditioning Strength sweep and NumeriKontrol Edit act on the same "
+                                     "prompt; sweep the numbers in NumeriKontrol Edit instead")
+                job.context, job.pooled = self._conditioning_rows(record, items_for_chunk(knob.values, chunk,
+                                                                                          knob.display))
+                job.keeps_tokens = True
             rows = None  # per row of the chunk: one strength per line
             for knob in self.sliders:
                 entry = self._matching_entry(knob, chunk_context)
@@ -231,6 +256,9 @@ class PackRuntime:
                                                            for r, m in zip(rows, mine))
                     spans, padded_context = entry.slider_target()
             if rows is not None and any(s != 1.0 for row in rows for s in row):
+                if job.keeps_tokens:
+                    raise ValueError("a Kontext Conditioning Strength sweep and Kontext Instruction Sliders act on the "
+                                     "same prompt; sweep one of them")
                 if job.numeric:
                     raise ValueError("Kontext Instruction Sliders and NumeriKontrol Edit act on the same prompt; "
                                      "the numeric tokens in front of it would move the sliders' token positions. "
@@ -250,11 +278,16 @@ class PackRuntime:
                 for i, (loo_context, loo_pooled) in enumerate(entry.without):
                     strengths = tuple(row[i] for row in per_row)
                     if any(s != 1.0 for s in strengths):
-                        loo = _ChunkJob(source=j, tag=0, context=self._model_rows(loo_context), pooled=loo_pooled)
+                        loo = ChunkJob(source=j, tag=0, context=self._model_rows(loo_context), pooled=loo_pooled)
                         extra.append(loo)
                         guided.setdefault(j, []).append((strengths, loo))
+            for knob in self.velocity:  # the neutral prompt's prediction, batched; combined as guidance is
+                per_row = items_for_chunk(knob.values, chunk, knob.display)
+                neutral = ChunkJob(source=j, tag=0, context=self._model_rows(knob.context), pooled=knob.pooled)
+                extra.append(neutral)
+                guided.setdefault(j, []).append((per_row, neutral))
         if 0 in cond_or_uncond and context is not None:
-            for knob in self.sliders + self.guidance + self.numeric:
+            for knob in self.sliders + self.guidance + self.numeric + self.conditioning:
                 if id(knob) not in matched:
                     self._warn_unmatched(knob)
         return jobs, extra, guided
@@ -289,22 +322,21 @@ class PackRuntime:
         chunk = batch // len(cond_or_uncond)
         offsets = self._offset_rows(batch, cond_or_uncond, x.device) if self.offset_sources else None
         multipliers = self._multiplier_rows(cond_or_uncond, chunk, x.device) if self.multipliers else None
-        jobs, extra, guided = self._plan_jobs(context, cond_or_uncond, chunk) if (
-            self.sliders or self.guidance or self.numeric) else ([], [], {})
+        jobs, extra, guided = self._plan_jobs(context, cond_or_uncond, chunk) if self.plans_jobs else ([], [], {})
         lora_rows = lora_factor_rows(self, context, cond_or_uncond, chunk) if (self.slideredit or self.forward_loras) else {}
-        if (self.sliders or self.guidance or self.numeric) and len(args) < 5:
+        if self.plans_jobs and len(args) < 5:
             raise RuntimeError("unexpected apply_model call layout: the per-instruction knobs need the text "
                                "sequence and transformer_options as positional arguments")
         previous = self.slot.state()
         caches = reference_caches(transformer_options)  # emptied before each forward (nodes/runtime/caches.py)
         try:
-            if not extra and not any(job.pad_plan or job.numeric for job in jobs):
+            if not extra and not any(job.pad_plan or job.numeric or job.keeps_tokens for job in jobs):
                 # the common case: one forward on the batch as it came
                 self.slot.set(offsets, multipliers=multipliers, lora_scales=lora_rows or None)
                 emptied(caches)
                 return executor(x, *args, **kwargs)
-            self._run_jobs(executor, jobs + extra, chunk, offsets, multipliers, lora_rows, x, args, kwargs,
-                           transformer_options, caches)
+            run_jobs(self, executor, jobs + extra, chunk, offsets, multipliers, lora_rows, x, args, kwargs,
+                     transformer_options, caches)
         finally:
             self.slot.set(*previous)
         outputs = []
@@ -313,62 +345,3 @@ class PackRuntime:
             outputs.append(combine_instruction_guidance(job.output, [loo.output for _, loo in pairs],
                                                         [s for s, _ in pairs]))
         return torch.cat(outputs, dim=0)
-
-    def _run_jobs(self, executor, jobs, chunk, offsets, multipliers, lora_rows, x, args, kwargs, transformer_options,
-                  caches=()):
-        """Forwards grouped by text length (one forward when every job's text has the same length)."""
-        batch = x.shape[0]
-        context = args[2]
-        groups: dict = {}
-        for job in jobs:  # one forward per (text length, numeric tokens, hidden row): each group's attention is one
-            length = (job.context if job.context is not None else context).shape[1]
-            groups.setdefault((length, job.numeric, job.hidden_row), []).append(job)
-        uuids = transformer_options.get("uuids")
-        for (length, numeric, hidden_row), group in groups.items():
-            rows = torch.cat([torch.arange(j.source * chunk, (j.source + 1) * chunk) for j in group])
-            g_x = x.index_select(0, rows.to(x.device))
-            g_args = [take_rows(a, rows, batch) for a in args[:4]] + [None] + list(args[5:])
-            g_kwargs = take_rows(dict(kwargs), rows, batch)
-            g_context = g_args[2]
-            if any(j.context is not None for j in group):
-                g_context = torch.cat([
-                    (j.context if j.numeric else self._on(j.context, context.device, context.dtype).expand(chunk, -1, -1))
-                    if j.context is not None else context[j.source * chunk:(j.source + 1) * chunk]
-                    for j in group])
-                g_args[2] = g_context
-                pooled_key = self.pooled_key
-                if pooled_key is not None and pooled_key in g_kwargs and g_kwargs[pooled_key] is not None:
-                    y = kwargs[pooled_key]
-                    g_kwargs[pooled_key] = torch.cat([
-                        (self._on(j.pooled, y.device, y.dtype).reshape(-1, j.pooled.shape[-1])[:, :y.shape[-1]]
-                         .expand(chunk, -1) if j.pooled is not None else y[j.source * chunk:(j.source + 1) * chunk])
-                        for j in group])
-            options = dict(transformer_options)
-            options["cond_or_uncond"] = [j.tag for j in group]
-            if uuids is not None and len(uuids) * chunk == batch:
-                options["uuids"] = [uuids[j.source] for j in group]
-            if numeric > 1:  # numeric tokens of different edits do not attend to each other
-                options["optimized_attention_override"] = numeric_mask_override(
-                    numeric, options.get("optimized_attention_override"))
-            if hidden_row is not None:
-                options["optimized_attention_override"] = hidden_key_override(
-                    hidden_row, options.get("optimized_attention_override"))
-            g_args[4] = options
-            pad_index = pad_weight = None
-            if any(j.pad_plan for j in group):
-                n_txt = g_context.shape[1]
-                identity = (torch.arange(n_txt).expand(chunk, -1), torch.ones(chunk, n_txt))
-                plans = [j.pad_plan or identity for j in group]
-                pad_index = torch.cat([p[0] for p in plans]).to(x.device)
-                pad_weight = torch.cat([p[1] for p in plans]).unsqueeze(-1).to(x.device)
-            g_multipliers = None if multipliers is None else {
-                block: tuple(None if m is None else m.index_select(0, rows.to(m.device)) for m in pair)
-                for block, pair in multipliers.items()}
-            g_lora = group_lora_rows(lora_rows, group, chunk, g_context.shape[1]) if lora_rows else None
-            self.slot.set(None if offsets is None else offsets.index_select(0, rows.to(offsets.device)),
-                          pad_index, pad_weight, g_multipliers, g_lora)
-            emptied(caches)
-            out = executor(g_x, *g_args, **g_kwargs)
-            for k, job in enumerate(group):
-                job.output = out[k * chunk:(k + 1) * chunk]
-

@@ -21,7 +21,7 @@ import torch
 from comfy_api.latest import io
 
 from ...core.sweep import Sweep, frame_distances, linear_values, perceptual_values
-from ..runtime import KNOB_CHOICES, installed_runtime, sweep_target, swept_clone
+from ..runtime import KNOB_CHOICES, installed_runtime, sweep_model, swept_clone
 from .noise import sweep_sampler_object
 from .nodes import SweepType
 
@@ -54,13 +54,13 @@ class SweepRun:
 
     def __init__(self, model, positive, negative, seed: int, steps: int, cfg: float, sampler_name: str,
                  scheduler: str, denoise: float, knob: str, instruction_index: int):
-        self.model, self.positive, self.negative = model, positive, negative
+        self.model, self.knob_index = sweep_model(model, knob, positive)
+        self.positive, self.negative = positive, negative
         self.seed, self.steps, self.cfg = seed, steps, cfg
         self.sampler_name, self.scheduler, self.denoise = sampler_name, scheduler, denoise
         self.noise_mask = None  # the latent's inpainting mask, as KSampler honours it
-        self.knob_index = sweep_target(model, knob)
         self.instruction_index = instruction_index
-        self.knob = installed_runtime(model).knobs[self.knob_index]
+        self.knob = installed_runtime(self.model).knobs[self.knob_index]
         self.progress = None
         self.done_steps = 0
 
