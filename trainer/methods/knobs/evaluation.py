@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 import torch
 
 from ....core.instructions import InstructionSpans
+from ....core.knobs.conditioning import interpolated
 from ....core.knobs.guidance import combine_instruction_guidance
 from ...engine.features import LineTextEncoder
 from ...engine.metrics import measured_value
@@ -31,9 +32,10 @@ class KnobEditor:
     """An exported editor of one instruction, rendered plainly or with one knob (sources in [0, 1])."""
 
     def __init__(self, transformer: torch.nn.Module, instruction: str, text_tokens: int, max_lines: int,
-                 sample_steps: int, seed: int, guidance_embedding: float = 3.5):
+                 sample_steps: int, seed: int, guidance_embedding: float = 3.5, codec=None):
         self.transformer = transformer.eval()
         self.family = family_of(transformer)
+        self.codec = codec  # the pixel codec the editor was trained with (None: RGB)
         tc = transformer.config
         text = LineTextEncoder(text_tokens, max_lines, tc.joint_attention_dim, tc.get("pooled_projection_dim", 768))
         self.full = text.encode_lines([instruction])
@@ -53,7 +55,7 @@ class KnobEditor:
         """The edit of ``sources`` [B, 3, H, W] on ``text`` (default: the instruction), in [0, 1]; ``guidance``:
         with Kontext Instruction Guidance at that strength on the instruction."""
         text = self.full if text is None else text
-        src = sources * 2 - 1
+        src = sources * 2 - 1 if self.codec is None else self.codec.to_latent(sources * 2 - 1)
         noise = torch.randn(src.shape, generator=torch.Generator().manual_seed(self.seed))
 
         def velocity(x, sigma):
@@ -61,7 +63,8 @@ class KnobEditor:
             if guidance is None or guidance == 1.0:
                 return full
             return combine_instruction_guidance(full, [self._velocity(x, src, sigma, self.empty)], [guidance])
-        return ((euler(velocity, noise, self.sample_steps) + 1) / 2).clamp(0, 1)
+        out = euler(velocity, noise, self.sample_steps)
+        return ((out if self.codec is None else self.codec.decode(out)) + 1).div(2).clamp(0, 1)
 
     def modulation(self, sources: torch.Tensor, multiplier: float, terms: str = "both") -> torch.Tensor:
         """Kontext Modulation Strength at ``multiplier`` on every block's text modulation."""
@@ -74,6 +77,17 @@ class KnobEditor:
 
     def instruction_guidance(self, sources: torch.Tensor, strength: float) -> torch.Tensor:
         """Kontext Instruction Guidance at ``strength`` on the instruction (1: nothing added, no extra call)."""
+        return self.render(sources, guidance=strength)
+
+    def conditioning_strength(self, sources: torch.Tensor, strength: float) -> torch.Tensor:
+        """Kontext Conditioning Strength at ``strength``, every row, the empty prompt as the neutral one (the
+        node's math: ``core.knobs.conditioning``; 1: the instruction's own tensors)."""
+        text = {k: interpolated(self.empty[k], self.full[k], strength) for k in ("context", "pooled")}
+        return self.render(sources, text)
+
+    def edit_velocity(self, sources: torch.Tensor, strength: float) -> torch.Tensor:
+        """Kontext Edit Velocity at ``strength``, the empty prompt as the neutral one: v_n + s (v_e - v_n) at every
+        step, the same sum as Instruction Guidance on a one-line prompt (its leave-one-out is the empty prompt)."""
         return self.render(sources, guidance=strength)
 
     def sliders(self, sources: torch.Tensor, strength: float) -> torch.Tensor:

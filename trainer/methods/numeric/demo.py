@@ -42,13 +42,13 @@ from ...engine.demo import (TRAIN_FRAMES, DemoSettings, demo_photos, demo_tasks,
                             targets_exit, with_threads)
 from ...engine.loop import train
 from ..kontinuous.demo import demo_config, export_editor_model
+from ..kontinuous.export import kontinuous_on_base  # noqa: F401 (also for tests)
 from .report import write_numeric_report
 from ...engine.codecs import text_encoder_for
 from ...engine.export import export_checkpoint
 from .demo_data import BASE_STEP, base_edits, kontinuous_pairs, trajectory_extents, two_line_replay  # noqa: F401 (for tests)
 from .evaluation import (SOURCE_STRENGTH, TARGET_STRENGTHS, TARGETS, TWO_EDIT_TARGETS,  # noqa: F401 (for tests)
-                         NumericEditor, composed_error_psnr, evaluate_single, evaluate_two_edit, kontinuous_editor,
-                         kontinuous_on_base)
+                         NumericEditor, composed_error_psnr, evaluate_single, evaluate_two_edit, kontinuous_editor)
 
 @dataclass
 class NumericDemoSettings(DemoSettings):
@@ -275,6 +275,8 @@ def run_command(args: argparse.Namespace, common: dict) -> int:
     except ValueError as e:
         print(f"demo: error: {e}", file=sys.stderr)
         return 2
+    if args.base_steps is None:
+        args.base_steps = NumericDemoSettings(Path(".")).base_steps
     if args.base_steps < 0 or args.finetune_rank < 1 or args.base_composed < 1:
         print(f"demo: error: --base-steps must be >= 0, --finetune-rank and --base-composed >= 1, got "
               f"{args.base_steps}, {args.finetune_rank} and {args.base_composed}", file=sys.stderr)
@@ -324,10 +326,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--extents", default=",".join(str(Fraction(x).limit_denominator(64)) for x in n.extents),
                         help="numeric: fractions of each task's range the training trajectories span, one drawn "
                              "per trajectory; the baseline's 0-1 strength is per trajectory (default: %(default)s)")
-    parser.add_argument("--base-steps", type=int, default=n.base_steps,
-                        help="numeric: > 0 trains a base editor for this many steps first and fine-tunes both "
-                             "models on it (see --finetune), the paper's setting; 0: both from scratch "
-                             "(default: %(default)s)")
+    parser.add_argument("--base-steps", type=int, default=None,
+                        help=f"numeric: > 0 trains a base editor for this many steps first and fine-tunes both "
+                             f"models on it (see --finetune), the paper's setting; 0: both from scratch (default: "
+                             f"{n.base_steps}). compare: the base editor's steps (default: 2000)")
     parser.add_argument("--base-composed", type=int, default=n.base_composed,
                         help="numeric with --base-steps: two-line edits per training photo in the base editor's "
                              "data (default: %(default)s)")

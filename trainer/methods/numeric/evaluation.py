@@ -10,8 +10,7 @@ import torch
 from ....core.numeric import load_numeric_weights
 from ...data import cat
 from ...engine.codecs import text_encoder_for
-from ...engine.config import TrainConfig, config_from_dict
-from ...engine.export import trainable_from_lora
+from ...engine.config import TrainConfig
 from ...engine.metrics import psnr
 from ...engine.sampling import euler, sample_edit
 from ...families.flux1 import load_transformer
@@ -78,29 +77,6 @@ def kontinuous_editor(model, sample_steps: int, seed: int, mean_extent: float = 
                           torch.Generator().manual_seed(seed), **prompt)
         return ((out + 1) / 2).clamp(0, 1)
     return edit
-
-
-def kontinuous_on_base(config: TrainConfig, weights_file: Path, transformer_dir: Path | None = None) -> torch.nn.Module:
-    """The exported Kontinuous file (projector + LoRA, the loader's format) on the base editor of
-    ``config.model.pretrained``, or on ``transformer_dir`` (the run's own fine-tuned transformer, ``export
-    --transformer-out``): the trainer's model with the file's tensors in place of its trainable ones."""
-    from ....core.kontinuous.weights import load_kontinuous
-    from ..kontinuous.model import build_model
-    weights = load_kontinuous(weights_file)
-    if transformer_dir is not None:
-        d = config.to_dict()
-        d["model"].update(pretrained=str(transformer_dir), train_transformer=False)
-        d["lora"]["enabled"] = False
-        d["optim"]["transformer_lr"] = None  # an evaluated model: nothing trains
-        config = config_from_dict(d)
-    model = build_model(config)
-    lora = trainable_from_lora(weights.lora_state)
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad and "lora_" in n}
-    if set(lora) != trainable:
-        raise ValueError(f"{weights_file}: LoRA modules differ from the run's ({len(lora)} vs {len(trainable)})")
-    model.load_state_dict(lora, strict=False)
-    model.projector.load_state_dict(weights.projector_state)
-    return model.requires_grad_(False).eval()
 
 
 # ---------------------------------------------------------------- evaluation
