@@ -107,7 +107,8 @@ function createController(node, spec) {
   }
 
   function fitNode() {
-    if (!node.computeSize || !node.setSize) return;
+    // the Vue node renderer sizes a node to its content; the canvas needs the new height
+    if (!node.computeSize || !node.setSize || globalThis.LiteGraph?.vueNodesMode) return;
     note.style.display = view?.note ? "" : "none";
     const [, minHeight] = node.computeSize();
     node.setSize([node.size[0], minHeight]);

@@ -9,6 +9,7 @@ real server on 127.0.0.1 (tests/comfy_server.py).
 
 Every wait is on a condition (Playwright's wait_for_function / expect) with a timeout, never a sleep.
 """
+import contextlib
 import json
 import re
 import shutil
@@ -327,15 +328,22 @@ def test_sweep_preview_scrubs_in_the_classic_canvas(page, server, shots):
     page.screenshot(path=shots / "sweep_preview.png", clip=clip)  # the README's picture (web/docs/)
 
 
-@pytest.mark.slow  # a browser against a real server: the slow tier
-def test_sweep_preview_scrubs_with_vue_nodes(page, server, shots):
+@contextlib.contextmanager
+def vue_nodes(page):
+    """The Vue node renderer on within the block (a setting the server keeps: switched back off after)."""
     page.evaluate("() => app.extensionManager.setting.set('Comfy.VueNodes.Enabled', true)")
     try:
+        yield
+    finally:
+        page.evaluate("() => app.extensionManager.setting.set('Comfy.VueNodes.Enabled', false)")
+
+
+@pytest.mark.slow  # a browser against a real server: the slow tier
+def test_sweep_preview_scrubs_with_vue_nodes(page, server, shots):
+    with vue_nodes(page):
         exercise_scrubber(page, server, shots, "vue")
         assert page.evaluate("() => !!document.querySelector('[data-node-id] .kontext-sweep')"), \
             "the preview is not inside a Vue node"
-    finally:
-        page.evaluate("() => app.extensionManager.setting.set('Comfy.VueNodes.Enabled', false)")
 
 
 def test_the_tolerated_front_end_noise_is_narrow(monkeypatch):
