@@ -66,6 +66,14 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def returning_user(server):
+    """A first visit opens the templates browser over the canvas; a returning user's settings do not."""
+    request = urllib.request.Request(f"{server.url}/settings/Comfy.TutorialCompleted", data=b"true", method="POST",
+                                     headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(request, timeout=30).close()
+
+
+@pytest.fixture(scope="module")
 def browser(server):
     from playwright.sync_api import sync_playwright
     with sync_playwright() as p:

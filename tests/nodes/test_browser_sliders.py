@@ -10,28 +10,18 @@ Vue node renderer (the fixtures of test_browser.py).
 
 Every wait is on a condition (Playwright's wait_for_function / expect) with a timeout, never a sleep.
 """
-import urllib.request
-
 import pytest
 
 import test_browser as B
 from test_browser import FIRST_RUN_404, errors, vue_nodes
 
 # test_browser.py's fixtures: the server with this pack, Chromium, a page on the server, the screenshot folder
-server, browser, page, shots = B.server, B.browser, B.page, B.shots
+server, browser, page, shots, returning_user = B.server, B.browser, B.page, B.shots, B.returning_user
 
-pytestmark = pytest.mark.comfyui
+pytestmark = [pytest.mark.comfyui, pytest.mark.usefixtures("returning_user")]
 LINES = ["make the sky stormy", "turn the car red"]
 ADDED = "add snow on the roof of the little house"  # longer than a label: the label is its start
 
-
-
-@pytest.fixture(scope="module", autouse=True)
-def returning_user(server):
-    """A first visit opens the templates browser over the canvas; a returning user's settings do not."""
-    request = urllib.request.Request(f"{server.url}/settings/Comfy.TutorialCompleted", data=b"true", method="POST",
-                                     headers={"Content-Type": "application/json"})
-    urllib.request.urlopen(request, timeout=30).close()
 
 
 BUILD = """async ([lines]) => {
