@@ -4,6 +4,7 @@
 // A DOM widget, so it shows in the LiteGraph canvas and in the Vue node renderer alike.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
+import { addStyleOnce, el } from "./dom_util.js";
 import * as L from "./sweep_logic.js";
 
 const NODE = "KontextSweepPreview";
@@ -23,20 +24,6 @@ const STYLE = `
 .kontext-sweep .ks-slider { width: 100%; }
 .kontext-sweep .ks-empty { margin: auto; opacity: 0.7; }
 `;
-
-function addStyleOnce() {
-  if (document.getElementById("kontext-sweep-style")) return;
-  const style = document.createElement("style");
-  style.id = "kontext-sweep-style";
-  style.textContent = STYLE;
-  document.head.append(style);
-}
-
-function el(tag, props = {}, children = []) {
-  const node = Object.assign(document.createElement(tag), props);
-  node.append(...children);
-  return node;
-}
 
 function viewUrl(file) {
   const query = new URLSearchParams({ filename: file.filename, subfolder: file.subfolder ?? "", type: file.type });
@@ -145,7 +132,7 @@ function createScrubber() {
   return { element: root, show, dispose: stop };
 }
 
-addStyleOnce();
+addStyleOnce("kontext-sweep-style", STYLE);
 
 app.registerExtension({
   name: "KontextSliders.SweepPreview",

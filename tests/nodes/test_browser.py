@@ -9,6 +9,7 @@ real server on 127.0.0.1 (tests/comfy_server.py).
 
 Every wait is on a condition (Playwright's wait_for_function / expect) with a timeout, never a sleep.
 """
+import contextlib
 import json
 import re
 import shutil
@@ -27,6 +28,8 @@ WORKFLOWS = sorted((F.PACK_DIR / "example_workflows").glob("*.json"))
 # workflows as users saved them before a node gained an input: they must load as they did (tests/data)
 SAVED = sorted((F.PACK_DIR / "tests" / "data" / "saved_workflows").glob("*.json"))
 TIMEOUT_MS = 60_000
+SCHEDULED_KNOBS = ("KontinuousKontextApply", "KontextModulationStrength", "KontextInstructionSliders",
+                   "KontextInstructionGuidance", "SliderEditApply", "NumeriKontrolEdit", "KontextEditVelocity")
 # What a fresh front-end asks for and a bare server answers with 404 (an empty user folder, no custom
 # CSS, no favicon): ignored at start-up only. Anything else logged as an error fails the test.
 FIRST_RUN_404 = ("/api/userdata/user.css", "/user.css", "/favicon.ico", "/api/userdata?dir=workflows",
@@ -62,6 +65,14 @@ def server(tmp_path_factory):
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def returning_user(server):
+    """A first visit opens the templates browser over the canvas; a returning user's settings do not."""
+    request = urllib.request.Request(f"{server.url}/settings/Comfy.TutorialCompleted", data=b"true", method="POST",
+                                     headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(request, timeout=30).close()
 
 
 @pytest.fixture(scope="module")
@@ -190,13 +201,15 @@ def test_example_workflow_loads_without_errors_or_missing_nodes(page, server, pa
     assert errors(page, server) == [], page.errors
     # every saved widget value is where it was; an input added since takes its default
     for saved in workflow["nodes"]:
-        widgets = page.evaluate("(id) => app.graph.getNodeById(id).widgets?.map(w => [w.name, w.value]) ?? []",
-                                saved["id"])
+        widgets = page.evaluate("(id) => app.graph.getNodeById(id).widgets?.filter(w => w.serialize !== false)"
+                                ".map(w => [w.name, w.value]) ?? []", saved["id"])
         values = [v for name, v in widgets if name != "control_after_generate"]
         kept = [v for v in saved.get("widgets_values") or [] if v not in ("fixed", "randomize", "increment")]
         if saved["type"] == "KontextMultiInstructionEncode":
             assert values[:len(kept)] == kept and values[len(kept):] in ([], ["TextEncodeQwenImageEditPlus"]), \
                 (saved["id"], widgets)
+        if saved["type"] in SCHEDULED_KNOBS:  # saved before start_percent / end_percent: every step
+            assert values[:len(kept)] == kept and values[len(kept):] in ([], [0, 1]), (saved["id"], widgets)
 
 
 def flagged_only_for_a_missing_model(node, result, server) -> bool:
@@ -327,15 +340,22 @@ def test_sweep_preview_scrubs_in_the_classic_canvas(page, server, shots):
     page.screenshot(path=shots / "sweep_preview.png", clip=clip)  # the README's picture (web/docs/)
 
 
-@pytest.mark.slow  # a browser against a real server: the slow tier
-def test_sweep_preview_scrubs_with_vue_nodes(page, server, shots):
+@contextlib.contextmanager
+def vue_nodes(page):
+    """The Vue node renderer on within the block (a setting the server keeps: switched back off after)."""
     page.evaluate("() => app.extensionManager.setting.set('Comfy.VueNodes.Enabled', true)")
     try:
+        yield
+    finally:
+        page.evaluate("() => app.extensionManager.setting.set('Comfy.VueNodes.Enabled', false)")
+
+
+@pytest.mark.slow  # a browser against a real server: the slow tier
+def test_sweep_preview_scrubs_with_vue_nodes(page, server, shots):
+    with vue_nodes(page):
         exercise_scrubber(page, server, shots, "vue")
         assert page.evaluate("() => !!document.querySelector('[data-node-id] .kontext-sweep')"), \
             "the preview is not inside a Vue node"
-    finally:
-        page.evaluate("() => app.extensionManager.setting.set('Comfy.VueNodes.Enabled', false)")
 
 
 def test_the_tolerated_front_end_noise_is_narrow(monkeypatch):

@@ -37,12 +37,20 @@ KONTINUOUS_FILES = ("- `models/kontext_sliders/`: the Kontinuous Kontext weights
                     "`slider_projector.pth` + `pytorch_lora_weights.safetensors`, or a converted `.safetensors`)\n")
 
 
-# where each node id goes (columns left to right follow the data flow); the note goes right of the graph
-LAYOUT = {"1": (0, 0), "2": (0, 130), "3": (0, 330), "4": (0, 430),
-          "5": (380, 400), "6": (380, 500), "7": (380, 130), "11": (380, 0),
-          "8": (820, 300), "9": (820, 400), "10": (820, 510), "12": (820, 0), "20": (820, 620),
-          "13": (1240, 0), "21": (1240, 0), "14": (1640, 0), "22": (1640, 0), "15": (1640, 120),
-          "23": (1640, 120), "24": (1640, 560)}
+# where each node id goes (columns left to right follow the data flow; LoadImage is as tall as its preview of
+# ComfyUI's input/example.png); the note goes under the first two columns. Compact enough that the whole graph
+# fits a 1600x1000 window at a readable zoom (SCREEN; tests/nodes/test_browser_fit.py checks it).
+LAYOUT = {"1": (0, 0), "2": (0, 120), "3": (0, 290), "4": (0, 390),
+          "11": (340, 0), "7": (340, 120), "5": (340, 400), "6": (340, 480),
+          "12": (780, 0), "8": (780, 250), "9": (780, 340), "10": (780, 440), "20": (780, 530),
+          "13": (1180, 0), "21": (1180, 0), "22": (1180, 380), "14": (1180, 380), "24": (1180, 470),
+          "23": (1490, 0), "15": (1490, 0)}
+NOTE_SIZE = (740, 300)
+# The part of a 1600x1000 window the canvas shows unhidden (below the tab bar and the floating menus, right of
+# the side bar) in front-ends 1.35 and 1.49, where the saved view puts the graph; the minimap's corner (bottom
+# right) stays clear by the layout.
+WINDOW = (1600, 1000)
+SCREEN = {"left": 80, "top": 110, "right": 1580, "bottom": 985}
 
 
 def base_edit(instruction_node: dict) -> dict:
@@ -209,10 +217,10 @@ def family_edit(unet: str, clip: str, clip_type: str, vae: str) -> dict:
     }
 
 
-# the encode nodes are taller here (a negative encode, image inputs): their own column
-FAMILY_LAYOUT = {"7": (380, 0), "11": (380, 330), "9": (380, 620), "5": (380, 800), "6": (380, 900), "12": (820, 0),
-                 "8": (820, 300),
-                 "10": (820, 420), "20": (820, 560)}
+# the encode nodes are taller here (a negative encode, image inputs): their own column; the model node (9)
+# under the sweep
+FAMILY_LAYOUT = {"7": (340, 0), "11": (340, 300), "5": (340, 560), "6": (340, 640),
+                 "12": (780, 0), "8": (780, 250), "10": (780, 370), "20": (780, 480), "9": (780, 780)}
 
 
 def family_sliders_sweep(loaders: dict, nodes: dict, prefix: str, steps: int, cfg: float, note: str) -> dict:
@@ -282,6 +290,9 @@ def build(names: list[str]) -> None:
     if chromium is None:
         sys.exit("needs Debian's chromium (apt-get install chromium)")
     with tempfile.TemporaryDirectory() as base:
+        example = F.find_comfyui() / "input" / "example.png"  # the image the workflows' LoadImage shows
+        (Path(base) / "input").mkdir()
+        shutil.copy(example, Path(base) / "input" / example.name)
         server = ComfyServer(Path(base), {"kontext_sliders": F.PACK_DIR})
         try:
             # a first visit opens the templates browser over the canvas; a returning user's settings do not
@@ -297,33 +308,49 @@ def build(names: list[str]) -> None:
                 page.wait_for_function("window.app && window.app.rootGraph && window.app.canvas", timeout=120_000)
                 for name in names:
                     spec = WORKFLOWS[name]
-                    graph = page.evaluate("""async ([prompt, note, layout]) => {
+                    page.evaluate("""async (prompt) => {
                         await app.loadApiJson(prompt, "workflow");
-                        for (const [id, pos] of Object.entries(layout)) {
-                            const node = app.rootGraph.getNodeById(+id);
-                            if (node) node.pos = [...pos];
-                        }
                         for (const node of app.rootGraph.nodes) {  // a fixed seed: the example renders reproducibly
                             const control = node.widgets?.find(w => w.name === "control_after_generate");
                             if (control) control.value = "fixed";
                         }
+                    }""", spec["prompt"])
+                    # LoadImage grows to show example.png once the image is in: lay out with its real size
+                    page.wait_for_function("""() => app.rootGraph.nodes.filter(n => n.type === "LoadImage")
+                        .every(n => n.imgs?.[0]?.complete && n.imgs[0].naturalWidth > 0 && n.size[1] > 200)""")
+                    graph = page.evaluate("""async ([note, layout, noteSize, screen]) => {
+                        for (const [id, pos] of Object.entries(layout)) {
+                            const node = app.rootGraph.getNodeById(+id);
+                            if (node) node.pos = [...pos];
+                        }
+                        // the note under the first two columns
+                        const left = app.rootGraph.nodes.filter(x => x.pos[0] < noteSize[0]);
                         const n = LiteGraph.createNode("MarkdownNote");
                         n.widgets[0].value = note;
-                        n.size = [520, 430];
-                        const right = Math.max(...app.rootGraph.nodes.map(x => x.pos[0] + x.size[0]));
-                        n.pos = [right + 60, 0];
+                        n.size = [...noteSize];
+                        n.pos = [0, Math.max(...left.map(x => x.pos[1] + x.size[1])) + 70];
                         app.rootGraph.add(n);
-                        // fit the whole graph into the canvas for the thumbnail
-                        const xs = app.rootGraph.nodes.flatMap(x => [x.pos[0], x.pos[0] + x.size[0]]);
-                        const ys = app.rootGraph.nodes.flatMap(x => [x.pos[1] - 30, x.pos[1] + x.size[1]]);
+                        const bounds = (pad) => {
+                            const xs = app.rootGraph.nodes.flatMap(x => [x.pos[0], x.pos[0] + x.size[0]]);
+                            const ys = app.rootGraph.nodes.flatMap(x => [x.pos[1] - LiteGraph.NODE_TITLE_HEIGHT,
+                                                                         x.pos[1] + x.size[1]]);
+                            return [Math.min(...xs) - pad, Math.min(...ys) - pad, Math.max(...xs) + pad, Math.max(...ys) + pad];
+                        };
+                        // the view a 1600x1000 window opens with: the whole graph inside `screen`
+                        const [x0, y0, x1, y1] = bounds(10);
+                        const fit = Math.min(1, (screen.right - screen.left) / (x1 - x0), (screen.bottom - screen.top) / (y1 - y0));
+                        const view = { scale: fit, offset: [screen.left / fit - x0, screen.top / fit - y0] };
+                        // the thumbnail: the whole graph in this page's canvas
                         const [w, h] = [app.canvas.canvas.clientWidth, app.canvas.canvas.clientHeight];
-                        const scale = 0.95 * Math.min(w / (Math.max(...xs) - Math.min(...xs)),
-                                                      h / (Math.max(...ys) - Math.min(...ys)));
+                        const [a0, b0, a1, b1] = bounds(0);
+                        const scale = 0.95 * Math.min(w / (a1 - a0), h / (b1 - b0));
                         app.canvas.ds.scale = scale;
-                        app.canvas.ds.offset = [-Math.min(...xs) + 0.025 * w / scale, -Math.min(...ys) + 0.025 * h / scale];
+                        app.canvas.ds.offset = [-a0 + 0.025 * w / scale, -b0 + 0.025 * h / scale];
                         app.canvas.setDirty(true, true); app.canvas.draw(true, true);
-                        return app.rootGraph.serialize();
-                    }""", [spec["prompt"], spec["note"], {**LAYOUT, **spec.get("layout", {})}])
+                        const graph = app.rootGraph.serialize();
+                        graph.extra = { ...graph.extra, ds: view };
+                        return graph;
+                    }""", [spec["note"], {**LAYOUT, **spec.get("layout", {})}, NOTE_SIZE, SCREEN])
                     # fields the front-end left undefined come back as None: written as null, its own schema
                     # check rejects them on load ("Invalid workflow against zod schema"), so they go
                     graph = without_none(graph)
