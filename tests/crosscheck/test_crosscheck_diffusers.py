@@ -106,3 +106,35 @@ def test_hook_and_node_equal_a_bias_row_oracle(setup):
     torch.testing.assert_close(node, oracle_comfy, rtol=0, atol=1e-5)
     plain, _ = F.comfy_predict(patcher, positive, i["x"], sigma)
     assert (node - plain).abs().max() > 1e-2
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("strength", [0.0, 0.45, 1.8])
+def test_model_agnostic_knobs_match_the_trainers_math_on_flux1(strength):
+    """Kontext Conditioning Strength (token states and pooled CLIP-L vector) and Kontext Edit Velocity: the nodes
+    on ComfyUI's Flux and the trainer's math (``interpolated``, ``combine_instruction_guidance``, as KnobEditor
+    uses them) on diffusers' transformer with the same weights."""
+    F.import_comfyui()
+    from kontext_sliders.core.knobs.conditioning import interpolated
+    from kontext_sliders.core.knobs.guidance import combine_instruction_guidance
+    from kontext_sliders.nodes.model_agnostic import KontextConditioningStrength, KontextEditVelocity
+    bfl = F.tiny_bfl_state_dict(seed=6)
+    model, patcher = F.diffusers_tiny(bfl), F.comfy_patcher(bfl)
+    g = torch.Generator().manual_seed(12)
+    x, reference = torch.randn(2, 16, 8, 8, generator=g), torch.randn(1, 16, 8, 8, generator=g)
+    context, pooled = torch.randn(1, 7, F.CONTEXT_DIM, generator=g), torch.randn(1, 768, generator=g)
+    n_context, n_pooled = torch.randn(1, 7, F.CONTEXT_DIM, generator=g), torch.randn(1, 768, generator=g)
+    positive = F.conditioning(context, pooled, reference, patcher)
+    neutral = [[n_context, {"pooled_output": n_pooled}]]
+    sigma = 0.6
+
+    def twin(c, p):
+        return F.diffusers_velocity(model, x, reference, c, p, sigma)
+    strengthened = KontextConditioningStrength.execute(positive, strength, "all", neutral).result[0]
+    got, _ = F.comfy_predict(patcher, strengthened, x, sigma)
+    want = twin(interpolated(n_context, context, strength), interpolated(n_pooled, pooled, strength))
+    assert (got - want).abs().max().item() <= 1e-4
+    blended, _ = F.comfy_predict(KontextEditVelocity.execute(patcher, strength, neutral).result[0], positive, x, sigma)
+    want = combine_instruction_guidance(twin(context, pooled), [twin(n_context, n_pooled)], [strength])
+    assert (blended - want).abs().max().item() <= 1e-4
+    assert (want - twin(context, pooled)).abs().max().item() > 1e-2  # the knobs act

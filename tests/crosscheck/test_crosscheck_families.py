@@ -108,3 +108,33 @@ def test_instruction_sliders_agree_with_the_diffusers_hook(pair, strengths):
         hooks.remove()
     assert (expected - plain).abs().max() > 1e-3  # the knob acts
     assert torch.allclose(got, expected, atol=1e-4), (got - expected).abs().max()
+
+
+@pytest.mark.parametrize("strength", [0.0, 0.4, 1.7])
+def test_conditioning_strength_agrees_with_the_trainers_interpolation(pair, strength):
+    """The node's conditioning and the trainer's (``core.knobs.conditioning.interpolated``, as KnobEditor uses it)
+    give the same velocity."""
+    from kontext_sliders.core.knobs.conditioning import interpolated
+    from kontext_sliders.nodes.model_agnostic import KontextConditioningStrength
+    neutral = torch.randn(pair["context"].shape, generator=torch.Generator().manual_seed(8))
+    positive = KontextConditioningStrength.execute(pair["positive"], strength, "all",
+                                                   [[neutral, {"pooled_output": None}]]).result[0]
+    expected = comfy_velocity(pair["patcher"], dict(pair, positive=positive))
+    twin = dict(pair, context=interpolated(neutral, pair["context"], strength))
+    got = diffusers_velocity(twin)
+    assert torch.allclose(got, expected, atol=1e-4), (got - expected).abs().max()
+    assert (expected - comfy_velocity(pair["patcher"], pair)).abs().max() > 1e-3  # the knob acts
+
+
+@pytest.mark.parametrize("strength", [0.0, 0.6, 2.0])
+def test_edit_velocity_agrees_with_the_trainers_blend(pair, strength):
+    """The node's batched neutral row and the trainer's blend (``combine_instruction_guidance`` of the edit and the
+    neutral prompt's velocities, as KnobEditor.edit_velocity) give the same velocity."""
+    from kontext_sliders.core.knobs.guidance import combine_instruction_guidance
+    from kontext_sliders.nodes.model_agnostic import KontextEditVelocity
+    neutral = torch.randn(pair["context"].shape, generator=torch.Generator().manual_seed(9))
+    model = KontextEditVelocity.execute(pair["patcher"], strength, [[neutral, {"pooled_output": None}]]).result[0]
+    expected = comfy_velocity(model, pair)
+    got = combine_instruction_guidance(diffusers_velocity(pair), [diffusers_velocity(dict(pair, context=neutral))],
+                                       [strength])
+    assert torch.allclose(got, expected, atol=1e-4), (got - expected).abs().max()

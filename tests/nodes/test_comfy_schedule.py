@@ -11,11 +11,12 @@ pytestmark = pytest.mark.comfyui
 
 PROMPT = "make the sky stormy\nturn the car red"
 STEPS = 4
-KINDS = ("kontinuous", "modulation", "sliders", "guidance", "stlora", "gstlora", "numeric")
+KINDS = ("kontinuous", "modulation", "sliders", "guidance", "stlora", "gstlora", "numeric", "velocity")
 # a value per knob far enough from neutral that its effect is measurable; the sweeps' values
 VALUE = {"kontinuous": 1.2, "modulation": 2.5, "sliders": 0.0, "guidance": 2.5, "stlora": 0.0, "gstlora": 2.0,
-         "numeric": 1.5}
-SWEPT = {"modulation": [0.0, 2.5], "gstlora": [0.0, 2.0], "kontinuous": [0.0, 1.2], "sliders": [0.0, 2.0]}
+         "numeric": 1.5, "velocity": 2.0}
+SWEPT = {"modulation": [0.0, 2.5], "gstlora": [0.0, 2.0], "kontinuous": [0.0, 1.2], "sliders": [0.0, 2.0],
+         "velocity": [0.0, 2.0]}
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +59,9 @@ def knob_model(setup, kind, value, start=0.0, end=1.0, base=None):
     elif kind in ("sliders", "guidance"):
         node = knobs.KontextInstructionSliders if kind == "sliders" else knobs.KontextInstructionGuidance
         out = node.execute(base, cond, f"1.5, {value}", **schedule)
+    elif kind == "velocity":
+        from kontext_sliders.nodes.model_agnostic import KontextEditVelocity
+        out = KontextEditVelocity.execute(base, value, setup["negative"], **schedule)
     elif kind in ("stlora", "gstlora"):
         adapter = slideredit.LoadedSliderEdit(F.slideredit_weights(kind), kind)
         out = slideredit.SliderEditApply.execute(base, adapter, cond, f"1.5, {value}" if kind == "stlora" else
@@ -177,8 +181,10 @@ def test_the_inputs_come_last_and_default_to_every_step():
     from kontext_sliders.nodes import knobs, kontinuous, numeric, slideredit
     from kontext_sliders.nodes.model_folder import register_model_folder
     register_model_folder()  # the loaders' and NumeriKontrol's schemas list the folder
+    from kontext_sliders.nodes.model_agnostic import KontextEditVelocity
     for node in (knobs.KontextModulationStrength, knobs.KontextInstructionSliders, knobs.KontextInstructionGuidance,
-                 kontinuous.KontinuousKontextApply, slideredit.SliderEditApply, numeric.NumeriKontrolEdit):
+                 kontinuous.KontinuousKontextApply, slideredit.SliderEditApply, numeric.NumeriKontrolEdit,
+                 KontextEditVelocity):
         inputs = node.define_schema().inputs
         assert [i.id for i in inputs[-2:]] == ["start_percent", "end_percent"], node
         assert [(i.default, i.optional) for i in inputs[-2:]] == [(0.0, True), (1.0, True)], node
