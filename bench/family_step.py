@@ -47,6 +47,7 @@ IMAGE_TOKENS = 4096
 # picture's 196 vision rows (384² for the vision tower, TextEncodeQwenImageEditPlus) + template + a short prompt
 TEXT_TOKENS = {"flux1": 512, "flux2": 512, "qwen_image": 256}
 GUIDANCE_ROWS = 3  # instruction guidance at (0.5, 1.5): the full row + two leave-one-out rows per latent
+VELOCITY_ROWS = 2  # Edit Velocity: the edit row + the neutral prompt's row per latent
 
 
 def family_config(family: str, variant: str, size: str, depth: tuple[int, int] | None):
@@ -268,7 +269,8 @@ def report(a, variants, full, first, restored, neutral_equal, hollow_cpu, meta: 
           f"{'median':>11} {'of medians':>10} {'of minima':>10}")
     results = {}
     for n in names:
-        k = GUIDANCE_ROWS if n == "guidance" else 1  # guidance: measured against its rows of the same work
+        # guidance and Edit Velocity: measured against their rows of the same work
+        k = GUIDANCE_ROWS if n == "guidance" else VELOCITY_ROWS if n == "velocity" else 1
         r = dict(median_ms=med[n], min_ms=min(times[n]), ratio=med[n] / med["unpatched"],
                  ratio_of_min=min(times[n]) / min(times["unpatched"]), cpu_median_ms=cmed[n],
                  cpu_ratio=cmed[n] / cmed["unpatched"], rows=k)

@@ -147,9 +147,12 @@ def knob_variants(base, conditioning, spec: dict, seed: int, family: str = "flux
         padded = Deferred.ready((dataclasses.replace(spans, pad_index=n, length=n + 1), torch.cat([context, row], 1)))
     entry = InstructionConditioning(spans, context, Deferred.ready(without), padded, family)
     cond = [[context, dict(extra, **{METADATA_KEY: entry})]]
+    from kontext_sliders.nodes.model_agnostic import edit_velocity_model
+    neutral = [[without[0][0], {"pooled_output": without[0][1]}]]  # a neutral prompt of the same length
     return {"modulation": modulation_scaled_model(base, 0.5, 0, -1, terms),
             "sliders": instruction_sliders_model(base, cond, "0.5, 1.5"),
-            "guidance": instruction_guidance_model(base, cond, "0.5, 1.5")}
+            "guidance": instruction_guidance_model(base, cond, "0.5, 1.5"),
+            "velocity": edit_velocity_model(base, 0.5, neutral)}
 
 
 def slideredit_variant(base, conditioning, spec: dict, seed: int, rank: int = 16, lines: int = 3):
@@ -285,7 +288,8 @@ def main():
     ap.add_argument("--lora", action="store_true", help="also time the patch with a random rank-4 LoRA at 1.0")
     ap.add_argument("--knobs", action="store_true",
                     help="also time the training-free knobs: modulation x0.5, instruction sliders and "
-                         "instruction guidance on a 2-instruction prompt (guidance: strengths 0.5, 1.5)")
+                         "instruction guidance on a 2-instruction prompt (guidance: strengths 0.5, 1.5), Edit "
+                         "Velocity at 0.5 (one neutral row per latent)")
     ap.add_argument("--slideredit", action="store_true",
                     help="also time SliderEdit Apply: a random STLoRA of rank 16 on a 3-instruction prompt "
                          "(strengths 0.5, 1.5, 0)")

@@ -73,6 +73,8 @@ elif [ "$method" = numeric ]; then
   echo "== report: $out/report_numeric.md (numbers: $out/metrics_numeric.json, images: $out/numeric_*.png)"
 elif [ "$method" = knobs ]; then
   echo "== report: $out/report_knobs.md (numbers: $out/metrics_knobs.json, images: $out/knobs_*.png)"
+elif [ "$method" = compare ]; then
+  echo "== report: $out/report_compare.md (numbers: $out/metrics_compare.json, image: $out/compare_contact_sheet.png)"
 else
   echo "== report: $out/report.md (numbers: $out/metrics.json, images: $out/contact_sheet.png, $out/sweep.gif)"
 fi
