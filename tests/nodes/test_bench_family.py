@@ -25,7 +25,7 @@ def test_family_bench_runs_and_its_checks_pass(family, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(out.read_text())
     assert report["patch_active"] and report["unpatched_restored"] and report["neutral_equal"]
-    expected = {"modulation", "sliders", "guidance"} | ({"kontinuous", "slideredit", "numeric"} if family == "flux1"
-                                                        else set())
+    expected = {"modulation", "sliders", "guidance", "velocity"} | (
+        {"kontinuous", "slideredit", "numeric"} if family == "flux1" else set())
     assert set(report["results"]) == {"unpatched"} | expected
     assert all("overhead_pct" in r for r in report["results"].values())
