@@ -131,7 +131,7 @@ def test_a_range_holding_no_step_is_the_plain_model_bit_for_bit(setup, kind):
 
 
 @pytest.mark.parametrize("kind", ["kontinuous", "modulation", "gstlora", "numeric"])
-def test_the_default_range_is_todays_knob_bit_for_bit(setup, kind):
+def test_the_default_range_merges_as_before_and_a_scheduled_full_range_agrees(setup, kind):
     # the defaults go the way the node went before it had the inputs: merged LoRAs, no per-step decision
     from kontext_sliders.nodes.runtime import installed_runtime
     model, positive = knob_model(setup, kind, VALUE[kind])
